@@ -1,0 +1,39 @@
+# neurOS cv — set-up, main job and tests.  `make bench` and `make test` are the README's two commands.
+PYTHON ?= python3.11
+VENV   ?= .venv
+PY      = $(VENV)/bin/python
+PIP     = $(PY) -m pip
+STAMP   = $(VENV)/.installed
+OUT    ?= results/bench
+
+.PHONY: all setup bench test lint clean
+
+all: bench
+
+$(PY):
+	@command -v $(PYTHON) >/dev/null 2>&1 || { echo "need $(PYTHON) (Python >= 3.10)"; exit 1; }
+	$(PYTHON) -m venv $(VENV)
+
+# torch is pinned to the local CPU wheel first: an unpinned torch would pull a multi-GB CUDA build.
+$(STAMP): $(PY) pyproject.toml
+	$(PIP) install --quiet --upgrade pip
+	$(PIP) install --quiet "torch==2.13.0"
+	$(PIP) install --quiet -e ".[dev]"
+	@touch $(STAMP)
+
+setup: $(STAMP)
+
+## First README command: set up and run the benchmark suite on its built-in default.
+bench: $(STAMP)
+	$(VENV)/bin/neuros-cv bench --out $(OUT) --overwrite
+
+## Second README command: set up and run the tests.
+test: $(STAMP)
+	$(PY) -m ruff check src tests benchmarks
+	$(PY) -m pytest
+
+lint: $(STAMP)
+	$(PY) -m ruff check src tests benchmarks
+
+clean:
+	rm -rf $(VENV) results .pytest_cache .ruff_cache

@@ -1,0 +1,92 @@
+"""The one pipeline every experiment composes: features → patch table → head → scores.
+
+Experiments never re-implement a stage; they call these functions with different data. Features are cached
+per (backbone, dataset) by :class:`FeatureStore`, so the segmentation, cross-modality and registration
+experiments of one suite extract each image once.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+
+from ..backbones.base import Backbone
+from ..features import FeatureMap
+from ..heads import MajorityClassifier, make_head
+from ..labels import patch_labels
+from ..metrics import accuracy, binary_f1
+
+__all__ = ["FeatureStore", "PatchTable", "fit_head", "patch_table", "score_head"]
+
+ProgressFn = Callable[[str], None]
+
+
+@dataclass(frozen=True)
+class PatchTable:
+    """Patch features ``X`` (n, C) and labels ``y`` (n,) of a set of images."""
+
+    X: np.ndarray
+    y: np.ndarray
+
+    @property
+    def n_positive(self) -> int:
+        return int((self.y > 0).sum())
+
+
+def patch_table(maps: Sequence[FeatureMap], masks: Sequence[np.ndarray], rule: str = "majority") -> PatchTable:
+    """Stack every image's patch features with its patch labels (``labels.patch_labels``)."""
+    if len(maps) != len(masks):
+        raise ValueError(f"{len(maps)} feature maps but {len(masks)} masks")
+    if len(maps) == 0:
+        raise ValueError("empty training set: no images")
+    xs, ys = [], []
+    for fm, mask in zip(maps, masks, strict=True):
+        if tuple(np.shape(mask)) != tuple(fm.image_shape):
+            raise ValueError(f"mask shape {np.shape(mask)} does not match image shape {fm.image_shape}")
+        lab = patch_labels(mask, int(round(fm.stride)), rule=rule)
+        if lab.shape != fm.grid_shape:
+            raise ValueError(f"label grid {lab.shape} does not match feature grid {fm.grid_shape}")
+        xs.append(fm.flat())
+        ys.append(lab.ravel())
+    return PatchTable(np.concatenate(xs), np.concatenate(ys))
+
+
+def fit_head(train: PatchTable, kind: str = "logistic", seed: int = 0) -> tuple[Any, str]:
+    """Fit a head; with a single class in training, fall back to the majority class (the report's rule).
+
+    Returns the fitted model and the name of what was actually fitted (``kind`` or ``"majority"``).
+    """
+    if len(np.unique(train.y)) < 2:
+        return MajorityClassifier().fit(train.X, train.y), "majority"
+    return make_head(kind, seed=seed).fit(train.X, train.y), kind
+
+
+def score_head(model: Any, test: PatchTable) -> dict[str, Any]:
+    """Patch-level accuracy and F1 with the counts needed to judge them."""
+    pred = model.predict(test.X)
+    return {
+        "accuracy": accuracy(test.y, pred),
+        "f1": binary_f1(test.y, pred),
+        "n_test_patches": int(test.y.size),
+        "n_test_positive": test.n_positive,
+        "n_predicted_positive": int((pred > 0).sum()),
+    }
+
+
+class FeatureStore:
+    """Extract features once per (backbone, dataset key) and hand out cached :class:`FeatureMap` lists."""
+
+    def __init__(self, progress: ProgressFn | None = None) -> None:
+        self._cache: dict[tuple[str, str], list[FeatureMap]] = {}
+        self._progress = progress
+
+    def get(self, backbone: Backbone, key: str, images: Sequence[np.ndarray]) -> list[FeatureMap]:
+        k = (f"{backbone.name}|{backbone.weights}", key)
+        if k not in self._cache:
+            self._cache[k] = backbone.extract_batch(list(images))
+            if self._progress is not None:
+                self._progress(f"features {backbone.name} · {key}")
+        return self._cache[k]

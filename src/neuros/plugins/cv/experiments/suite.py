@@ -1,0 +1,157 @@
+"""The report's benchmark suite: one config, three experiments, one JSON-serialisable result.
+
+``run_suite(SuiteConfig())`` reproduces the report's Tables 1–3 on the report's backbones (CNX-Tiny and
+ViT-Large). The config is a plain dataclass built from keyword arguments or a mapping (unknown keys are
+rejected by name), and it is stored resolved in ``results.json``.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import time
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+
+from ..backbones.base import Backbone, get_backbone, lookup
+from ..datasets.synthetic import MODALITIES, PROTOCOLS, make_dataset, make_image
+from .pipeline import FeatureStore
+from .registration import run_registration
+from .segmentation import run_crossmodal, same_modality
+
+__all__ = ["SuiteConfig", "run_suite", "suite_steps"]
+
+REPORT_SHIFTS = ((1, 1), (0, 2), (-2, -1))
+
+
+@dataclass(frozen=True)
+class SuiteConfig:
+    """Everything that determines a suite's numbers."""
+
+    name: str = "report"
+    backbones: tuple[str, ...] = ("cnx-tiny", "vit-large")
+    weights: str = "auto"
+    modalities: tuple[str, ...] = MODALITIES
+    protocol: str = "report"
+    n_train: int = 10
+    n_test: int = 5
+    size: int = 128
+    seed: int = 0
+    head: str = "logistic"
+    label_rule: str = "majority"
+    shifts: tuple[tuple[int, int], ...] = REPORT_SHIFTS
+    backbone_options: dict[str, dict[str, Any]] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        def bad(key: str, msg: str) -> ValueError:
+            return ValueError(f"suite config: {key}: {msg}")
+
+        for key in ("n_train", "n_test", "size", "seed"):
+            v = getattr(self, key)
+            if isinstance(v, bool) or not isinstance(v, (int, np.integer)):
+                raise bad(key, f"must be an integer, got {v!r}")
+            minimum = {"n_train": 1, "n_test": 1, "size": 16, "seed": 0}[key]
+            if v < minimum:
+                raise bad(key, f"must be >= {minimum}, got {v}")
+        if not self.backbones:
+            raise bad("backbones", "name at least one backbone")
+        for b in self.backbones:
+            lookup(b)  # unknown names raise with suggestions
+        if not self.modalities:
+            raise bad("modalities", "name at least one modality")
+        for m in self.modalities:
+            if m not in MODALITIES:
+                raise bad("modalities", f"unknown modality {m!r}; choose from {', '.join(MODALITIES)}")
+        if self.protocol not in PROTOCOLS:
+            raise bad("protocol", f"unknown protocol {self.protocol!r}; choose from {', '.join(PROTOCOLS)}")
+        if self.weights not in ("auto", "pretrained", "random", "placeholder"):
+            raise bad("weights", f"must be auto/pretrained/random/placeholder, got {self.weights!r}")
+        for s in self.shifts:
+            if len(s) != 2 or not all(isinstance(v, (int, np.integer)) for v in s):
+                raise bad("shifts", f"each shift must be two integers (dy, dx) in patches, got {s!r}")
+            if max(abs(int(v)) for v in s) * 16 >= self.size:
+                raise bad("shifts", f"shift {tuple(s)} (patches) does not fit a {self.size}-pixel image")
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any]) -> SuiteConfig:
+        """Build from a mapping (e.g. a parsed TOML file); unknown keys are rejected by name."""
+        known = {f.name for f in dataclasses.fields(cls)}
+        unknown = sorted(set(data) - known)
+        if unknown:
+            raise ValueError(f"suite config: unknown key(s) {', '.join(unknown)}; known: {', '.join(sorted(known))}")
+        kw: dict[str, Any] = dict(data)
+        for key in ("backbones", "modalities"):
+            if key in kw:
+                if isinstance(kw[key], str):
+                    kw[key] = (kw[key],)
+                kw[key] = tuple(kw[key])
+        if "shifts" in kw:
+            kw["shifts"] = tuple(tuple(s) for s in kw["shifts"])
+        return cls(**kw)
+
+    def to_dict(self) -> dict[str, Any]:
+        d = dataclasses.asdict(self)
+        d["backbones"] = list(self.backbones)
+        d["modalities"] = list(self.modalities)
+        d["shifts"] = [list(s) for s in self.shifts]
+        return d
+
+
+def suite_steps(config: SuiteConfig) -> int:
+    """Number of progress steps ``run_suite`` reports (for a progress bar)."""
+    per_backbone = 1 + 2 * len(config.modalities) + 1 + len(config.modalities)
+    return len(config.backbones) * per_backbone
+
+
+def _datasets(config: SuiteConfig) -> dict[str, dict[str, tuple[np.ndarray, np.ndarray]]]:
+    # Train and test draws use distinct seeds derived from the suite seed, so they never share images.
+    out = {}
+    for m in config.modalities:
+        tr = make_dataset(m, config.n_train, config.size, seed=2 * config.seed, protocol=config.protocol)
+        te = make_dataset(m, config.n_test, config.size, seed=2 * config.seed + 1, protocol=config.protocol)
+        out[m] = {"train": tr, "test": te}
+    return out
+
+
+def run_suite(
+    config: SuiteConfig, progress: Callable[[str], None] | None = None
+) -> tuple[dict[str, Any], dict[str, float]]:
+    """Run the three experiments for every backbone.
+
+    Returns
+    -------
+    results : dict
+        ``{"backbones": [...], "segmentation": [...], "crossmodal": [...], "registration": [...],
+        "notes": [...]}`` — deterministic for a given config.
+    timings : dict
+        Wall-clock seconds per stage (kept apart from the deterministic results).
+    """
+    tick = progress or (lambda _msg: None)
+    timings: dict[str, float] = {}
+    t0 = time.perf_counter()
+    data = _datasets(config)
+    timings["data"] = time.perf_counter() - t0
+    store = FeatureStore(progress=tick)
+    results: dict[str, Any] = {"backbones": [], "segmentation": [], "crossmodal": [], "registration": []}
+    for name in config.backbones:
+        t0 = time.perf_counter()
+        opts = dict(config.backbone_options.get(name, {}))
+        if lookup(name).family == "dinov3":
+            opts.setdefault("weights", config.weights)
+        bb: Backbone = get_backbone(name, **opts)
+        results["backbones"].append(bb.describe())
+        tick(f"loaded {name} ({bb.weights})")
+        kw = {"head": config.head, "rule": config.label_rule, "protocol": config.protocol, "seed": config.seed}
+        grid = run_crossmodal(bb, data, store, config.modalities, config.modalities, **kw)
+        results["crossmodal"].extend(grid)
+        results["segmentation"].extend(same_modality(grid))
+        tick(f"segmentation {name}")
+        for m in config.modalities:
+            image, _ = make_image(m, config.size, seed=2 * config.seed, protocol=config.protocol, index=0)
+            results["registration"].append(run_registration(bb, m, image, config.shifts))
+            tick(f"registration {name} · {m}")
+        timings[f"backbone:{name}"] = time.perf_counter() - t0
+    results["notes"] = sorted({r["note"] for r in results["crossmodal"] if r.get("note")})
+    return results, timings
