@@ -13,8 +13,15 @@ from collections.abc import Sequence
 
 __all__ = ["main"]
 
-# Sub-command modules, in the order `neuros-cv --help` lists them.
-COMMANDS = ("bench", "backbones")
+# Every public module in this package is a sub-command; these come first in `--help`, the rest by name.
+FIRST = ("bench", "backbones")
+
+
+def _commands() -> list[str]:
+    import pkgutil
+
+    found = [m.name for m in pkgutil.iter_modules(__path__) if not m.name.startswith("_")]
+    return [c for c in FIRST if c in found] + sorted(set(found) - set(FIRST))
 
 EXIT_USAGE = 2
 
@@ -28,7 +35,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     parser.add_argument("--version", action="version", version=f"neuros-cv {__version__}")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
-    for name in COMMANDS:
+    for name in _commands():
         importlib.import_module(f"{__name__}.{name}").add_parser(sub)
     return parser
 
