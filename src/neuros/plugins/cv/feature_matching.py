@@ -167,7 +167,8 @@ def _best_shift(
         raise ValueError(f"no shift satisfies max_shift={max_shift} and min_overlap={min_overlap}")
     score = np.where(allowed, means, -np.inf)
     best = score.max()
-    ties = np.argwhere(score >= best - 1e-12 * max(1.0, abs(best)))
+    # Scores within 1e-6 of the best are ties (float32 similarities differ in the last bits).
+    ties = np.argwhere(score >= best - 1e-6 * max(1.0, abs(best)))
     mag = np.abs(ties[:, 0] - (h - 1)) + np.abs(ties[:, 1] - (w - 1))
     iy, ix = ties[np.argmin(mag)]
     return int(iy - (h - 1)), int(ix - (w - 1))

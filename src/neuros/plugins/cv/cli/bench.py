@@ -77,11 +77,14 @@ def write_outputs(folder, config: SuiteConfig, results: dict, timings: dict) -> 
     (folder / "results.json").write_text(dumps_json(doc), encoding="utf-8")
     (folder / "tables.md").write_text(tables_markdown(results), encoding="utf-8")
     base = ["backbone", "weights"]
-    score = ["head", "accuracy", "f1", "n_train_patches", "n_train_positive", "n_test_patches", "n_test_positive", "note"]
+    score = ["head", "accuracy", "f1", "n_train_patches", "n_train_positive"]
+    score += ["n_test_patches", "n_test_positive", "note"]
     (folder / "segmentation.csv").write_text(to_csv(results["segmentation"], [*base, "modality", *score]))
     (folder / "crossmodal.csv").write_text(to_csv(results["crossmodal"], [*base, "train", "test", *score]))
     reg_rows = [
-        {**{k: r[k] for k in ("backbone", "weights", "modality")}, **s} for r in results["registration"] for s in r["shifts"]
+        {"backbone": r["backbone"], "weights": r["weights"], "modality": r["modality"], **s}
+        for r in results["registration"]
+        for s in r["shifts"]
     ]
     (folder / "registration.csv").write_text(to_csv(reg_rows, [*base, "modality", "true", "estimated", "error"]))
 

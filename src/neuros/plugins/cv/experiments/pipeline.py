@@ -46,7 +46,7 @@ def patch_table(maps: Sequence[FeatureMap], masks: Sequence[np.ndarray], rule: s
     for fm, mask in zip(maps, masks, strict=True):
         if tuple(np.shape(mask)) != tuple(fm.image_shape):
             raise ValueError(f"mask shape {np.shape(mask)} does not match image shape {fm.image_shape}")
-        lab = patch_labels(mask, int(round(fm.stride)), rule=rule)
+        lab = patch_labels(mask, round(fm.stride), rule=rule)
         if lab.shape != fm.grid_shape:
             raise ValueError(f"label grid {lab.shape} does not match feature grid {fm.grid_shape}")
         xs.append(fm.flat())

@@ -85,11 +85,14 @@ def _numeric(cell: str) -> bool:
 
 def tables_markdown(results: dict[str, Any], title: str = "neurOS cv benchmark") -> str:
     """All three tables with captions, the weights each backbone used, and the notes behind starred cells."""
-    parts = [f"# {title}", ""]
-    parts += ["Weights used: " + ", ".join(f"{display_name(b['name'])} = {b['weights']}" for b in results["backbones"]), ""]
-    parts += ["**Table 1:** Segmentation performance per modality.", "", markdown_table(*table1(results)), ""]
-    parts += ["**Table 2:** Cross-modality segmentation results (accuracy/F1).", "", markdown_table(*table2(results)), ""]
-    parts += ["**Table 3:** Mean absolute shift error (in patches) for registration.", "", markdown_table(*table3(results)), ""]
+    used = ", ".join(f"{display_name(b['name'])} = {b['weights']}" for b in results["backbones"])
+    parts = [f"# {title}", "", f"Weights used: {used}", ""]
+    for caption, table in (
+        ("**Table 1:** Segmentation performance per modality.", table1),
+        ("**Table 2:** Cross-modality segmentation results (accuracy/F1).", table2),
+        ("**Table 3:** Mean absolute shift error (in patches) for registration.", table3),
+    ):
+        parts += [caption, "", markdown_table(*table(results)), ""]
     if results.get("notes"):
         parts += ["Notes (cells marked *):", ""] + [f"- {n}" for n in results["notes"]] + [""]
     return "\n".join(parts)

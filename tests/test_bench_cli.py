@@ -1,0 +1,143 @@
+"""`neuros-cv bench` end to end: tables, files, determinism, atomic output and one-line errors."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from neuros.plugins.cv.cli import main
+from neuros.plugins.cv.experiments.suite import SuiteConfig, run_suite
+
+CLI = [sys.executable, "-m", "neuros.plugins.cv.cli"]
+
+
+def _run(args, **kw):
+    env = {**os.environ, "COLUMNS": "160"}
+    return subprocess.run([*CLI, *args], capture_output=True, text=True, env=env, **kw)
+
+
+@pytest.fixture(scope="module")
+def bench_out(tmp_path_factory):
+    out = tmp_path_factory.mktemp("bench") / "run1"
+    proc = _run(["bench", "--out", str(out)])
+    assert proc.returncode == 0, proc.stderr
+    return out, proc
+
+
+def test_bench_prints_the_three_tables_and_explains_mri(bench_out):
+    _, proc = bench_out
+    for caption in ("Table 1", "Table 2", "Table 3", "CNX-Tiny", "ViT-Large", "Histology"):
+        assert caption in proc.stdout
+    assert "placeholder" in proc.stdout  # names the weights used
+    assert "patch corner" in proc.stdout  # the MRI F1 = 0 artefact is explained in the output
+
+
+def test_bench_writes_results_tables_and_csvs(bench_out):
+    out, _ = bench_out
+    assert sorted(p.name for p in out.iterdir()) >= sorted(
+        ["results.json", "tables.md", "segmentation.csv", "crossmodal.csv", "registration.csv"]
+    )
+    doc = json.loads((out / "results.json").read_text())
+    assert doc["config"]["backbones"] == ["cnx-tiny", "vit-large"] and doc["config"]["seed"] == 0
+    used = {b["name"]: b["weights"] for b in doc["backbones"]}
+    assert used == {"cnx-tiny": "placeholder", "vit-large": "placeholder"}
+    res = doc["results"]
+    assert len(res["segmentation"]) == 6 and len(res["crossmodal"]) == 18 and len(res["registration"]) == 6
+    mri = [r for r in res["segmentation"] if r["modality"] == "mri"]
+    assert all(r["f1"] == 0.0 and r["n_train_positive"] == 0 and r["note"] for r in mri)
+    em = [r for r in res["segmentation"] if r["modality"] == "em"]
+    assert all(r["f1"] > 0.5 and r["note"] is None for r in em)  # real foreground is found
+    for r in res["registration"]:
+        assert [s["true"] for s in r["shifts"]] == [[1, 1], [0, 2], [-2, -1]]
+        assert r["mean_error"] == pytest.approx(sum(s["error"] for s in r["shifts"]) / 3)
+    prov = doc["provenance"]
+    assert prov["versions"]["numpy"] and "timings_s" in prov
+    assert "Table 1" in (out / "tables.md").read_text()
+    assert (out / "crossmodal.csv").read_text().count("\n") == 19
+
+
+def _without_provenance(path: Path) -> str:
+    doc = json.loads(path.read_text())
+    doc.pop("provenance")
+    return json.dumps(doc)
+
+
+def test_same_seed_is_byte_identical_except_provenance(bench_out, tmp_path):
+    out, _ = bench_out
+    assert main(["bench", "--out", str(tmp_path / "run2")]) == 0
+    a, b = (out / "results.json").read_text(), (tmp_path / "run2" / "results.json").read_text()
+    assert _without_provenance(out / "results.json") == _without_provenance(tmp_path / "run2" / "results.json")
+    # Everything before the provenance block is byte-identical text.
+    assert a.split('"provenance"')[0] == b.split('"provenance"')[0]
+    assert (out / "tables.md").read_bytes() == (tmp_path / "run2" / "tables.md").read_bytes()
+
+
+def test_different_seed_changes_the_data():
+    cfg = dict(backbones=("vit-small",), modalities=("em",), n_train=2, n_test=1, size=64, shifts=((1, 0),))
+    r0, _ = run_suite(SuiteConfig(**cfg, seed=0))
+    r1, _ = run_suite(SuiteConfig(**cfg, seed=1))
+    assert r0["segmentation"][0]["n_train_positive"] != r1["segmentation"][0]["n_train_positive"] or (
+        r0["segmentation"][0]["accuracy"] != r1["segmentation"][0]["accuracy"]
+    )
+
+
+def test_refuses_to_clobber_and_overwrites_when_asked(tmp_path, capsys):
+    out = tmp_path / "res"
+    out.mkdir()
+    (out / "keep.txt").write_text("mine")
+    assert main(["bench", "--backbones", "vit-small", "--out", str(out)]) == 2
+    assert "--overwrite" in capsys.readouterr().err
+    assert (out / "keep.txt").read_text() == "mine"
+    assert main(["bench", "--backbones", "vit-small", "--out", str(out), "--overwrite"]) == 0
+    assert (out / "results.json").exists() and not (out / "keep.txt").exists()
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (["--backbones", "vit-lrage"], "did you mean 'vit-large'"),
+        (["--seed", "-1"], "seed: must be >= 0"),
+    ],
+)
+def test_bad_arguments_are_one_line_errors_without_traceback(tmp_path, args, message):
+    proc = _run(["bench", *args, "--out", str(tmp_path / "o")])
+    assert proc.returncode == 2
+    assert message in proc.stderr and "Traceback" not in proc.stderr
+    assert len(proc.stderr.strip().splitlines()) == 1
+    assert not (tmp_path / "o").exists()
+
+
+def test_unwritable_out_is_reported_before_any_work(tmp_path):
+    blocker = tmp_path / "file.txt"
+    blocker.write_text("x")
+    proc = _run(["bench", "--out", str(blocker / "sub")])
+    assert proc.returncode == 2 and "is a file, not a folder" in proc.stderr
+    assert "Traceback" not in proc.stderr and "Table 1" not in proc.stdout
+
+
+def test_failure_midway_leaves_no_partial_output(tmp_path, monkeypatch):
+    import neuros.plugins.cv.cli.bench as bench
+
+    def boom(*a, **k):
+        raise RuntimeError("disk full")
+
+    def half_written(folder, *a, **k):
+        (folder / "results.json").write_text("{")
+        boom()
+
+    monkeypatch.setattr(bench, "write_outputs", half_written)
+    assert main(["bench", "--backbones", "vit-small", "--out", str(tmp_path / "o")]) == 2
+    assert not (tmp_path / "o").exists()
+    assert not [p for p in tmp_path.iterdir() if p.name.startswith(".o")]
+
+
+def test_backbones_command_lists_the_registry():
+    proc = _run(["backbones"])
+    assert proc.returncode == 0
+    for name in ("vit-small", "vit-7b", "cnx-large"):
+        assert name in proc.stdout
