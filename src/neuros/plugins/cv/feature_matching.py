@@ -3,6 +3,14 @@
 Shift convention (everywhere in neurOS cv): ``(dy, dx)`` such that
 ``image_b ≈ np.roll(image_a, (dy, dx), axis=(0, 1))``, i.e. the content of patch ``(y, x)`` of *a* is found
 at patch ``(y + dy, x + dx)`` of *b*.
+
+Two ways to the same answer:
+
+* the report's: ``estimate_translation(patch_correlation(a, b), grid_size)`` forms the N×N cosine matrix
+  (O(N²·C) time, O(N²) memory) and averages it along the diagonals;
+* the fast path: :func:`diagonal_scores` / :func:`estimate_translation_from_features` compute the same
+  diagonal means as an FFT cross-correlation of the unit-normalised feature maps divided by the overlap
+  count (O(N·C·log N) time, O(N·C) memory), optionally only within ``max_shift``.
 """
 
 from __future__ import annotations
@@ -10,8 +18,17 @@ from __future__ import annotations
 from typing import Any
 
 import numpy as np
+import scipy.fft
 
-__all__ = ["diagonal_means", "estimate_translation", "patch_correlation"]
+__all__ = [
+    "channel_cross_correlation",
+    "diagonal_means",
+    "diagonal_scores",
+    "estimate_translation",
+    "estimate_translation_from_features",
+    "patch_correlation",
+    "refine_peak",
+]
 
 
 def _as_patch_matrix(x: Any, name: str) -> np.ndarray:
@@ -172,3 +189,224 @@ def _best_shift(
     mag = np.abs(ties[:, 0] - (h - 1)) + np.abs(ties[:, 1] - (w - 1))
     iy, ix = ties[np.argmin(mag)]
     return int(iy - (h - 1)), int(ix - (w - 1))
+
+
+# --- the fast path: FFT cross-correlation of feature maps ---------------------------------------------------
+def _as_grid(x: Any, name: str) -> np.ndarray:
+    """An (h, w, C) float32 feature grid from a FeatureMap or an array, validated."""
+    arr = getattr(x, "features", x)
+    arr = np.asarray(arr)
+    if arr.ndim != 3:
+        raise ValueError(f"{name} must be an (h, w, C) feature grid or a FeatureMap, got shape {arr.shape}")
+    if 0 in arr.shape:
+        raise ValueError(f"{name} is empty (shape {arr.shape})")
+    if not np.issubdtype(arr.dtype, np.number) or np.issubdtype(arr.dtype, np.complexfloating):
+        raise TypeError(f"{name} must be real-valued, got dtype {arr.dtype}")
+    if not np.isfinite(arr).all():
+        raise ValueError(f"{name} contains NaN/inf")
+    return arr.astype(np.float32, copy=False)
+
+
+def _max_shift_pair(max_shift: int | tuple[int, int] | None, h: int, w: int) -> tuple[int, int]:
+    if max_shift is None:
+        return h - 1, w - 1
+    my, mx = (max_shift, max_shift) if np.isscalar(max_shift) else max_shift
+    if int(my) < 0 or int(mx) < 0:
+        raise ValueError(f"max_shift must be >= 0, got {max_shift}")
+    return min(int(my), h - 1), min(int(mx), w - 1)
+
+
+def channel_cross_correlation(
+    a: Any,
+    b: Any,
+    max_shift: int | tuple[int, int] | None = None,
+    *,
+    chunk: int = 64,
+    return_spectrum: bool = False,
+) -> np.ndarray | tuple[np.ndarray, np.ndarray, tuple[int, int]]:
+    """Linear (zero-padded) cross-correlation of two (h, w, C) maps, summed over channels.
+
+    ``out[dy + my, dx + mx] = Σ_c Σ_(y, x) a[y, x, c] · b[y + dy, x + dx, c]`` over all in-grid pairs, for
+    ``|dy| <= my`` and ``|dx| <= mx``. The cross-power spectra are summed over channels (in chunks of
+    ``chunk`` channels, so memory stays O(h·w·chunk) beyond the inputs) and inverted once. The FFT size is
+    only ``h + my`` (not ``2h - 1``) when ``max_shift`` is small, which is enough to avoid wrap-around.
+
+    We write this rather than call ``skimage.registration.phase_cross_correlation`` because that function
+    whitens the spectrum and treats a channel axis as a spatial one; summing per-channel cross-power
+    spectra is what multi-channel matching needs.
+
+    Parameters
+    ----------
+    a, b : array_like or FeatureMap, shape (h, w, C)
+        Maps of the same shape.
+    max_shift : int or (int, int), optional
+        Largest |dy|, |dx| returned (default: all, ``h - 1`` and ``w - 1``).
+    chunk : int
+        Channels transformed at once.
+    return_spectrum : bool
+        Also return the summed complex cross-power spectrum (full, not half) and its FFT size, used for
+        sub-pixel refinement by a matrix-multiply DFT.
+
+    Returns
+    -------
+    ndarray, shape (2·my + 1, 2·mx + 1), float64
+        Or ``(corr, spectrum, (Ly, Lx))`` with ``return_spectrum=True``.
+    """
+    fa, fb = _as_grid(a, "a"), _as_grid(b, "b")
+    if fa.shape != fb.shape:
+        raise ValueError(f"feature maps differ in shape: {fa.shape} vs {fb.shape}")
+    h, w, c = fa.shape
+    my, mx = _max_shift_pair(max_shift, h, w)
+    ly, lx = scipy.fft.next_fast_len(h + my, real=True), scipy.fft.next_fast_len(w + mx, real=True)
+    step = max(1, int(chunk))
+    if return_spectrum:  # full complex spectrum (small C only: the fine registration step)
+        spec = np.zeros((ly, lx), dtype=np.complex128)
+        for c0 in range(0, c, step):
+            ca = np.moveaxis(fa[:, :, c0 : c0 + step], 2, 0).astype(np.float64)
+            cb = np.moveaxis(fb[:, :, c0 : c0 + step], 2, 0).astype(np.float64)
+            fa_ = scipy.fft.fft2(ca, s=(ly, lx), workers=-1)
+            fb_ = scipy.fft.fft2(cb, s=(ly, lx), workers=-1)
+            spec += np.einsum("kij,kij->ij", fa_.conj(), fb_)
+        full = scipy.fft.ifft2(spec, workers=-1).real
+    else:
+        spec = np.zeros((ly, lx // 2 + 1), dtype=np.complex128)
+        for c0 in range(0, c, step):
+            ca = np.moveaxis(fa[:, :, c0 : c0 + step], 2, 0).astype(np.float64)
+            cb = np.moveaxis(fb[:, :, c0 : c0 + step], 2, 0).astype(np.float64)
+            fa_ = scipy.fft.rfft2(ca, s=(ly, lx), workers=-1)
+            fb_ = scipy.fft.rfft2(cb, s=(ly, lx), workers=-1)
+            spec += np.einsum("kij,kij->ij", fa_.conj(), fb_)
+            del fa_, fb_
+        full = scipy.fft.irfft2(spec, s=(ly, lx), workers=-1)
+    iy = np.arange(-my, my + 1) % ly
+    ix = np.arange(-mx, mx + 1) % lx
+    out = full[np.ix_(iy, ix)]
+    if return_spectrum:
+        return out, spec, (ly, lx)
+    return out
+
+
+def _unit_rows(f: np.ndarray, eps: float) -> np.ndarray:
+    """Unit-normalise every feature vector, zero when its norm is below ``eps`` (as patch_correlation)."""
+    n = np.linalg.norm(f, axis=-1, keepdims=True)
+    return np.divide(f, n, out=np.zeros_like(f), where=n > eps)
+
+
+def diagonal_scores(
+    a: Any,
+    b: Any,
+    *,
+    max_shift: int | tuple[int, int] | None = None,
+    eps: float = 1e-8,
+) -> tuple[np.ndarray, np.ndarray]:
+    """:func:`diagonal_means` of ``patch_correlation(a, b)`` without forming the N×N matrix.
+
+    The mean cosine similarity along the diagonal of shift ``(dy, dx)`` is the cross-correlation of the
+    unit-normalised feature maps at ``(dy, dx)`` divided by the number of overlapping patches, computed by FFT
+    in O(N·C·log N) time and O(N·C) memory.
+
+    Parameters
+    ----------
+    a, b : array_like or FeatureMap, shape (h, w, C)
+        Feature grids of two images with the same grid.
+    max_shift : int or (int, int), optional
+        Only shifts with ``|dy| <= max_shift`` (and ``|dx|``) are computed; the others are NaN.
+    eps : float
+        Vectors with a norm below ``eps`` count as zero (similarity 0), as in :func:`patch_correlation`.
+
+    Returns
+    -------
+    (means, counts) : ndarrays of shape (2h - 1, 2w - 1)
+        Indexed by ``(dy + h - 1, dx + w - 1)``, exactly like :func:`diagonal_means`.
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> rng = np.random.default_rng(0)
+    >>> a = rng.standard_normal((5, 7, 16))
+    >>> b = np.roll(a, (2, -1), axis=(0, 1))
+    >>> fast, _ = diagonal_scores(a, b)
+    >>> slow, _ = diagonal_means(patch_correlation(a, b), (5, 7))
+    >>> bool(np.allclose(fast, slow, atol=1e-6))
+    True
+    """
+    fa, fb = _as_grid(a, "a"), _as_grid(b, "b")
+    if fa.shape[2] != fb.shape[2]:
+        raise ValueError(f"a and b have different feature dimensions: {fa.shape[2]} vs {fb.shape[2]}")
+    if fa.shape != fb.shape:
+        raise ValueError(f"a and b have different grids: {fa.shape[:2]} vs {fb.shape[:2]}")
+    h, w = fa.shape[:2]
+    my, mx = _max_shift_pair(max_shift, h, w)
+    sums = channel_cross_correlation(_unit_rows(fa, eps), _unit_rows(fb, eps), (my, mx))
+    dys = np.arange(-(h - 1), h)
+    dxs = np.arange(-(w - 1), w)
+    counts = (h - np.abs(dys))[:, None] * (w - np.abs(dxs))[None, :]
+    means = np.full((2 * h - 1, 2 * w - 1), np.nan)
+    means[h - 1 - my : h + my, w - 1 - mx : w + mx] = sums / counts[h - 1 - my : h + my, w - 1 - mx : w + mx]
+    return means, counts
+
+
+def estimate_translation_from_features(
+    a: Any,
+    b: Any,
+    *,
+    max_shift: int | tuple[int, int] | None = None,
+    min_overlap: int = 1,
+) -> tuple[int, int]:
+    """The report's translation estimate computed directly from two feature grids (fast path).
+
+    Returns exactly what ``estimate_translation(patch_correlation(a, b), grid_shape=(h, w),
+    max_shift=max_shift, min_overlap=min_overlap)`` returns (same scores, same tie rule) without the N×N
+    matrix; see :func:`diagonal_scores`.
+
+    Parameters
+    ----------
+    a, b : array_like or FeatureMap, shape (h, w, C)
+        Feature grids of the two images.
+    max_shift : int or (int, int), optional
+        Largest |dy| (and |dx|) considered, in patches.
+    min_overlap : int
+        Fewest overlapping patches a shift needs to be considered.
+
+    Returns
+    -------
+    (dy, dx) : tuple of int
+        In patches, such that ``b ≈ roll(a, (dy, dx))``.
+    """
+    means, counts = diagonal_scores(a, b, max_shift=max_shift)
+    h, w = (means.shape[0] + 1) // 2, (means.shape[1] + 1) // 2
+    return _best_shift(means, counts, (h, w), max_shift, min_overlap)
+
+
+def refine_peak(surface: Any, index: tuple[int, int]) -> tuple[float, float]:
+    """Sub-cell offset of a peak of a 2-D score surface by a 3-point parabola along each axis.
+
+    Parameters
+    ----------
+    surface : array_like, shape (m, n)
+        Scores (NaN or -inf where not allowed).
+    index : (int, int)
+        The integer peak.
+
+    Returns
+    -------
+    (fy, fx) : floats in [-0.5, 0.5]
+        Offsets to add to ``index``; 0 along an axis where the peak is at the border, a neighbour is not
+        finite, or the parabola is not concave.
+    """
+    s = np.asarray(surface, dtype=np.float64)
+    iy, ix = int(index[0]), int(index[1])
+    out = []
+    for axis, i in ((0, iy), (1, ix)):
+        if i <= 0 or i >= s.shape[axis] - 1:
+            out.append(0.0)
+            continue
+        lo = s[i - 1, ix] if axis == 0 else s[iy, i - 1]
+        hi = s[i + 1, ix] if axis == 0 else s[iy, i + 1]
+        mid = s[iy, ix]
+        den = lo - 2 * mid + hi
+        if not (np.isfinite(lo) and np.isfinite(hi)) or den >= 0:
+            out.append(0.0)
+            continue
+        out.append(float(np.clip(0.5 * (lo - hi) / den, -0.5, 0.5)))
+    return out[0], out[1]
