@@ -1,0 +1,121 @@
+"""``neuros-cv align STACK``: align a serial-section stack by translations → aligned TIFF + transforms CSV."""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import json
+import os
+import tempfile
+from pathlib import Path
+
+import numpy as np
+
+from .register import add_registration_options, read_image, registration_kwargs
+
+IMAGE_SUFFIXES = (".tif", ".tiff", ".png", ".jpg", ".jpeg", ".npy")
+
+
+def read_stack(path: str | Path) -> np.ndarray:
+    """A stack from a multi-page TIFF / 3-D ``.npy``, or from a folder of 2-D images sorted by name."""
+    p = Path(path).expanduser()
+    if p.is_dir():
+        files = sorted(f for f in p.iterdir() if f.suffix.lower() in IMAGE_SUFFIXES)
+        if not files:
+            raise ValueError(f"folder {p} holds no images ({', '.join(IMAGE_SUFFIXES)})")
+        sections = [read_image(f, "section") for f in files]
+        shapes = {s.shape for s in sections}
+        if len(shapes) != 1:
+            raise ValueError(f"sections in {p} differ in shape: {sorted(shapes)}")
+        return np.stack(sections)
+    return read_image(p, "stack")
+
+
+def _check_out(path: Path, overwrite: bool, flag: str) -> None:
+    if path.is_dir():
+        raise IsADirectoryError(f"{flag} {path} is a folder; give a file name")
+    if path.exists() and not overwrite:
+        raise FileExistsError(f"{flag} {path} exists; pass --overwrite to replace it")
+    if not path.parent.is_dir():
+        raise FileNotFoundError(f"{flag}: folder {path.parent} does not exist")
+    if not os.access(path.parent, os.W_OK):
+        raise PermissionError(f"{flag}: cannot write to folder {path.parent}")
+
+
+def _temp_beside(path: Path) -> Path:
+    fd, name = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    os.close(fd)
+    return Path(name)
+
+
+def add_parser(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser(
+        "align",
+        help="align a serial-section stack (TIFF) by translations",
+        description="Register every section of a stack to its neighbour (or to a running reference), accumulate "
+        "the translations, and write the aligned stack as a TIFF and the transforms as CSV (one row per "
+        "section: dy, dx of the section relative to section 0 — the aligned section is the input moved by "
+        "-dy, -dx — the pairwise registration, its score, and the backbone and weights used). Both files "
+        "appear together when everything succeeded, or not at all.",
+        epilog="example: neuros-cv align stack.tif --out aligned.tif --transforms transforms.csv",
+    )
+    p.add_argument("stack", metavar="STACK", help="multi-page TIFF, 3-D .npy, or a folder of 2-D images")
+    p.add_argument("--out", required=True, help="aligned stack (TIFF)")
+    p.add_argument("--transforms", required=True, help="transforms (CSV)")
+    add_registration_options(p)
+    p.add_argument(
+        "--reference",
+        choices=("previous", "running"),
+        default="previous",
+        help="register to the previous section (default) or to a running average of aligned sections",
+    )
+    p.add_argument("--order", type=int, default=1, choices=(0, 1, 3), help="interpolation order (default 1)")
+    p.add_argument("--overwrite", action="store_true", help="replace existing output files")
+    p.set_defaults(func=run)
+
+
+def run(args: argparse.Namespace) -> int:
+    import tifffile
+
+    from ..registration import align_stack
+    from ._progress import progress_callback
+
+    out, tr = Path(args.out).expanduser(), Path(args.transforms).expanduser()
+    if out.resolve() == tr.resolve():
+        raise ValueError("--out and --transforms must be different files")
+    _check_out(out, args.overwrite, "--out")
+    _check_out(tr, args.overwrite, "--transforms")
+    kw = registration_kwargs(args)
+    vol = read_stack(args.stack)
+    if vol.ndim not in (3, 4):
+        raise ValueError(f"STACK {args.stack} has shape {vol.shape}; expected (sections, H, W[, C])")
+    if vol.shape[0] < 2:
+        raise ValueError(f"STACK {args.stack} has {vol.shape[0]} section; a stack needs at least two to align")
+    with progress_callback(vol.shape[0], "align") as advance:
+        aligned, transforms = align_stack(
+            vol, reference=args.reference, order=args.order, progress=advance, **kw
+        )
+    meta = {
+        "neuros_cv": "align",
+        "source": str(args.stack),
+        "backbone": transforms.backbone,
+        "weights": transforms.weights,
+        "reference": transforms.reference,
+        "shifts": transforms.shifts.tolist(),
+    }
+    tmp_out, tmp_tr = _temp_beside(out), _temp_beside(tr)
+    try:
+        tifffile.imwrite(tmp_out, aligned, description=json.dumps(meta), metadata=None)
+        rows = transforms.rows()
+        with open(tmp_tr, "w", newline="") as fh:
+            writer = csv.DictWriter(fh, fieldnames=list(rows[0]))
+            writer.writeheader()
+            writer.writerows(rows)
+        os.replace(tmp_out, out)
+        os.replace(tmp_tr, tr)
+    finally:
+        for t in (tmp_out, tmp_tr):
+            t.unlink(missing_ok=True)
+    print(f"aligned {vol.shape[0]} sections → {out}; transforms → {tr} (backbone={transforms.backbone}, "
+          f"weights={transforms.weights})")
+    return 0
