@@ -105,7 +105,8 @@ def run(args: argparse.Namespace) -> int:
     }
     tmp_out, tmp_tr = _temp_beside(out), _temp_beside(tr)
     try:
-        tifffile.imwrite(tmp_out, aligned, description=json.dumps(meta), metadata=None)
+        photometric = "rgb" if aligned.ndim == 4 and aligned.shape[-1] in (3, 4) else "minisblack"
+        tifffile.imwrite(tmp_out, aligned, photometric=photometric, description=json.dumps(meta), metadata=None)
         rows = transforms.rows()
         with open(tmp_tr, "w", newline="") as fh:
             writer = csv.DictWriter(fh, fieldnames=list(rows[0]))
