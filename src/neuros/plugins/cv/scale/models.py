@@ -1,0 +1,50 @@
+"""Models on workers: built once per worker process and reused by every block it runs.
+
+Each ``distributed`` worker process imports this module once; the ``lru_cache`` then keeps one backbone per
+(name, weights) and one head per folder for the life of the worker, so a run of 10 000 blocks loads the model
+once per worker, not once per block.
+"""
+
+from __future__ import annotations
+
+import math
+from functools import lru_cache
+from typing import Any
+
+__all__ = ["default_halo", "worker_backbone", "worker_head"]
+
+PATCH = 16
+# ViT attention is global: no halo makes blocks exact. 64 px (4 patches) of context is a compromise between
+# agreement with whole-section features and re-computation (see docs/scaling.md).
+VIT_HALO = 64
+
+
+@lru_cache(maxsize=4)
+def worker_backbone(name: str, weights: str | None = None):
+    """The backbone ``name`` (with ``weights``), built on first use in this process and cached."""
+    from ..backbones.base import get_backbone
+
+    return get_backbone(name, **({"weights": weights} if weights is not None else {}))
+
+
+@lru_cache(maxsize=4)
+def worker_head(path: str):
+    """The segmentation head saved in ``path``, loaded on first use in this process and cached."""
+    from ..heads import load_head
+
+    return load_head(path)
+
+
+def default_halo(backbone: Any, patch: int = PATCH) -> int:
+    """The halo (pixels, a multiple of ``patch``) that covers ``backbone``'s receptive field beyond a patch.
+
+    Uses the backbone's ``receptive_field`` (pixels) when it declares one; the placeholder's receptive field
+    is its own patch (halo 0); ViTs see the whole image, so they get :data:`VIT_HALO` and only approximate
+    whole-section features.
+    """
+    rf = getattr(backbone, "receptive_field", None)  # full width in pixels
+    if rf is not None and math.isfinite(float(rf)):
+        return int(math.ceil(float(rf) / 2 / patch)) * patch if float(rf) > patch else 0
+    if getattr(backbone, "weights", "") == "placeholder":
+        return 0
+    return VIT_HALO

@@ -1,0 +1,235 @@
+"""Resumable blockwise runs: output groups that remember their settings, per-block completion markers, and
+running the blocks on a ``distributed`` client with retries, progress and failures reported by block index.
+
+Markers live inside the output group as a uint8 zarr array ``blocks_done/<name>`` with one chunk per block, so
+each finished block writes one tiny file of its own (no two workers touch the same file) *after* its results;
+an interrupted run leaves exactly the finished blocks marked, and a re-run with the same settings computes only
+the others. ``attrs["neuros_cv"]["complete"]`` is false until every block is done.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+from collections.abc import Callable, Sequence
+from contextlib import AbstractContextManager, nullcontext
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+__all__ = [
+    "BlockFailures",
+    "ProgressFactory",
+    "RunReport",
+    "done_indices",
+    "finish_output",
+    "mark_done",
+    "open_output",
+    "run_blocks",
+]
+
+ProgressFactory = Callable[[int, str], AbstractContextManager[Callable[[str], None]]]
+LEDGER = "blocks_done"
+
+
+class BlockFailures(RuntimeError):
+    """Some blocks still failed after their retries; ``indices`` lists them as (z, iy, ix)."""
+
+    def __init__(self, message: str, indices: list[tuple[int, ...]], attempts: list[int]):
+        super().__init__(message)
+        self.indices = indices
+        self.attempts = attempts
+
+
+@dataclass(frozen=True)
+class RunReport:
+    """What a run did: blocks in total, computed now, skipped as already written."""
+
+    total: int
+    computed: int
+    skipped: int
+
+    def as_dict(self) -> dict[str, int]:
+        return {"total": self.total, "computed": self.computed, "skipped": self.skipped}
+
+
+def _canonical(obj: Any) -> Any:
+    return json.loads(json.dumps(obj))
+
+
+def open_output(
+    out: str | os.PathLike[str],
+    run: dict[str, Any],
+    arrays: dict[str, dict[str, Any]],
+    ledgers: dict[str, tuple[int, ...]],
+    overwrite: bool = False,
+):
+    """Create the output zarr group, or reopen it to resume a run with the same settings.
+
+    Parameters
+    ----------
+    out : path-like
+        Output zarr group.
+    run : dict
+        The run's settings (JSON-serialisable); a re-run resumes only if they are identical.
+    arrays : dict
+        ``name -> dict(shape=, chunks=, dtype=, fill_value=)`` arrays to create.
+    ledgers : dict
+        ``name -> block-grid shape`` completion-marker arrays to create.
+    overwrite : bool
+        Replace an existing output instead of resuming / refusing.
+
+    Returns
+    -------
+    (zarr.Group, bool)
+        The group (read-write) and whether an existing run is being resumed.
+    """
+    import zarr
+
+    path = Path(out).expanduser()
+    run = _canonical(run)
+    if path.exists() and not overwrite:
+        try:
+            group = zarr.open_group(str(path), mode="r+")
+            meta = group.attrs.asdict().get("neuros_cv", {})
+        except Exception:
+            meta = {}
+        if not meta:
+            raise FileExistsError(f"--out {path} exists and is not a neuros-cv volume output; pass --overwrite")
+        if meta.get("run") != run:
+            old = meta.get("run", {})
+            diff = sorted(k for k in set(old) | set(run) if old.get(k) != run.get(k))
+            raise FileExistsError(
+                f"--out {path} holds a run with different settings ({', '.join(diff)}); "
+                "pass --overwrite to start again or use another --out"
+            )
+        return group, True
+    if path.exists():
+        if path.is_dir():
+            shutil.rmtree(path)
+        else:
+            path.unlink()
+    if not path.parent.is_dir():
+        raise FileNotFoundError(f"--out: folder {path.parent} does not exist")
+    group = zarr.open_group(str(path), mode="w-", zarr_format=3)
+    for name, spec in arrays.items():
+        group.create_array(name, **spec)
+    done = group.create_group(LEDGER)
+    for name, grid in ledgers.items():
+        # One chunk per block; uncompressed so a marker is one byte written in one go.
+        done.create_array(name, shape=grid, chunks=(1,) * len(grid), dtype="uint8", fill_value=0, compressors=None)
+    group.attrs["neuros_cv"] = {"run": run, "complete": False}
+    return group, False
+
+
+def ledger_path(out: str | os.PathLike[str], name: str) -> str:
+    return str(Path(out) / LEDGER / name)
+
+
+def done_indices(out: str | os.PathLike[str], name: str) -> set[tuple[int, ...]]:
+    """Indices of the blocks marked done in ledger ``name``."""
+    import zarr
+
+    arr = zarr.open_array(ledger_path(out, name), mode="r")
+    return {tuple(int(v) for v in i) for i in np.argwhere(arr[...] > 0)}
+
+
+def mark_done(out: str | os.PathLike[str], name: str, index: Sequence[int]) -> None:
+    """Mark block ``index`` done (call after its results are written)."""
+    import zarr
+
+    arr = zarr.open_array(ledger_path(out, name), mode="r+")
+    arr[tuple(int(i) for i in index)] = 1
+
+
+def finish_output(group, **summary: Any) -> None:
+    """Record the run as complete, with a summary, in the group's attributes."""
+    meta = dict(group.attrs.asdict().get("neuros_cv", {}))
+    meta.update(complete=True, **_canonical(summary))
+    group.attrs["neuros_cv"] = meta
+
+
+def _attempts(client, keys: list[str]) -> list[int]:
+    """How many times the scheduler sent each key to a worker (1 + retries used), from its task story."""
+
+    def count(dask_scheduler, keys):  # runs on the scheduler
+        out = []
+        for k in keys:
+            story = dask_scheduler.story(k)
+            out.append(sum(1 for ev in story if len(ev) > 2 and ev[0] == k and ev[2] == "processing"))
+        return out
+
+    try:
+        return list(client.run_on_scheduler(count, keys=keys))
+    except Exception:  # the story is diagnostics only
+        return [-1] * len(keys)
+
+
+def run_blocks(
+    client,
+    tasks: Sequence[tuple[tuple[int, ...], Any]],
+    *,
+    total: int,
+    retries: int = 2,
+    progress: ProgressFactory | None = None,
+    title: str = "blocks",
+) -> RunReport:
+    """Compute delayed block tasks on ``client``; each returns after writing its block and marker.
+
+    Parameters
+    ----------
+    client : distributed.Client
+    tasks : sequence of (index, dask.delayed)
+        Blocks still to do (the caller leaves out those already marked done).
+    total : int
+        Number of blocks in the whole run (for the report).
+    retries : int
+        Extra attempts per block before it counts as failed (distributed's ``retries``).
+    progress : callable, optional
+        ``progress(n, title)`` -> context manager yielding ``advance(message)`` (``cli._progress``'s shape).
+
+    Raises
+    ------
+    BlockFailures
+        After every other block finished, if some still failed; the message names them by index.
+    """
+    from distributed import as_completed
+
+    indices = [tuple(i) for i, _ in tasks]
+    futures = client.compute([d for _, d in tasks], retries=int(retries)) if tasks else []
+    by_key = {f.key: i for f, i in zip(futures, indices, strict=True)}
+    failed: list[tuple[tuple[int, ...], str, Any]] = []
+    ctx = progress(len(futures), title) if progress is not None and futures else nullcontext(None)
+    try:
+        with ctx as advance:
+            for fut in as_completed(futures, loop=client.loop):
+                idx = by_key[fut.key]
+                if fut.status == "finished":
+                    if advance is not None:
+                        advance(f"block {idx}")
+                else:
+                    failed.append((idx, fut.key, fut.exception()))
+                    if advance is not None:
+                        advance(f"block {idx} FAILED")
+                fut.release()
+    finally:
+        for f in futures:
+            f.release()
+    if failed:
+        failed.sort(key=lambda t: t[0])
+        attempts = _attempts(client, [k for _, k, _ in failed])
+        idx = [i for i, _, _ in failed]
+        first = failed[0][2]
+        shown = ", ".join(str(i) for i in idx[:10]) + (" …" if len(idx) > 10 else "")
+        tries = "/".join(sorted({str(a) for a in attempts if a > 0})) or str(retries + 1)
+        raise BlockFailures(
+            f"{len(idx)} of {total} blocks failed after {tries} attempts each: blocks (z, iy, ix) {shown}; "
+            f"first error: {type(first).__name__}: {str(first).splitlines()[0] if str(first) else ''} "
+            "(re-run the same command to retry only unfinished blocks)",
+            idx,
+            attempts,
+        )
+    return RunReport(total=total, computed=len(futures), skipped=total - len(futures))

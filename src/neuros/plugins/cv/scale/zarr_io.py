@@ -1,0 +1,246 @@
+"""Zarr at the edges: open input volumes (plain arrays, groups, OME-Zarr multiscales) and convert TIFF stacks
+and NIfTI images to OME-Zarr, one section at a time so memory stays bounded by a section.
+
+OME-Zarr groups are written as zarr v3 with OME-NGFF 0.5 metadata (``attrs["ome"]["multiscales"]``); 0.4
+groups (``attrs["multiscales"]``) are read too.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from ..report.output import atomic_output_dir
+
+__all__ = [
+    "convert_to_zarr",
+    "multiscale_datasets",
+    "nifti_to_zarr",
+    "open_volume",
+    "tiff_to_zarr",
+    "write_ome_zarr",
+]
+
+TIFF_SUFFIXES = (".tif", ".tiff")
+NIFTI_SUFFIXES = (".nii", ".nii.gz")
+
+
+def multiscale_datasets(attrs: dict[str, Any]) -> list[dict[str, Any]]:
+    """The ``datasets`` list of the first OME-Zarr multiscale in group attributes (0.5 or 0.4), or []."""
+    ms = attrs.get("ome", {}).get("multiscales") or attrs.get("multiscales") or []
+    return list(ms[0].get("datasets", [])) if ms else []
+
+
+def open_volume(path: str | os.PathLike[str], level: int = 0, component: str | None = None):
+    """Open a (z, y, x) volume stored in zarr, read-only.
+
+    Parameters
+    ----------
+    path : path-like
+        A zarr array, an OME-Zarr multiscale group, or a group holding exactly one array.
+    level : int
+        Resolution level of an OME-Zarr multiscale group (0: full resolution).
+    component : str, optional
+        Path of the array inside a group (overrides ``level``).
+
+    Returns
+    -------
+    zarr.Array
+        The 3-D array. Raises ``FileNotFoundError``/``ValueError`` with one line naming the problem.
+    """
+    import zarr
+
+    p = Path(path).expanduser()
+    if not p.exists():
+        raise FileNotFoundError(f"input zarr {p} does not exist")
+    try:
+        node = zarr.open(str(p), mode="r")
+    except Exception as e:  # zarr raises several types for a folder that is not zarr
+        raise ValueError(f"input {p} is not a zarr array or group ({type(e).__name__}: {e})") from None
+    if isinstance(node, zarr.Group):
+        if component is not None:
+            if component not in node:
+                raise ValueError(f"input {p} has no array {component!r}; it holds {sorted(node.array_keys())}")
+            node = node[component]
+        else:
+            datasets = multiscale_datasets(node.attrs.asdict())
+            arrays = sorted(node.array_keys())
+            if datasets:
+                if not 0 <= level < len(datasets):
+                    raise ValueError(f"input {p} has {len(datasets)} resolution levels; --level {level} is out of range")
+                node = node[datasets[level]["path"]]
+            elif len(arrays) == 1:
+                node = node[arrays[0]]
+            else:
+                raise ValueError(
+                    f"input {p} is a zarr group with {len(arrays)} arrays {arrays} and no OME-Zarr multiscales; "
+                    "name one with --component"
+                )
+    if node.ndim != 3:
+        raise ValueError(f"input {p} has shape {node.shape}; expected a (z, y, x) volume")
+    return node
+
+
+def write_ome_zarr(
+    path: str | os.PathLike[str],
+    sections: Iterator[np.ndarray],
+    shape: tuple[int, int, int],
+    dtype: Any,
+    chunks: tuple[int, int, int] = (1, 512, 512),
+    levels: int = 1,
+    scale: tuple[float, float, float] = (1.0, 1.0, 1.0),
+    attrs: dict[str, Any] | None = None,
+) -> None:
+    """Write sections (each (y, x)) as an OME-Zarr multiscale group at ``path`` (which must not exist).
+
+    Level 0 is written section by section; each further level halves y and x (mean of 2×2, via dask's
+    ``coarsen``) and is computed from the level before it.
+    """
+    import dask.array as da
+    import zarr
+
+    z, h, w = (int(s) for s in shape)
+    chunks = (min(chunks[0], z), min(chunks[1], h), min(chunks[2], w))
+    root = zarr.open_group(str(path), mode="w-", zarr_format=3)
+    a0 = root.create_array("0", shape=(z, h, w), chunks=chunks, dtype=dtype)
+    slab: list[np.ndarray] = []
+    start = 0
+    for sec in sections:
+        slab.append(np.asarray(sec))
+        if len(slab) == chunks[0]:
+            a0[start : start + len(slab)] = np.stack(slab)
+            start += len(slab)
+            slab = []
+    if slab:
+        a0[start : start + len(slab)] = np.stack(slab)
+        start += len(slab)
+    if start != z:
+        raise ValueError(f"expected {z} sections, got {start}")
+    datasets = [{"path": "0", "coordinateTransformations": [{"type": "scale", "scale": list(map(float, scale))}]}]
+    prev = a0
+    for lv in range(1, int(levels)):
+        src = da.from_zarr(prev)
+        ph, pw = src.shape[1] - src.shape[1] % 2, src.shape[2] - src.shape[2] % 2
+        if ph < 2 or pw < 2:
+            break
+        down = da.coarsen(np.mean, src[:, :ph, :pw], {1: 2, 2: 2}).astype(dtype)
+        arr = root.create_array(str(lv), shape=down.shape, chunks=(chunks[0], *(min(c, s) for c, s in zip(chunks[1:], down.shape[1:], strict=True))), dtype=dtype)
+        da.store(down.rechunk(arr.chunks), arr, lock=False)
+        f = 2.0**lv
+        datasets.append({"path": str(lv), "coordinateTransformations": [
+            {"type": "scale", "scale": [float(scale[0]), scale[1] * f, scale[2] * f]}]})
+        prev = arr
+    axes = [{"name": n, "type": "space"} for n in ("z", "y", "x")]
+    root.attrs.update({
+        "ome": {"version": "0.5", "multiscales": [{"name": Path(path).name, "axes": axes, "datasets": datasets}]},
+        **(attrs or {}),
+    })
+
+
+def _tiff_sections(src: Path) -> tuple[tuple[int, int, int], Any, Callable[[], Iterator[np.ndarray]]]:
+    import tifffile
+
+    if src.is_dir():
+        files = sorted(f for f in src.iterdir() if f.suffix.lower() in TIFF_SUFFIXES)
+        if not files:
+            raise ValueError(f"folder {src} holds no TIFF files")
+        with tifffile.TiffFile(files[0]) as tf:
+            page = tf.pages[0]
+            h, w, dtype = page.shape[0], page.shape[1], page.dtype
+
+        def it() -> Iterator[np.ndarray]:
+            for f in files:
+                sec = tifffile.imread(f)
+                if sec.shape != (h, w):
+                    raise ValueError(f"TIFF {f.name} has shape {sec.shape}, expected ({h}, {w}) like {files[0].name}")
+                yield sec
+
+        return (len(files), h, w), dtype, it
+    with tifffile.TiffFile(src) as tf:
+        series = tf.series[0]
+        shape, dtype = series.shape, series.dtype
+    if len(shape) == 2:
+        shape = (1, *shape)
+    if len(shape) != 3:
+        raise ValueError(f"TIFF {src} has shape {series.shape}; expected a greyscale (z, y, x) stack")
+
+    def it_pages() -> Iterator[np.ndarray]:
+        with tifffile.TiffFile(src) as tf:
+            for page in tf.series[0].pages:  # one section in memory at a time
+                yield page.asarray()
+
+    return tuple(int(s) for s in shape), dtype, it_pages
+
+
+def tiff_to_zarr(src: str | os.PathLike[str], out: str | os.PathLike[str], *, chunks=(1, 512, 512), levels=1,
+                 overwrite: bool = False) -> Path:
+    """Convert a multi-page TIFF stack or a folder of 2-D TIFFs (sorted by name) to an OME-Zarr group."""
+    src = Path(src).expanduser()
+    if not src.exists():
+        raise FileNotFoundError(f"input {src} does not exist")
+    shape, dtype, sections = _tiff_sections(src)
+    with atomic_output_dir(out, overwrite) as tmp:
+        store = tmp / "volume.zarr"
+        write_ome_zarr(store, sections(), shape, dtype, chunks, levels, attrs={"neuros_cv": {"source": str(src)}})
+        _move_contents(store, tmp)
+    return Path(out)
+
+
+def nifti_to_zarr(src: str | os.PathLike[str], out: str | os.PathLike[str], *, chunks=(1, 512, 512), levels=1,
+                  overwrite: bool = False) -> Path:
+    """Convert a 3-D NIfTI image to an OME-Zarr group, z as the first axis, voxel sizes as the OME scale.
+
+    NIfTI stores (i, j, k) = (x, y, z) in array order; we write ``[k, j, i]`` and read one k-slice of the
+    image's data proxy at a time. The affine is kept in ``attrs["neuros_cv"]["affine"]``.
+    """
+    import nibabel as nib
+
+    src = Path(src).expanduser()
+    if not src.exists():
+        raise FileNotFoundError(f"input {src} does not exist")
+    img = nib.load(str(src))
+    shape = img.shape
+    if len(shape) == 4 and shape[3] == 1:
+        shape = shape[:3]
+    if len(shape) != 3:
+        raise ValueError(f"NIfTI {src} has shape {img.shape}; expected a 3-D image")
+    nx, ny, nz = (int(s) for s in shape)
+    dtype = img.get_data_dtype()
+    if img.dataobj.slope != 1 or img.dataobj.inter != 0:  # scaled data are floats once read
+        dtype = np.float32
+    zooms = [float(v) for v in img.header.get_zooms()[:3]]
+
+    def sections() -> Iterator[np.ndarray]:
+        for k in range(nz):
+            sl = np.asanyarray(img.dataobj[..., k] if len(img.shape) == 3 else img.dataobj[..., k, 0])
+            yield sl.T.astype(dtype)  # (x, y) → (y, x)
+
+    meta = {"neuros_cv": {"source": str(src), "affine": np.asarray(img.affine).tolist(), "axes_from": "nifti k,j,i"}}
+    with atomic_output_dir(out, overwrite) as tmp:
+        store = tmp / "volume.zarr"
+        write_ome_zarr(store, sections(), (nz, ny, nx), dtype, chunks, levels, (zooms[2], zooms[1], zooms[0]), meta)
+        _move_contents(store, tmp)
+    return Path(out)
+
+
+def _move_contents(src: Path, dst: Path) -> None:
+    for item in src.iterdir():
+        item.rename(dst / item.name)
+    src.rmdir()
+
+
+def convert_to_zarr(src: str | os.PathLike[str], out: str | os.PathLike[str], **kw: Any) -> Path:
+    """Convert a TIFF stack / folder of TIFFs or a NIfTI image to OME-Zarr, chosen by the input's suffix."""
+    p = Path(src).expanduser()
+    name = p.name.lower()
+    if name.endswith(NIFTI_SUFFIXES):
+        return nifti_to_zarr(p, out, **kw)
+    if p.is_dir() or name.endswith(TIFF_SUFFIXES):
+        return tiff_to_zarr(p, out, **kw)
+    if not p.exists():
+        raise FileNotFoundError(f"input {p} does not exist")
+    raise ValueError(f"cannot convert {p}: expected a TIFF stack (.tif/.tiff), a folder of TIFFs or NIfTI (.nii/.nii.gz)")
