@@ -66,8 +66,19 @@ def test_fast_translation_equals_report_translation(seed):
         with pytest.raises(ValueError, match="no shift satisfies"):
             estimate_translation_from_features(a, b, max_shift=max_shift, min_overlap=min_overlap)
         return
-    got = estimate_translation_from_features(a, b, max_shift=max_shift, min_overlap=min_overlap)
-    assert got == want
+    for precision in ("verified", "double"):
+        got = estimate_translation_from_features(
+            a, b, max_shift=max_shift, min_overlap=min_overlap, precision=precision
+        )
+        assert got == want, precision
+
+
+def test_all_ties_fall_back_to_exact_scores_and_the_smallest_shift():
+    zeros = np.zeros((9, 11, 8), dtype=np.float32)  # every score is 0: every shift is a candidate
+    assert estimate_translation_from_features(zeros, zeros) == (0, 0)
+    assert estimate_translation(patch_correlation(zeros, zeros), grid_shape=(9, 11)) == (0, 0)
+    with pytest.raises(ValueError, match="precision"):
+        estimate_translation_from_features(zeros, zeros, precision="half")
 
 
 def test_fast_path_finds_true_shift_of_real_features(sstem_dir):
