@@ -32,7 +32,9 @@ SCALINGS = ("auto", "dtype", "percentile")
 SAMPLE_VOXELS = 4_000_000
 
 
-def intensity_range(volume: Any, scaling: str = "auto", percentiles: tuple[float, float] = (0.5, 99.5)) -> tuple[float, float]:
+def intensity_range(
+    volume: Any, scaling: str = "auto", percentiles: tuple[float, float] = (0.5, 99.5)
+) -> tuple[float, float]:
     """One (low, high) intensity range for the whole volume, so every block is scaled the same way.
 
     ``"dtype"``: the integer dtype's range (floats: 0–1). ``"percentile"``: robust percentiles of a strided
@@ -46,7 +48,7 @@ def intensity_range(volume: Any, scaling: str = "auto", percentiles: tuple[float
     x = volume if isinstance(volume, da.Array) else da.asarray(volume)
     dt = np.dtype(x.dtype)
     if scaling == "auto":
-        if dt == np.uint8 or dt == bool:
+        if dt in (np.dtype(np.uint8), np.dtype(bool)):
             scaling = "dtype"
         elif np.issubdtype(dt, np.floating):
             lo, hi = da.compute(x.min(), x.max())
@@ -105,6 +107,17 @@ def resolve_block(array, block: int | tuple[int, int] | None) -> tuple[int, int]
         return (-(-cy // PATCH) * PATCH, -(-cx // PATCH) * PATCH)
     by, bx = (block, block) if np.isscalar(block) else tuple(block)
     return int(by), int(bx)
+
+
+def plan_blocks(
+    array, backbone: Any, block: int | tuple[int, int] | None, halo: int | None, extra: int = 0
+) -> tuple[tuple[int, int], int]:
+    """Block size and halo for ``array`` and ``backbone`` (default halo: its receptive field + ``extra``),
+    checked against each other and the patch grid (``ValueError`` naming the problem)."""
+    by, bx = resolve_block(array, block)
+    halo = default_halo(backbone) + extra if halo is None else int(halo)
+    check_geometry(array.shape[1:], (by, bx), halo, PATCH)
+    return (by, bx), halo
 
 
 def pending_blocks(out: str | os.PathLike[str], ledger: str, blocks: list[Block]) -> list[Block]:
@@ -166,9 +179,7 @@ def volume_features(
 
     arr = open_volume(src, level, component)
     bb = worker_backbone(backbone, weights)  # validates the name here; workers build their own copy
-    by, bx = resolve_block(arr, block)
-    halo = default_halo(bb) if halo is None else int(halo)
-    check_geometry(arr.shape[1:], (by, bx), halo, PATCH)
+    (by, bx), halo = plan_blocks(arr, bb, block, halo)
     x = da.from_zarr(arr)
     lo, hi = intensity_range(x, scaling)
     z, h, w = arr.shape

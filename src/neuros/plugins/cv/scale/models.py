@@ -44,7 +44,13 @@ def default_halo(backbone: Any, patch: int = PATCH) -> int:
     """
     rf = getattr(backbone, "receptive_field", None)  # full width in pixels
     if rf is not None and math.isfinite(float(rf)):
-        return int(math.ceil(float(rf) / 2 / patch)) * patch if float(rf) > patch else 0
+        return math.ceil(float(rf) / 2 / patch) * patch if float(rf) > patch else 0
+    sigmas = getattr(backbone, "sigmas", None)
+    if sigmas:
+        # The filter bank's widest kernel: Gaussians truncated at 4σ, its difference of Gaussians at 1.6·σ_max,
+        # plus 2 px for the finite-difference gradients of the structure tensor.
+        radius = 4.0 * 1.6 * max(float(s) for s in sigmas) + 2
+        return math.ceil(radius / patch) * patch
     if getattr(backbone, "weights", "") == "placeholder":
         return 0
     return VIT_HALO

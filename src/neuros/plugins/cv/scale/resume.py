@@ -14,7 +14,7 @@ import os
 import shutil
 from collections.abc import Callable, Sequence
 from contextlib import AbstractContextManager, nullcontext
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -51,6 +51,7 @@ class RunReport:
     total: int
     computed: int
     skipped: int
+    results: dict = field(default_factory=dict, repr=False)
 
     def as_dict(self) -> dict[str, int]:
         return {"total": self.total, "computed": self.computed, "skipped": self.skipped}
@@ -177,7 +178,7 @@ def run_blocks(
     progress: ProgressFactory | None = None,
     title: str = "blocks",
 ) -> RunReport:
-    """Compute delayed block tasks on ``client``; each returns after writing its block and marker.
+    """Compute delayed block tasks on ``client`` (each writes its block and marker); results by index.
 
     Parameters
     ----------
@@ -202,12 +203,14 @@ def run_blocks(
     futures = client.compute([d for _, d in tasks], retries=int(retries)) if tasks else []
     by_key = {f.key: i for f, i in zip(futures, indices, strict=True)}
     failed: list[tuple[tuple[int, ...], str, Any]] = []
+    results: dict[tuple[int, ...], Any] = {}
     ctx = progress(len(futures), title) if progress is not None and futures else nullcontext(None)
     try:
         with ctx as advance:
             for fut in as_completed(futures, loop=client.loop):
                 idx = by_key[fut.key]
                 if fut.status == "finished":
+                    results[idx] = fut.result()
                     if advance is not None:
                         advance(f"block {idx}")
                 else:
@@ -232,4 +235,4 @@ def run_blocks(
             idx,
             attempts,
         )
-    return RunReport(total=total, computed=len(futures), skipped=total - len(futures))
+    return RunReport(total=total, computed=len(futures), skipped=total - len(futures), results=results)

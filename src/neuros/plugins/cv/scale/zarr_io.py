@@ -71,7 +71,8 @@ def open_volume(path: str | os.PathLike[str], level: int = 0, component: str | N
             arrays = sorted(node.array_keys())
             if datasets:
                 if not 0 <= level < len(datasets):
-                    raise ValueError(f"input {p} has {len(datasets)} resolution levels; --level {level} is out of range")
+                    raise ValueError(f"input {p} has {len(datasets)} resolution levels; "
+                                     f"--level {level} is out of range")
                 node = node[datasets[level]["path"]]
             elif len(arrays) == 1:
                 node = node[arrays[0]]
@@ -128,7 +129,8 @@ def write_ome_zarr(
         if ph < 2 or pw < 2:
             break
         down = da.coarsen(np.mean, src[:, :ph, :pw], {1: 2, 2: 2}).astype(dtype)
-        arr = root.create_array(str(lv), shape=down.shape, chunks=(chunks[0], *(min(c, s) for c, s in zip(chunks[1:], down.shape[1:], strict=True))), dtype=dtype)
+        lchunks = (chunks[0], min(chunks[1], down.shape[1]), min(chunks[2], down.shape[2]))
+        arr = root.create_array(str(lv), shape=down.shape, chunks=lchunks, dtype=dtype)
         da.store(down.rechunk(arr.chunks), arr, lock=False)
         f = 2.0**lv
         datasets.append({"path": str(lv), "coordinateTransformations": [
@@ -170,8 +172,12 @@ def _tiff_sections(src: Path) -> tuple[tuple[int, int, int], Any, Callable[[], I
 
     def it_pages() -> Iterator[np.ndarray]:
         with tifffile.TiffFile(src) as tf:
-            for page in tf.series[0].pages:  # one section in memory at a time
-                yield page.asarray()
+            pages = tf.series[0].pages
+            if len(pages) == shape[0]:
+                for page in pages:  # one section in memory at a time
+                    yield page.asarray()
+            else:  # sections stored as planes of one page: read the series once
+                yield from tf.series[0].asarray().reshape(shape)
 
     return tuple(int(s) for s in shape), dtype, it_pages
 
@@ -243,4 +249,6 @@ def convert_to_zarr(src: str | os.PathLike[str], out: str | os.PathLike[str], **
         return tiff_to_zarr(p, out, **kw)
     if not p.exists():
         raise FileNotFoundError(f"input {p} does not exist")
-    raise ValueError(f"cannot convert {p}: expected a TIFF stack (.tif/.tiff), a folder of TIFFs or NIfTI (.nii/.nii.gz)")
+    raise ValueError(
+        f"cannot convert {p}: expected a TIFF stack (.tif/.tiff), a folder of TIFFs or NIfTI (.nii/.nii.gz)"
+    )

@@ -1,0 +1,147 @@
+"""Blockwise segmentation of a zarr volume with a trained head (:mod:`neuros.plugins.cv.heads`) on Dask.
+
+Each block computes features of its halo'd region with the head's own backbone, asks the head for pixel-level
+class probabilities (patch-grid probabilities upsampled bilinearly), crops the core and writes labels (and,
+optionally, the probabilities). The halo is the backbone's plus one patch, since bilinear upsampling near a
+block's edge uses the neighbouring patch; with it, blocks equal :func:`section_probabilities` on whole sections
+exactly for bounded-receptive-field backbones.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from .blocks import Block, iter_blocks, n_blocks
+from .features import intensity_range, pending_blocks, plan_blocks, scale_intensity
+from .models import PATCH, worker_backbone, worker_head
+from .resume import ProgressFactory, finish_output, open_output, run_blocks
+from .zarr_io import open_volume
+
+__all__ = ["head_backbone", "section_probabilities", "volume_segment"]
+
+
+def head_backbone(head: Any) -> tuple[str, str | None]:
+    """The (name, weights argument) of the backbone a head was trained on, for :func:`get_backbone`."""
+    name, wts = head.backbone_, str(head.weights_)
+    for mode in ("placeholder", "random", "pretrained"):
+        if wts == mode or wts.startswith(mode + ":") or wts.startswith(mode + "("):
+            return name, mode
+    return name, None  # backbones with a single fixed set of weights (e.g. the filter bank)
+
+
+def section_probabilities(section: np.ndarray, backbone: Any, head: Any, lo: float, hi: float) -> np.ndarray:
+    """Pixel-level class probabilities (H, W, K) of one whole (or halo'd) section."""
+    return head.predict_proba(backbone.extract(scale_intensity(section, lo, hi)), level="pixel")
+
+
+@dataclass(frozen=True)
+class _SegmentTask:
+    out: str
+    head: str
+    backbone: str
+    weights: str | None
+    lo: float
+    hi: float
+    save_proba: bool
+
+
+def _segment_block(region: np.ndarray, block: Block, task: _SegmentTask) -> tuple[int, int, int]:
+    """Runs on a worker: probabilities and labels of one block's core, written, then marked done."""
+    import zarr
+
+    from .resume import mark_done
+
+    head = worker_head(task.head)
+    proba = section_probabilities(region, worker_backbone(task.backbone, task.weights), head, task.lo, task.hi)
+    core = proba[block.inner()]
+    group = zarr.open_group(task.out, mode="r+")
+    sl = (block.z, slice(*block.core_y), slice(*block.core_x))
+    labels = group["labels"]
+    labels[sl] = np.asarray(head.classes_)[core.argmax(axis=2)].astype(labels.dtype)
+    if task.save_proba:
+        group["probabilities"][(*sl, slice(None))] = core.astype(np.float32)
+    mark_done(task.out, "labels", block.index)
+    return block.index
+
+
+def _label_dtype(classes: np.ndarray) -> str:
+    for dt in ("uint8", "uint16", "int32", "int64"):
+        info = np.iinfo(dt)
+        if classes.min() >= info.min and classes.max() <= info.max:
+            return dt
+    return "int64"
+
+
+def volume_segment(
+    src: str | os.PathLike[str],
+    out: str | os.PathLike[str],
+    client,
+    head: str | os.PathLike[str],
+    *,
+    block: int | tuple[int, int] | None = None,
+    halo: int | None = None,
+    scaling: str = "auto",
+    level: int = 0,
+    component: str | None = None,
+    save_proba: bool = False,
+    retries: int = 2,
+    overwrite: bool = False,
+    progress: ProgressFactory | None = None,
+) -> dict[str, Any]:
+    """Segment every section of a zarr volume with a saved head, blockwise on a Dask cluster.
+
+    Parameters
+    ----------
+    src, out, client
+        As in :func:`~neuros.plugins.cv.scale.features.volume_features`; ``out`` gets ``labels`` (z, y, x)
+        with the head's class values and, with ``save_proba``, ``probabilities`` (z, y, x, K) float32.
+    head : path-like
+        A folder written by ``SegmentationHead.save``; its backbone and weights are used for the features.
+    block, halo, scaling, level, component, retries, overwrite, progress
+        As in :func:`~neuros.plugins.cv.scale.features.volume_features`; the default halo is the backbone's
+        plus one patch (for the bilinear upsampling of probabilities).
+
+    Returns
+    -------
+    dict
+        The run's record.
+    """
+    import dask
+    import dask.array as da
+
+    head_dir = Path(head).expanduser().resolve()
+    hd = worker_head(str(head_dir))
+    bname, bweights = head_backbone(hd)
+    bb = worker_backbone(bname, bweights)
+    arr = open_volume(src, level, component)
+    (by, bx), halo = plan_blocks(arr, bb, block, halo, extra=PATCH)
+    x = da.from_zarr(arr)
+    lo, hi = intensity_range(x, scaling)
+    z, h, w = arr.shape
+    classes = np.asarray(hd.classes_)
+    run = {
+        "task": "segment", "input": str(Path(src).expanduser().resolve()), "component": arr.path, "shape": [z, h, w],
+        "head": str(head_dir), "head_kind": getattr(hd, "kind", type(hd).__name__), "classes": classes.tolist(),
+        "backbone": bb.name, "weights": bb.weights, "block": [by, bx], "halo": halo, "intensity_range": [lo, hi],
+        "probabilities": bool(save_proba),
+    }
+    arrays = {"labels": {"shape": (z, h, w), "chunks": (1, by, bx), "dtype": _label_dtype(classes), "fill_value": 0}}
+    if save_proba:
+        k = len(classes)
+        arrays["probabilities"] = {"shape": (z, h, w, k), "chunks": (1, by, bx, k), "dtype": "float32",
+                                   "fill_value": 0.0}
+    group, resumed = open_output(out, run, arrays, {"labels": n_blocks(arr.shape, (by, bx))}, overwrite)
+    blocks = list(iter_blocks(arr.shape, (by, bx), halo, PATCH))
+    todo = pending_blocks(out, "labels", blocks)
+    task = _SegmentTask(str(Path(out).expanduser().resolve()), str(head_dir), bname, bweights, lo, hi,
+                        bool(save_proba))
+    fn = dask.delayed(_segment_block, pure=False)
+    tasks = [(b.index, fn(x[b.z, slice(*b.read_y), slice(*b.read_x)], b, task)) for b in todo]
+    report = run_blocks(client, tasks, total=len(blocks), retries=retries, progress=progress, title="segment")
+    finish_output(group, blocks=report.as_dict())
+    return {**run, "output": str(out), "resumed": resumed, **report.as_dict()}
