@@ -22,6 +22,9 @@ __all__ = [
     "grid_shape_for",
     "normalize",
     "pad_to_multiple",
+    "prepare",
+    "rescale",
+    "scaled_shape",
     "to_float01",
     "to_rgb",
 ]
@@ -145,12 +148,44 @@ def pad_to_multiple(image: np.ndarray, multiple: int, mode: str = "reflect") -> 
     return np.pad(arr, pad, mode=mode)
 
 
+def scaled_shape(height: int, width: int, scale: float) -> tuple[int, int]:
+    """(H, W) of an image after resizing by ``scale`` (rounded, at least one pixel)."""
+    return (max(1, round(height * scale)), max(1, round(width * scale)))
+
+
+def rescale(image: np.ndarray, scale: float) -> np.ndarray:
+    """Resize an (H, W, C) float image by ``scale`` (bilinear; antialiased when shrinking).
+
+    Features are only as fine as the input is large: ``scale=2`` doubles the feature-grid resolution
+    (each feature then covers 8×8 source pixels with a /16 model), ``scale=0.5`` halves the cost.
+    """
+    if not np.isfinite(scale) or scale <= 0:
+        raise ValueError(f"scale must be a positive number, got {scale}")
+    arr = np.asarray(image, dtype=np.float32)
+    if scale == 1:
+        return arr
+    import torch
+    import torch.nn.functional as F
+
+    h, w = scaled_shape(arr.shape[0], arr.shape[1], scale)
+    t = torch.from_numpy(np.ascontiguousarray(arr.transpose(2, 0, 1)))[None]
+    with torch.inference_mode():
+        out = F.interpolate(t, size=(h, w), mode="bilinear", align_corners=False, antialias=scale < 1)
+    return out[0].permute(1, 2, 0).numpy()
+
+
 def prepare(
     image: np.ndarray,
     patch_size: int,
     scaling: Scaling = "auto",
     channels: tuple[int, int, int] | None = None,
+    scale: float = 1.0,
 ) -> np.ndarray:
-    """Validate, scale to [0, 1], convert to RGB and pad to the patch grid: (H', W', 3) float32."""
+    """Validate, scale to [0, 1], convert to RGB, resize by ``scale`` and pad to the patch grid.
+
+    Returns an (H', W', 3) float32 array in [0, 1] with H', W' multiples of ``patch_size``. Normalisation
+    (mean/std) is left to the model side, where it runs on the batch tensor.
+    """
     arr = as_image(image, min_size=1)
-    return pad_to_multiple(to_rgb(to_float01(arr, scaling), channels), patch_size)
+    rgb = rescale(to_rgb(to_float01(arr, scaling), channels), scale)
+    return pad_to_multiple(rgb, patch_size)

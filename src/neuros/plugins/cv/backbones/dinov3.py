@@ -1,27 +1,57 @@
 """DINOv3 backbones: the released variants by short id, and ``DINOv3Backbone``.
 
-The report's ids (``vit-small``, ``cnx-tiny``, …) map to Hugging Face hub ids. ``weights`` chooses what runs:
-``"placeholder"`` (the report's stand-in), ``"random"`` (the real architecture, seeded random init),
-``"pretrained"`` (real weights from a local folder or the Hugging Face cache) or ``"auto"`` (pretrained
-when present, else placeholder). Every :class:`FeatureMap` names the weights used.
+The report's ids (``vit-small``, ``cnx-tiny``, …) map to Hugging Face hub ids; hub ids and local checkpoint
+folders are accepted too. ``weights`` chooses what runs:
+
+- ``"placeholder"`` — the report's deterministic stand-in (no network, no model);
+- ``"random"`` / ``"random(seed=N)"`` — the real architecture from its config, seeded random init (a control
+  baseline, and real speed offline);
+- ``"pretrained"`` / ``"pretrained:<folder, file or hub id>"`` — real weights, found offline first
+  (:mod:`.weights`);
+- ``"auto"`` (default) — pretrained when present on this machine, else the placeholder; ``describe()`` then
+  carries a ``note`` saying so.
+
+Every :class:`FeatureMap` and ``describe()`` names the weights actually used: ``placeholder``,
+``random(seed=N)`` or ``pretrained:<source>``. The networks are transformers' ``DINOv3ViTModel`` and
+``DINOv3ConvNextModel``; this module only prepares input, runs them under ``torch.inference_mode`` and turns
+their outputs into feature grids.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+import re
+from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-from .._validation import as_image
+from .._validation import as_image_list, check_positive_int
 from ..features import FeatureMap
 from ..preprocess import IMAGENET_MEAN, IMAGENET_STD, SAT493M_MEAN, SAT493M_STD, prepare
-from .base import Backbone, register_backbone
+from ..tiling import batched, stitch, tiles
+from . import weights as W
+from .base import Backbone, register_backbone, register_resolver
 from .placeholder import placeholder_features
 
-__all__ = ["VARIANTS", "DINOv3Backbone", "Variant"]
+__all__ = ["VARIANTS", "DINOv3Backbone", "Variant", "parse_weights", "resolve_device"]
 
 WEIGHT_MODES = ("auto", "pretrained", "random", "placeholder")
+
+_VIT_BASE = dict(
+    patch_size=16, num_register_tokens=4, layerscale_value=1.0, layer_norm_eps=1e-5, rope_theta=100.0,
+    query_bias=True, key_bias=False, value_bias=True, proj_bias=True, mlp_bias=True, pos_embed_rescale=2.0,
+)
+
+
+def _vit(hidden: int, inter: int, layers: int, heads: int, gated: bool = False) -> dict[str, Any]:
+    act = dict(use_gated_mlp=True, hidden_act="silu") if gated else dict(use_gated_mlp=False, hidden_act="gelu")
+    return dict(_VIT_BASE, hidden_size=hidden, intermediate_size=inter, num_hidden_layers=layers,
+                num_attention_heads=heads, **act)
+
+
+def _cnx(depths: list[int], hidden: list[int]) -> dict[str, Any]:
+    return dict(depths=depths, hidden_sizes=hidden)
 
 
 @dataclass(frozen=True)
@@ -30,7 +60,8 @@ class Variant:
 
     ``feature_dim`` is the dimension of the dense features we return by default: the ViT embedding
     dimension, or for ConvNeXt the channels of the stride-16 stage (so its grid matches ViT/16 grids).
-    ``embed_dim`` is the model's final (pooled) dimension.
+    ``embed_dim`` is the model's final (pooled) dimension. ``config`` holds the transformers config values
+    of the release (from the official conversion scripts), so ``weights="random"`` builds the true network.
     """
 
     model_id: str
@@ -40,6 +71,8 @@ class Variant:
     embed_dim: int
     params_m: float
     pretrain: str  # "LVD-1689M" | "SAT-493M"
+    timm_id: str | None = None
+    config: dict[str, Any] = field(default_factory=dict, compare=False, hash=False)
     patch_size: int = 16
 
     @property
@@ -48,25 +81,166 @@ class Variant:
             return SAT493M_MEAN, SAT493M_STD
         return IMAGENET_MEAN, IMAGENET_STD
 
+    @property
+    def hub_ids(self) -> tuple[str, ...]:
+        """Where weights may be found: the official repo, then its ungated timm mirror."""
+        return tuple(h for h in (self.hub_id, self.timm_id) if h)
+
+    def hf_config(self) -> Any:
+        """The transformers config of this release."""
+        from transformers import DINOv3ConvNextConfig, DINOv3ViTConfig
+
+        cls = DINOv3ViTConfig if self.arch == "vit" else DINOv3ConvNextConfig
+        return cls(**self.config)
+
 
 _V = Variant
+_LVD, _SAT = "LVD-1689M", "SAT-493M"
 VARIANTS: dict[str, Variant] = {
     v.model_id: v
     for v in (
-        _V("vit-small", "facebook/dinov3-vits16-pretrain-lvd1689m", "vit", 384, 384, 21.6, "LVD-1689M"),
-        _V("vit-small-plus", "facebook/dinov3-vits16plus-pretrain-lvd1689m", "vit", 384, 384, 28.7, "LVD-1689M"),
-        _V("vit-base", "facebook/dinov3-vitb16-pretrain-lvd1689m", "vit", 768, 768, 85.7, "LVD-1689M"),
-        _V("vit-large", "facebook/dinov3-vitl16-pretrain-lvd1689m", "vit", 1024, 1024, 300.0, "LVD-1689M"),
-        _V("vit-huge-plus", "facebook/dinov3-vith16plus-pretrain-lvd1689m", "vit", 1280, 1280, 840.0, "LVD-1689M"),
-        _V("vit-7b", "facebook/dinov3-vit7b16-pretrain-lvd1689m", "vit", 4096, 4096, 6716.0, "LVD-1689M"),
-        _V("vit-large-sat", "facebook/dinov3-vitl16-pretrain-sat493m", "vit", 1024, 1024, 300.0, "SAT-493M"),
-        _V("vit-7b-sat", "facebook/dinov3-vit7b16-pretrain-sat493m", "vit", 4096, 4096, 6716.0, "SAT-493M"),
-        _V("cnx-tiny", "facebook/dinov3-convnext-tiny-pretrain-lvd1689m", "convnext", 384, 768, 27.8, "LVD-1689M"),
-        _V("cnx-small", "facebook/dinov3-convnext-small-pretrain-lvd1689m", "convnext", 384, 768, 49.5, "LVD-1689M"),
-        _V("cnx-base", "facebook/dinov3-convnext-base-pretrain-lvd1689m", "convnext", 512, 1024, 87.6, "LVD-1689M"),
-        _V("cnx-large", "facebook/dinov3-convnext-large-pretrain-lvd1689m", "convnext", 768, 1536, 197.9, "LVD-1689M"),
+        _V("vit-small", "facebook/dinov3-vits16-pretrain-lvd1689m", "vit", 384, 384, 21.6, _LVD,
+           "timm/vit_small_patch16_dinov3.lvd1689m", _vit(384, 1536, 12, 6)),
+        _V("vit-small-plus", "facebook/dinov3-vits16plus-pretrain-lvd1689m", "vit", 384, 384, 28.7, _LVD,
+           "timm/vit_small_plus_patch16_dinov3.lvd1689m", _vit(384, 1536, 12, 6, gated=True)),
+        _V("vit-base", "facebook/dinov3-vitb16-pretrain-lvd1689m", "vit", 768, 768, 85.7, _LVD,
+           "timm/vit_base_patch16_dinov3.lvd1689m", _vit(768, 3072, 12, 12)),
+        _V("vit-large", "facebook/dinov3-vitl16-pretrain-lvd1689m", "vit", 1024, 1024, 303.1, _LVD,
+           "timm/vit_large_patch16_dinov3.lvd1689m", _vit(1024, 4096, 24, 16)),
+        _V("vit-huge-plus", "facebook/dinov3-vith16plus-pretrain-lvd1689m", "vit", 1280, 1280, 840.6, _LVD,
+           "timm/vit_huge_plus_patch16_dinov3.lvd1689m", _vit(1280, 5120, 32, 20, gated=True)),
+        _V("vit-7b", "facebook/dinov3-vit7b16-pretrain-lvd1689m", "vit", 4096, 4096, 6716.4, _LVD,
+           "timm/vit_7b_patch16_dinov3.lvd1689m", _vit(4096, 8192, 40, 32, gated=True)),
+        _V("vit-large-sat", "facebook/dinov3-vitl16-pretrain-sat493m", "vit", 1024, 1024, 303.1, _SAT,
+           "timm/vit_large_patch16_dinov3.sat493m", _vit(1024, 4096, 24, 16)),
+        _V("vit-7b-sat", "facebook/dinov3-vit7b16-pretrain-sat493m", "vit", 4096, 4096, 6716.4, _SAT,
+           "timm/vit_7b_patch16_dinov3.sat493m", _vit(4096, 8192, 40, 32, gated=True)),
+        _V("cnx-tiny", "facebook/dinov3-convnext-tiny-pretrain-lvd1689m", "convnext", 384, 768, 27.8, _LVD,
+           "timm/convnext_tiny.dinov3_lvd1689m", _cnx([3, 3, 9, 3], [96, 192, 384, 768])),
+        _V("cnx-small", "facebook/dinov3-convnext-small-pretrain-lvd1689m", "convnext", 384, 768, 49.5, _LVD,
+           "timm/convnext_small.dinov3_lvd1689m", _cnx([3, 3, 27, 3], [96, 192, 384, 768])),
+        _V("cnx-base", "facebook/dinov3-convnext-base-pretrain-lvd1689m", "convnext", 512, 1024, 87.6, _LVD,
+           "timm/convnext_base.dinov3_lvd1689m", _cnx([3, 3, 27, 3], [128, 256, 512, 1024])),
+        _V("cnx-large", "facebook/dinov3-convnext-large-pretrain-lvd1689m", "convnext", 768, 1536, 196.2, _LVD,
+           "timm/convnext_large.dinov3_lvd1689m", _cnx([3, 3, 27, 3], [192, 384, 768, 1536])),
     )
 }
+_BY_HUB = {h: v for v in VARIANTS.values() for h in v.hub_ids}
+_BY_TIMM_ARCH = {(v.timm_id.split("/")[1].split(".")[0], v.pretrain == _SAT): v
+                 for v in VARIANTS.values() if v.timm_id}
+_HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]*/[\w.-]+$")
+
+
+def count_params(variant: Variant) -> int:
+    """Parameters of a variant's network, counted on the meta device (no memory, any size)."""
+    import torch
+    from transformers import DINOv3ConvNextModel, DINOv3ViTModel
+
+    cls = DINOv3ViTModel if variant.arch == "vit" else DINOv3ConvNextModel
+    with torch.device("meta"):
+        model = cls(variant.hf_config())
+    return sum(p.numel() for p in model.parameters())
+
+
+def parse_weights(spec: str) -> tuple[str, int | None, str | None]:
+    """Split a weights string into (mode, seed, source).
+
+    ``"random(seed=3)"`` → ``("random", 3, None)``; ``"pretrained:/data/w"`` → ``("pretrained", None,
+    "/data/w")``; ``"auto"``, ``"placeholder"``, ``"random"`` and ``"pretrained"`` stand alone.
+    """
+    if not isinstance(spec, str):
+        raise TypeError(f"weights must be a string, got {type(spec).__name__}")
+    m = re.fullmatch(r"random\(seed=(-?\d+)\)", spec.strip())
+    if m:
+        return "random", int(m.group(1)), None
+    if spec.startswith("pretrained:"):
+        src = spec[len("pretrained:"):].strip()
+        if not src:
+            raise ValueError("weights='pretrained:' needs a folder, file or hub id after the colon")
+        return "pretrained", None, src
+    if spec in WEIGHT_MODES:
+        return spec, None, None
+    raise ValueError(
+        f"weights must be auto, placeholder, random, random(seed=N), pretrained or pretrained:<path or hub id>, "
+        f"got {spec!r}"
+    )
+
+
+def resolve_device(device: str | None) -> str:
+    """``"auto"``/None → cuda if available, else mps, else cpu; explicit devices are checked."""
+    import torch
+
+    d = (device or "auto").lower()
+    if d == "auto":
+        if torch.cuda.is_available():
+            return "cuda"
+        mps = getattr(torch.backends, "mps", None)
+        return "mps" if mps is not None and mps.is_available() else "cpu"
+    if d.split(":")[0] not in ("cpu", "cuda", "mps"):
+        raise ValueError(f"device must be auto, cpu, cuda or mps, got {device!r}")
+    if d.startswith("cuda") and not torch.cuda.is_available():
+        raise RuntimeError("device='cuda' but torch sees no CUDA device here; use device='auto' or 'cpu'")
+    if d == "mps" and not (getattr(torch.backends, "mps", None) and torch.backends.mps.is_available()):
+        raise RuntimeError("device='mps' but MPS is not available here; use device='auto' or 'cpu'")
+    return d
+
+
+def _resolve_dtype(dtype: str | None) -> Any:
+    import torch
+
+    d = "float32" if dtype in (None, "auto") else str(dtype).replace("torch.", "")
+    if d in ("float16", "half", "fp16"):
+        raise ValueError(
+            "dtype float16 is refused: DINOv3 activations overflow float16's range (users report NaN/garbage "
+            "features); use bfloat16 (same range as float32) or float32"
+        )
+    table = {"float32": torch.float32, "fp32": torch.float32, "bfloat16": torch.bfloat16, "bf16": torch.bfloat16}
+    if d not in table:
+        raise ValueError(f"dtype must be float32 or bfloat16, got {dtype!r}")
+    return table[d]
+
+
+def _variant_from_folder(path: Path, name: str) -> Variant:
+    """A Variant describing a local checkpoint folder (its own config, or the timm architecture's)."""
+    info = W.inspect_checkpoint(path)
+    if info.kind == "timm":
+        v = _BY_TIMM_ARCH.get((info.timm_arch, "sat493m" in str(path).lower()))
+        if v is None:
+            raise W.NotACheckpointError(f"{path}: unknown timm DINOv3 architecture {info.timm_arch!r}")
+        return v
+    cfg = dict(info.config or {})
+    known = set(_vit(1, 1, 1, 1)) | {"depths", "hidden_sizes", "layer_scale_init_value", "num_channels"}
+    config = {k: v for k, v in cfg.items() if k in known}
+    sat = "sat493m" in str(path).lower() or "sat493m" in str(cfg.get("_name_or_path", "")).lower()
+    if info.arch == "vit":
+        dim = int(cfg.get("hidden_size", 384))
+        feat, patch = dim, int(cfg.get("patch_size", 16))
+    else:
+        hs = list(cfg.get("hidden_sizes", [96, 192, 384, 768]))
+        dim, feat, patch = int(hs[-1]), int(hs[2]), 16
+    v = Variant(name, str(path), info.arch, feat, dim, 0.0, _SAT if sat else _LVD, None, config, patch)
+    return Variant(name, str(path), info.arch, feat, dim, round(count_params(v) / 1e6, 1),
+                   v.pretrain, None, config, patch)
+
+
+def _variant_for(model_id: str) -> Variant:
+    if not isinstance(model_id, str):
+        raise TypeError(f"model_id must be a string, got {type(model_id).__name__}")
+    if model_id in VARIANTS:
+        return VARIANTS[model_id]
+    if model_id in _BY_HUB:
+        return _BY_HUB[model_id]
+    p = Path(model_id).expanduser()
+    if p.is_dir():
+        return _variant_from_folder(p, model_id)
+    if _HUB_ID.match(model_id) and "dinov3" in model_id.lower():
+        sat = "sat493m" in model_id.lower()
+        arch = "convnext" if "convnext" in model_id.lower() else "vit"
+        return Variant(model_id, model_id, arch, 0, 0, 0.0, _SAT if sat else _LVD, None, {})
+    from .base import lookup
+
+    lookup(model_id)  # raises UnknownBackboneError with close-match suggestions
+    raise ValueError(f"backbone {model_id!r} is not a DINOv3 model")  # pragma: no cover
 
 
 class DINOv3Backbone(Backbone):
@@ -75,11 +249,42 @@ class DINOv3Backbone(Backbone):
     Parameters
     ----------
     model_id : str
-        A short id from :data:`VARIANTS` (``"vit-small"``, ``"cnx-tiny"``, …).
-    weights : {"auto", "pretrained", "random", "placeholder"}
-        Which weights to run; see the module docstring.
-    device, dtype : str or None
-        Torch device and dtype for the real model (unused by the placeholder).
+        A short id from :data:`VARIANTS` (``"vit-small"``, ``"cnx-tiny"``, …), a hub id or a local
+        checkpoint folder (``save_pretrained`` or timm mirror).
+    weights : str
+        ``"auto"``, ``"placeholder"``, ``"random"``, ``"random(seed=N)"``, ``"pretrained"`` or
+        ``"pretrained:<folder, file or hub id>"``; see the module docstring.
+    device : {"auto", "cpu", "cuda", "mps"} or None
+        Torch device (None = auto).
+    dtype : {"float32", "bfloat16"} or None
+        Compute dtype (None = float32). float16 is refused: DINOv3 overflows it.
+    layers : list of int, optional
+        ViT blocks whose outputs to return (0-based, negative from the end); default: the last block.
+    layer_reduce : {"concat", "mean"}
+        How several ``layers`` combine: channel concatenation or mean.
+    norm : bool
+        Apply the model's final LayerNorm (ViT: to every chosen block, as DINOv3's
+        ``get_intermediate_layers(norm=True)``; ConvNeXt: only to the last stage, which it belongs to).
+    l2 : bool
+        L2-normalise every feature vector.
+    stage : int
+        ConvNeXt stage 0–3 (strides 4/8/16/32); default 2, the stride-16 stage, whose grid matches ViT/16.
+    scale : float
+        Resize the image by this factor first (2 → twice finer features, 0.5 → 4× cheaper).
+    tile, overlap : int, optional
+        Process images larger than ``tile`` pixels (after ``scale``) in ``tile``×``tile`` windows with
+        ``overlap`` pixels of context per side, stitching the cores: memory bounded by the tile.
+    batch_size : int
+        Images (or tiles) per forward pass.
+    scaling, channels
+        Intensity scaling and channel choice, see :func:`~neuros.plugins.cv.preprocess.to_float01` and
+        :func:`~neuros.plugins.cv.preprocess.to_rgb`.
+    normalization : {"auto", "lvd", "sat"}
+        Mean/std: ImageNet statistics for LVD-1689M models, the SAT-493M statistics for satellite models.
+    seed : int
+        Seed of ``weights="random"`` (``"random(seed=N)"`` overrides it).
+    download : bool
+        Allow a network download when pretrained weights are missing (default False: offline).
 
     Examples
     --------
@@ -97,38 +302,280 @@ class DINOv3Backbone(Backbone):
         weights: str = "auto",
         device: str | None = None,
         dtype: str | None = None,
+        *,
+        layers: list[int] | tuple[int, ...] | None = None,
+        layer_reduce: str = "concat",
+        norm: bool = True,
+        l2: bool = False,
+        stage: int = 2,
+        scale: float = 1.0,
+        tile: int | None = None,
+        overlap: int = 64,
+        batch_size: int = 8,
+        scaling: str = "auto",
+        channels: tuple[int, int, int] | None = None,
+        normalization: str = "auto",
+        seed: int = 0,
+        download: bool = False,
     ) -> None:
         super().__init__()
-        if weights not in WEIGHT_MODES:
-            raise ValueError(f"weights must be one of {', '.join(WEIGHT_MODES)}, got {weights!r}")
-        if model_id not in VARIANTS:
-            from .base import lookup
-
-            lookup(model_id)  # raises UnknownBackboneError with suggestions
+        mode, wseed, source = parse_weights(weights)
+        self.variant = _variant_for(model_id)
         self.model_id = model_id
-        self.variant = VARIANTS[model_id]
         self.name = model_id
         self.patch_size = self.variant.patch_size
-        self.feature_dim = self.variant.feature_dim
         self.device = device
         self.dtype = dtype
-        if weights in ("auto", "placeholder"):
-            self.weights = "placeholder"
+        self.note: str | None = None
+        self._torch_dtype = _resolve_dtype(dtype)
+        if layer_reduce not in ("concat", "mean"):
+            raise ValueError(f"layer_reduce must be 'concat' or 'mean', got {layer_reduce!r}")
+        if not isinstance(scale, (int, float)) or not np.isfinite(scale) or scale <= 0:
+            raise ValueError(f"scale must be a positive number, got {scale!r}")
+        if stage not in (0, 1, 2, 3):
+            raise ValueError(f"stage must be 0, 1, 2 or 3 (ConvNeXt strides 4/8/16/32), got {stage!r}")
+        if layers is not None and self.variant.arch == "convnext":
+            raise ValueError("layers applies to ViT models; for ConvNeXt choose a stage with stage=0..3")
+        if normalization not in ("auto", "lvd", "sat"):
+            raise ValueError(f"normalization must be auto, lvd or sat, got {normalization!r}")
+        self.layers = None if layers is None else [int(i) for i in layers]
+        if self.layers is not None and not self.layers:
+            raise ValueError("layers is empty; pass None for the last block or a list of block indices")
+        self.layer_reduce, self.norm, self.l2, self.stage = layer_reduce, bool(norm), bool(l2), int(stage)
+        self.scale = float(scale)
+        self.batch_size = check_positive_int(batch_size, "batch_size")
+        self.scaling, self.channels = scaling, channels
+        # The grid stride in model-input pixels: 16 for ViT/16 and ConvNeXt stage 2; 4·2^stage otherwise.
+        self._stride = self.patch_size if self.variant.arch == "vit" else 4 * 2**self.stage
+        self._pad = max(self.patch_size, self._stride)
+        self.tile, self.overlap = tile, int(overlap)
+        if tile is not None:
+            check_positive_int(tile, "tile")
+            for nm, v in (("tile", tile), ("overlap", overlap)):
+                if v % self._pad:
+                    raise ValueError(f"{nm}={v} must be a multiple of {self._pad} (the model's grid stride)")
+            if tile <= 2 * overlap:
+                raise ValueError(f"tile ({tile}) must be larger than twice the overlap ({overlap})")
+        mean, std = self.variant.mean_std
+        if normalization == "sat":
+            mean, std = SAT493M_MEAN, SAT493M_STD
+        elif normalization == "lvd":
+            mean, std = IMAGENET_MEAN, IMAGENET_STD
+        self._mean, self._std = mean, std
+        self.model: Any = None
+        self._load(mode, wseed if wseed is not None else int(seed), source, bool(download))
+        self.feature_dim = self._feature_dim()
+
+    # ----------------------------------------------------------------------------------- weights
+    def _load(self, mode: str, seed: int, source: str | None, download: bool) -> None:
+        v = self.variant
+        if mode == "placeholder":
+            self._placeholder()
+            return
+        if mode == "random":
+            if not v.config:
+                raise ValueError(f"{self.model_id}: no known architecture to build with random weights")
+            self._device = resolve_device(self.device)
+            self.model = self._build(seed)
+            self.weights = f"random(seed={seed})"
+            return
+        path = self._find(source, download, required=mode == "pretrained")
+        if path is None:  # auto, nothing here
+            self._placeholder()
+            self.note = (
+                f"weights=auto: no pretrained weights for {self.model_id} on this machine, so the placeholder "
+                f"ran (see `neuros-cv backbones`; {W.WEIGHTS_ENV} or the HF cache provide real weights)"
+            )
+            return
+        self._device = resolve_device(self.device)
+        info = W.inspect_checkpoint(path)
+        if info.arch is not None and info.arch != v.arch:
+            raise W.NotACheckpointError(f"{path} holds a DINOv3 {info.arch}, but {self.model_id} is a {v.arch}")
+        self.model = W.load_model(info, lambda: self._build(0), None)
+        self.weights = f"pretrained:{path}"
+
+    def _placeholder(self) -> None:
+        if not self.variant.feature_dim:
+            raise W.WeightsNotFoundError(
+                f"{self.model_id}: the placeholder needs a known variant; no weights for this hub id here"
+            )
+        self.weights = "placeholder"
+
+    def _find(self, source: str | None, download: bool, required: bool) -> Path | None:
+        v = self.variant
+        if source is not None:
+            p = Path(source).expanduser()
+            if p.exists():
+                return p
+            if _HUB_ID.match(source):
+                found = W.find_weights(self.model_id, (source,))
+                if found is None and download:
+                    found = W.download(source)
+                if found is None:
+                    raise W.WeightsNotFoundError(W.missing_weights_message(self.model_id, source, None))
+                return found
+            raise W.NotACheckpointError(f"weights path {source} does not exist")
+        p = Path(self.model_id).expanduser()
+        if p.is_dir():  # a local folder as the model id is its own weights
+            return p
+        found = W.find_weights(self.model_id, v.hub_ids)
+        if found is None and download:
+            found = W.download(v.hub_id)
+        if found is None and required:
+            raise W.WeightsNotFoundError(W.missing_weights_message(self.model_id, v.hub_id, v.timm_id))
+        return found
+
+    def _build(self, seed: int) -> Any:
+        import torch
+        from transformers import DINOv3ConvNextModel, DINOv3ViTModel
+
+        cls = DINOv3ViTModel if self.variant.arch == "vit" else DINOv3ConvNextModel
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(seed)
+            model = cls(self.variant.hf_config())
+        return model.eval()
+
+    def _feature_dim(self) -> int:
+        if self.model is None:
+            return self.variant.feature_dim
+        cfg = self.model.config
+        if self.variant.arch == "vit":
+            n = len(self.layers) if self.layers and self.layer_reduce == "concat" else 1
+            return int(cfg.hidden_size) * n
+        return int(cfg.hidden_sizes[self.stage])
+
+    def _ensure_on_device(self) -> None:
+        m = self.model
+        if getattr(self, "_placed", None) != (self._device, self._torch_dtype):
+            self.model = m.to(device=self._device, dtype=self._torch_dtype)
+            self._placed = (self._device, self._torch_dtype)
+
+    # ---------------------------------------------------------------------------------- features
+    def _forward(self, batch: np.ndarray) -> np.ndarray:
+        """Feature grids (B, h, w, C) float32 of a batch of padded [0, 1] RGB images (B, H', W', 3)."""
+        if self.model is None:
+            return np.stack([placeholder_features(im, self.variant.model_id, self.feature_dim, self.patch_size)
+                             for im in batch])
+        import torch
+
+        self._ensure_on_device()
+        _, hp, wp, _ = batch.shape
+        h, w = hp // self._stride, wp // self._stride
+        x = torch.from_numpy(np.ascontiguousarray(batch)).permute(0, 3, 1, 2)
+        mean = torch.tensor(self._mean, dtype=torch.float32).view(1, 3, 1, 1)
+        std = torch.tensor(self._std, dtype=torch.float32).view(1, 3, 1, 1)
+        x = ((x - mean) / std).to(device=self._device, dtype=self._torch_dtype)
+        with torch.inference_mode():
+            if self.variant.arch == "vit":
+                feats = self._vit_features(x, h, w)
+            else:
+                out = self.model(pixel_values=x, output_hidden_states=True)
+                feats = out.hidden_states[self.stage + 1].permute(0, 2, 3, 1)  # (B, h, w, C)
+                if self.norm and self.stage == 3:
+                    feats = self.model.layer_norm(feats)
+            if self.l2:
+                feats = torch.nn.functional.normalize(feats.float(), dim=-1)
+            return feats.float().cpu().numpy()
+
+    def _vit_features(self, x: Any, h: int, w: int) -> Any:
+        import torch
+
+        n_prefix = 1 + int(self.model.config.num_register_tokens)
+        if self.layers is None and self.norm:
+            tokens = [self.model(pixel_values=x).last_hidden_state]
         else:
-            raise NotImplementedError(f"weights={weights!r} is not available yet")
+            hs = self.model(pixel_values=x, output_hidden_states=True).hidden_states  # embeddings + blocks
+            n = len(hs) - 1
+            idx = [-1] if self.layers is None else self.layers
+            bad = [i for i in idx if not -n <= i < n]
+            if bad:
+                raise ValueError(f"layers {bad} out of range for a {n}-block ViT (use 0..{n - 1} or negatives)")
+            tokens = [hs[(i % n) + 1] for i in idx]
+            if self.norm:
+                tokens = [self.model.norm(t) for t in tokens]
+        grids = [t[:, n_prefix:, :].reshape(t.shape[0], h, w, t.shape[-1]) for t in tokens]
+        if len(grids) == 1:
+            return grids[0]
+        return torch.cat(grids, dim=-1) if self.layer_reduce == "concat" else torch.stack(grids).mean(0)
+
+    def _prepare(self, image: np.ndarray) -> np.ndarray:
+        return prepare(image, self._pad, self.scaling, self.channels, self.scale)
+
+    def _tiled(self, padded: np.ndarray) -> np.ndarray:
+        """Features of one padded image, tile by tile; activations never exceed a batch of tiles."""
+        hp, wp = padded.shape[:2]
+        out = np.empty((hp // self._stride, wp // self._stride, self.feature_dim), dtype=np.float32)
+        all_tiles = tiles((hp, wp), int(self.tile), self.overlap, self._pad)
+        for group in batched(all_tiles, self.batch_size):
+            grids = self._forward(np.stack([padded[t.y0 : t.y1, t.x0 : t.x1] for t in group]))
+            for t, g in zip(group, grids, strict=True):
+                stitch(out, t, g, self._stride)
+        return out
+
+    def _needs_tiling(self, shape: tuple[int, ...]) -> bool:
+        return self.tile is not None and (shape[0] > self.tile or shape[1] > self.tile)
+
+    def extract_batch(self, images: Any) -> list[FeatureMap]:
+        """Dense features of several images (a list, or a (B, H, W[, C]) array), batched by padded size."""
+        min_size = max(1, int(np.ceil(self.patch_size / self.scale))) if self.model is None else 1
+        arrs = as_image_list(images, min_size=min_size)
+        prepped = [self._prepare(a) for a in arrs]
+        grids: list[np.ndarray | None] = [None] * len(arrs)
+        groups: dict[tuple[int, ...], list[int]] = {}
+        for i, p in enumerate(prepped):
+            if self._needs_tiling(p.shape):
+                grids[i] = self._tiled(p)
+            else:
+                groups.setdefault(p.shape, []).append(i)
+        for idx in groups.values():
+            for chunk in range(0, len(idx), self.batch_size):
+                part = idx[chunk : chunk + self.batch_size]
+                feats = self._forward(np.stack([prepped[i] for i in part]))
+                for i, f in zip(part, feats, strict=True):
+                    grids[i] = f
+        stride = float(self._stride) / self.scale
+        meta = self._meta()
+        maps = []
+        for a, g, p in zip(arrs, grids, prepped, strict=True):
+            tiled = self._needs_tiling(p.shape)
+            m = dict(meta, tiled=tiled, **({"tile": self.tile, "overlap": self.overlap} if tiled else {}))
+            maps.append(FeatureMap(np.ascontiguousarray(g), stride, tuple(a.shape[:2]), self.name, self.weights, m))
+        self._remember(maps[-1])
+        return maps
 
     def extract(self, image: np.ndarray) -> FeatureMap:
-        """Dense patch features of one image (padded, not cropped, to the 16-pixel grid)."""
-        arr = as_image(image, min_size=self.patch_size)
-        padded = prepare(arr, self.patch_size)
-        feats = placeholder_features(padded, self.model_id, self.feature_dim, self.patch_size)
-        return self._remember(
-            FeatureMap(feats, float(self.patch_size), arr.shape[:2], self.name, self.weights)
-        )
+        """Dense features of one image (padded, not cropped, to the grid; see ``extract_batch``)."""
+        if isinstance(image, np.ndarray) and image.ndim == 4:
+            raise ValueError(f"image must be 2-D (H, W) or 3-D (H, W, C), got 4-D shape {image.shape}; "
+                             "use extract_batch for a batch")
+        if isinstance(image, (list, tuple)):
+            raise TypeError("extract takes one image array; use extract_batch for a list")
+        if isinstance(image, np.ndarray) and image.ndim not in (2, 3):
+            raise ValueError(f"image must be 2-D (H, W) or 3-D (H, W, C), got {image.ndim}-D shape {image.shape}")
+        return self.extract_batch([image])[0]
+
+    def _meta(self) -> dict[str, Any]:
+        pre: dict[str, Any] = {"scaling": self.scaling, "channels": self.channels, "scale": self.scale,
+                               "pad_to": self._pad, "padding": "reflect, bottom/right"}
+        m: dict[str, Any] = {"arch": self.variant.arch, "scale": self.scale, "preprocessing": pre}
+        if self.model is not None:
+            pre.update(mean=list(self._mean), std=list(self._std))
+            m.update(norm=self.norm, l2=self.l2, dtype=str(self._torch_dtype).replace("torch.", ""),
+                     device=self._device)
+            if self.variant.arch == "vit":
+                m.update(layers=self.layers if self.layers is not None else [-1], layer_reduce=self.layer_reduce)
+            else:
+                m.update(stage=self.stage)
+        return m
 
     def describe(self) -> dict[str, Any]:
         d = super().describe()
         d.update(hub_id=self.variant.hub_id, arch=self.variant.arch, pretrain=self.variant.pretrain)
+        if self.note:
+            d["note"] = self.note
+        if self.model is not None:
+            d.update(stride=self._stride / self.scale, dtype=str(self._torch_dtype).replace("torch.", ""),
+                     device=self._device)
         return d
 
 
@@ -139,6 +586,30 @@ def _factory(model_id: str):
     return build
 
 
+def external_entry(name: str) -> Any:
+    """A registry entry for a local DINOv3 folder or a DINOv3 hub id (None for anything else)."""
+    from .base import BackboneEntry
+
+    p = Path(name).expanduser()
+    if p.is_dir() and (p / "config.json").is_file():
+        v = _variant_from_folder(p, name)  # raises NotACheckpointError (one line) for other folders
+        summary = f"DINOv3 {v.arch.upper()} from {p}"
+    elif _HUB_ID.match(name) and "dinov3" in name.lower():
+        v = _BY_HUB.get(name) or _variant_for(name)
+        summary = f"DINOv3 {v.arch.upper()} ({name})"
+    else:
+        return None
+    return BackboneEntry(name, _factory(name), summary, "dinov3",
+                         dict(hub_id=v.hub_id, feature_dim=v.feature_dim, params_m=v.params_m, patch_size=16))
+
+
+def weights_available(model_id: str) -> str | None:
+    """Where pretrained weights for a registered variant are on this machine (None when absent)."""
+    v = VARIANTS[model_id]
+    found = W.find_weights(model_id, v.hub_ids)
+    return None if found is None else str(found)
+
+
 for _v in VARIANTS.values():
     register_backbone(
         _v.model_id,
@@ -146,7 +617,10 @@ for _v in VARIANTS.values():
         summary=f"DINOv3 {_v.arch.upper()} ({_v.pretrain})",
         family="dinov3",
         hub_id=_v.hub_id,
+        timm_id=_v.timm_id,
         feature_dim=_v.feature_dim,
         params_m=_v.params_m,
         patch_size=_v.patch_size,
     )
+
+register_resolver(external_entry)

@@ -1,0 +1,461 @@
+"""Finding and loading DINOv3 weights, offline first.
+
+Where pretrained weights come from, in order:
+
+1. an explicit source: ``weights="pretrained:/path/to/folder"`` (a ``save_pretrained`` folder, a timm-mirror
+   folder, or the original ``.pth`` file) or ``weights="pretrained:org/name"`` (a hub id);
+2. the folder(s) named by the environment variable ``NEUROS_CV_WEIGHTS`` (``os.pathsep``-separated), each
+   holding one sub-folder per model named by its short id (``vit-small``), its hub name
+   (``dinov3-vits16-pretrain-lvd1689m``), ``org--name`` or its timm-mirror name;
+3. the Hugging Face cache (``HF_HUB_CACHE``), for the official hub id and then its timm mirror, through
+   ``huggingface_hub.snapshot_download(local_files_only=True)`` — never the network;
+4. the network only when the caller allows it (``download=True``).
+
+The official ``facebook/dinov3-*`` repos are gated; the timm mirrors (``timm/…dinov3…``) are not. A timm
+mirror or an original Meta checkpoint is loaded by converting its state dict into the transformers model
+(:func:`convert_state_dict`); :func:`to_timm_state_dict` is the inverse, used to test the round trip.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+__all__ = [
+    "WEIGHTS_ENV",
+    "CheckpointInfo",
+    "NotACheckpointError",
+    "WeightsNotFoundError",
+    "convert_state_dict",
+    "find_weights",
+    "inspect_checkpoint",
+    "load_model",
+    "missing_weights_message",
+    "to_timm_state_dict",
+]
+
+WEIGHTS_ENV = "NEUROS_CV_WEIGHTS"
+_WEIGHT_FILES = ("model.safetensors", "pytorch_model.bin", "model.safetensors.index.json",
+                 "pytorch_model.bin.index.json", "open_clip_pytorch_model.bin")
+
+
+class WeightsNotFoundError(FileNotFoundError):
+    """No pretrained weights on this machine; the message says how to get them."""
+
+
+class NotACheckpointError(ValueError):
+    """A path that is not a DINOv3 checkpoint (transformers, timm mirror or original)."""
+
+
+@dataclass(frozen=True)
+class CheckpointInfo:
+    """What a checkpoint path holds.
+
+    ``kind`` is ``"transformers"`` (``save_pretrained`` folder), ``"timm"`` (a timm-mirror folder) or
+    ``"original"`` (a Meta ``.pth``/``.safetensors`` file); ``arch`` is ``"vit"`` or ``"convnext"`` when the
+    path says so (an original file does not); ``config`` is the transformers config dict for
+    ``"transformers"`` folders; ``timm_arch`` the timm architecture name for timm folders.
+    """
+
+    path: Path
+    kind: str
+    arch: str | None
+    config: dict[str, Any] | None = None
+    timm_arch: str | None = None
+
+
+# --------------------------------------------------------------------------------------------- finding
+def _read_json(path: Path) -> dict[str, Any]:
+    try:
+        return json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, json.JSONDecodeError) as e:
+        raise NotACheckpointError(f"{path} is not readable JSON ({e})") from None
+
+
+def inspect_checkpoint(path: str | os.PathLike[str]) -> CheckpointInfo:
+    """Classify a checkpoint folder or file, or raise :class:`NotACheckpointError` (one line)."""
+    p = Path(path).expanduser()
+    if p.is_file():
+        if p.suffix in (".pth", ".pt", ".bin", ".safetensors"):
+            return CheckpointInfo(p, "original", None)
+        raise NotACheckpointError(f"{p} is not a DINOv3 checkpoint (expected a folder or a .pth/.safetensors file)")
+    if not p.is_dir():
+        raise NotACheckpointError(f"weights path {p} does not exist")
+    cfg_path = p / "config.json"
+    if not cfg_path.is_file():
+        raise NotACheckpointError(f"{p} is not a DINOv3 checkpoint: it has no config.json")
+    if not any((p / f).is_file() for f in _WEIGHT_FILES):
+        raise NotACheckpointError(f"{p} is not a DINOv3 checkpoint: no model.safetensors or pytorch_model.bin in it")
+    cfg = _read_json(cfg_path)
+    mt = cfg.get("model_type")
+    if mt in ("dinov3_vit", "dinov3_convnext"):
+        return CheckpointInfo(p, "transformers", "vit" if mt == "dinov3_vit" else "convnext", cfg)
+    arch_name = str(cfg.get("architecture", ""))
+    if "dinov3" in arch_name or "dinov3" in json.dumps(cfg.get("pretrained_cfg", {})):
+        return CheckpointInfo(p, "timm", "convnext" if arch_name.startswith("convnext") else "vit", None, arch_name)
+    found = mt or arch_name or "unknown"
+    raise NotACheckpointError(f"{p} is not a DINOv3 checkpoint (its config.json describes {found!r})")
+
+
+def _hf_cache_dir(cache_dir: str | os.PathLike[str] | None) -> str | None:
+    if cache_dir is not None:
+        return str(cache_dir)
+    return os.environ.get("HF_HUB_CACHE") or None  # read at call time; None = huggingface_hub's default
+
+
+def _from_hf_cache(repo_id: str, cache_dir: str | os.PathLike[str] | None) -> Path | None:
+    from huggingface_hub import snapshot_download
+
+    try:
+        folder = snapshot_download(repo_id, local_files_only=True, cache_dir=_hf_cache_dir(cache_dir))
+    except Exception:  # any failure (not cached, offline, bad id) means "not here"
+        return None
+    try:
+        inspect_checkpoint(folder)
+    except NotACheckpointError:
+        return None
+    return Path(folder)
+
+
+def _env_roots() -> list[Path]:
+    raw = os.environ.get(WEIGHTS_ENV, "")
+    return [Path(r).expanduser() for r in raw.split(os.pathsep) if r.strip()]
+
+
+def candidate_names(model_id: str, hub_ids: tuple[str, ...]) -> list[str]:
+    """Sub-folder names searched under each ``NEUROS_CV_WEIGHTS`` root for a model."""
+    names = [model_id]
+    for h in hub_ids:
+        names += [h.split("/")[-1], h.replace("/", "--"), h]
+    return list(dict.fromkeys(n for n in names if n))
+
+
+def find_weights(
+    model_id: str,
+    hub_ids: tuple[str, ...],
+    cache_dir: str | os.PathLike[str] | None = None,
+) -> Path | None:
+    """The first local checkpoint for a model: ``NEUROS_CV_WEIGHTS`` sub-folders, then the HF cache.
+
+    Parameters
+    ----------
+    model_id : str
+        Short id (``"vit-small"``), also a sub-folder name.
+    hub_ids : tuple of str
+        Hub ids to look for, in order (the official repo first, then its timm mirror).
+    cache_dir : path, optional
+        Hugging Face hub cache; default ``$HF_HUB_CACHE`` or huggingface_hub's default.
+
+    Returns
+    -------
+    Path or None
+        A folder that :func:`inspect_checkpoint` accepts, or None. Never touches the network.
+    """
+    for root in _env_roots():
+        for name in candidate_names(model_id, hub_ids):
+            p = root / name
+            if p.is_dir():
+                try:
+                    inspect_checkpoint(p)
+                except NotACheckpointError:
+                    continue
+                return p
+    for h in hub_ids:
+        if h and "/" in h:
+            found = _from_hf_cache(h, cache_dir)
+            if found is not None:
+                return found
+    return None
+
+
+def download(repo_id: str, cache_dir: str | os.PathLike[str] | None = None) -> Path:
+    """Download a repo into the HF cache (network; only when the caller allowed it)."""
+    from huggingface_hub import snapshot_download
+
+    try:
+        return Path(snapshot_download(repo_id, cache_dir=_hf_cache_dir(cache_dir)))
+    except Exception as e:  # gated, offline, unknown repo: one line for the user
+        msg = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        raise WeightsNotFoundError(f"could not download {repo_id}: {msg}") from None
+
+
+def missing_weights_message(model_id: str, hub_id: str, timm_id: str | None) -> str:
+    """One line that says exactly how to make pretrained weights available."""
+    env = os.environ.get(WEIGHTS_ENV)
+    searched = f"{WEIGHTS_ENV}={env}" if env else f"{WEIGHTS_ENV} (unset)"
+    mirror = (
+        f"; or use the ungated timm mirror: `hf download {timm_id}` (or put that folder under "
+        f"${WEIGHTS_ENV}/{model_id})" if timm_id else ""
+    )
+    return (
+        f"no pretrained weights for {model_id} ({hub_id}) on this machine (searched {searched} and the "
+        f"Hugging Face cache). The repo is gated: accept the DINOv3 licence at https://huggingface.co/{hub_id}, "
+        f"run `hf auth login`, then `hf download {hub_id}` (or pass download=True); or download the folder "
+        f"elsewhere and pass weights='pretrained:/path/to/folder' or set {WEIGHTS_ENV}{mirror}"
+    )
+
+
+# --------------------------------------------------------------------------------------- conversion
+# Key renames between the transformers DINOv3 models and the timm / original Meta checkpoints, one table
+# per direction so the converter and its inverse cannot drift apart. Layer prefixes ("layer." vs
+# "model.layer.") are added per model afterwards. Names checked against timm's eva.py (DINOv3 ViTs:
+# cls_token, reg_token, blocks.N.gamma_1/2, fused attn.qkv with q_bias/v_bias, SwiGLU fc1_g/fc1_x/fc2) and
+# convnext.py (stem.0/1, stages.i.downsample.0/1, stages.i.blocks.j.conv_dw/norm/mlp.fc1/mlp.fc2/gamma,
+# head.norm), and against Meta's originals (storage_tokens, ls1.gamma, attn.qkv.bias, mlp.w1/w2/w3,
+# downsample_layers, dwconv/pwconv1/pwconv2, norm).
+_VIT_TIMM_TO_HF = [
+    (r"^cls_token$", "embeddings.cls_token"),
+    (r"^reg_token$", "embeddings.register_tokens"),
+    (r"^mask_token$", "embeddings.mask_token"),
+    (r"^patch_embed\.proj\.", "embeddings.patch_embeddings."),
+    (r"^blocks\.(\d+)\.norm([12])\.", r"layer.\1.norm\2."),
+    (r"^blocks\.(\d+)\.attn\.proj\.", r"layer.\1.attention.o_proj."),
+    (r"^blocks\.(\d+)\.gamma_([12])$", r"layer.\1.layer_scale\2.lambda1"),
+    (r"^blocks\.(\d+)\.mlp\.fc1_g\.", r"layer.\1.mlp.gate_proj."),
+    (r"^blocks\.(\d+)\.mlp\.fc1_x\.", r"layer.\1.mlp.up_proj."),
+    (r"^blocks\.(\d+)\.mlp\.fc1\.", r"layer.\1.mlp.up_proj."),
+    (r"^blocks\.(\d+)\.mlp\.fc2\.", r"layer.\1.mlp.down_proj."),
+    (r"^norm\.", "norm."),
+]
+# Original Meta names → timm names (applied first, so one table serves both sources).
+_VIT_META_TO_TIMM = [
+    (r"^storage_tokens$", "reg_token"),
+    (r"\.ls([12])\.gamma$", r".gamma_\1"),
+    (r"\.mlp\.w1\.", ".mlp.fc1_g."),
+    (r"\.mlp\.w2\.", ".mlp.fc1_x."),
+    (r"\.mlp\.w3\.", ".mlp.fc2."),
+]
+_VIT_IGNORED = re.compile(r"(^rope_embed\.|^rope\.|^local_cls_norm\.|\.bias_mask$|^head\.|^fc_norm\.|\.mlp\.norm\.)")
+
+_CNX_TIMM_TO_HF = [
+    (r"^stem\.0\.", "stages.0.downsample_layers.0."),
+    (r"^stem\.1\.", "stages.0.downsample_layers.1."),
+    (r"^stages\.(\d+)\.downsample\.([01])\.", r"stages.\1.downsample_layers.\2."),
+    (r"^stages\.(\d+)\.blocks\.(\d+)\.conv_dw\.", r"stages.\1.layers.\2.depthwise_conv."),
+    (r"^stages\.(\d+)\.blocks\.(\d+)\.norm\.", r"stages.\1.layers.\2.layer_norm."),
+    (r"^stages\.(\d+)\.blocks\.(\d+)\.mlp\.fc1\.", r"stages.\1.layers.\2.pointwise_conv1."),
+    (r"^stages\.(\d+)\.blocks\.(\d+)\.mlp\.fc2\.", r"stages.\1.layers.\2.pointwise_conv2."),
+    (r"^stages\.(\d+)\.blocks\.(\d+)\.gamma$", r"stages.\1.layers.\2.gamma"),
+    (r"^head\.norm\.", "layer_norm."),
+]
+_CNX_META_TO_TIMM = [
+    (r"^downsample_layers\.0\.([01])\.", r"stem.\1."),
+    (r"^downsample_layers\.(\d+)\.([01])\.", r"stages.\1.downsample.\2."),
+    (r"^stages\.(\d+)\.(\d+)\.dwconv\.", r"stages.\1.blocks.\2.conv_dw."),
+    (r"^stages\.(\d+)\.(\d+)\.norm\.", r"stages.\1.blocks.\2.norm."),
+    (r"^stages\.(\d+)\.(\d+)\.pwconv1\.", r"stages.\1.blocks.\2.mlp.fc1."),
+    (r"^stages\.(\d+)\.(\d+)\.pwconv2\.", r"stages.\1.blocks.\2.mlp.fc2."),
+    (r"^stages\.(\d+)\.(\d+)\.gamma$", r"stages.\1.blocks.\2.gamma"),
+    (r"^norm\.", "head.norm."),
+]
+_CNX_IGNORED = re.compile(r"(^norms\.|^head\.fc\.|^head\.global_pool)")
+
+
+def _rename(key: str, table: list[tuple[str, str]]) -> str | None:
+    for pat, rep in table:
+        new, n = re.subn(pat, rep, key)
+        if n:
+            return new
+    return None
+
+
+def _strip_wrappers(sd: Mapping[str, Any]) -> dict[str, Any]:
+    for wrapper in ("model", "state_dict", "teacher"):
+        if wrapper in sd and isinstance(sd[wrapper], Mapping) and len(sd) <= 4:
+            sd = sd[wrapper]
+    out = {}
+    for k, v in sd.items():
+        for prefix in ("module.", "backbone.", "teacher.backbone."):
+            if k.startswith(prefix):
+                k = k[len(prefix):]
+        out[k] = v
+    return out
+
+
+def _model_prefix(model_keys: list[str], marker: str) -> str:
+    """``"model."`` when the transformers model nests its encoder (``model.layer.0…``), else ``""``."""
+    return "model." if any(k.startswith(f"model.{marker}") for k in model_keys) else ""
+
+
+def convert_state_dict(state_dict: Mapping[str, Any], arch: str, model_keys: list[str]) -> dict[str, Any]:
+    """Convert a timm-mirror or original Meta DINOv3 state dict to the transformers model's keys.
+
+    Parameters
+    ----------
+    state_dict : mapping of str to tensor
+        The checkpoint's tensors.
+    arch : {"vit", "convnext"}
+        Which family the checkpoint is.
+    model_keys : list of str
+        ``model.state_dict().keys()`` of the target transformers model (fixes the layer prefix).
+
+    Returns
+    -------
+    dict
+        Renamed tensors; fused ``attn.qkv`` weights are split into ``q/k/v_proj`` (the key bias, which
+        DINOv3 masks to zero, is dropped). Keys the target has no place for are dropped only when they are
+        known extras (RoPE periods, bias masks, heads); anything else is kept so loading reports it.
+    """
+    import torch
+
+    sd = _strip_wrappers(state_dict)
+    out: dict[str, Any] = {}
+    if arch == "vit":
+        pre = _model_prefix(model_keys, "layer.")
+        for k, v in sd.items():
+            if _VIT_IGNORED.search(k):
+                continue
+            k = _rename(k, _VIT_META_TO_TIMM) or k
+            m = re.match(r"^blocks\.(\d+)\.attn\.(qkv\.weight|qkv\.bias|q_bias|v_bias|k_bias)$", k)
+            if m:
+                i, what = m.groups()
+                base = f"{pre}layer.{i}.attention."
+                if what == "qkv.weight":
+                    for name, part in zip("qkv", torch.chunk(v, 3, dim=0), strict=True):
+                        out[f"{base}{name}_proj.weight"] = part
+                elif what == "qkv.bias":
+                    q, _, vv = torch.chunk(v, 3, dim=0)
+                    out[f"{base}q_proj.bias"], out[f"{base}v_proj.bias"] = q, vv
+                elif what in ("q_bias", "v_bias"):
+                    out[f"{base}{what[0]}_proj.bias"] = v
+                continue
+            new = _rename(k, _VIT_TIMM_TO_HF)
+            if new is None:
+                out[k] = v
+                continue
+            if new.startswith("layer."):
+                new = pre + new
+            if new.endswith("register_tokens") or new.endswith("cls_token") or new.endswith("mask_token"):
+                v = v.reshape(1, -1, v.shape[-1])
+            out[new] = v
+        return out
+    if arch == "convnext":
+        pre = _model_prefix(model_keys, "stages.")
+        for k, v in sd.items():
+            if _CNX_IGNORED.search(k):
+                continue
+            k = _rename(k, _CNX_META_TO_TIMM) or k
+            new = _rename(k, _CNX_TIMM_TO_HF)
+            if new is None:
+                out[k] = v
+            else:
+                out[pre + new if new.startswith("stages.") else new] = v
+        return out
+    raise ValueError(f"arch must be 'vit' or 'convnext', got {arch!r}")
+
+
+def to_timm_state_dict(state_dict: Mapping[str, Any], arch: str) -> dict[str, Any]:
+    """The inverse of :func:`convert_state_dict` for timm names (export, and the round-trip test)."""
+    import torch
+
+    sd = {re.sub(r"^model\.", "", k): v for k, v in state_dict.items()}
+    out: dict[str, Any] = {}
+    if arch == "vit":
+        inverse = [(_to_pattern(rep), _to_replacement(pat)) for pat, rep in _VIT_TIMM_TO_HF if "fc1\\." not in pat]
+        done = set()
+        for k, v in sd.items():
+            m = re.match(r"^layer\.(\d+)\.attention\.([qkv])_proj\.(weight|bias)$", k)
+            if m:
+                i = m.group(1)
+                if i in done:
+                    continue
+                done.add(i)
+                a = f"layer.{i}.attention."
+                out[f"blocks.{i}.attn.qkv.weight"] = torch.cat([sd[f"{a}{x}_proj.weight"] for x in "qkv"])
+                out[f"blocks.{i}.attn.q_bias"] = sd[f"{a}q_proj.bias"]
+                out[f"blocks.{i}.attn.v_bias"] = sd[f"{a}v_proj.bias"]
+                continue
+            gated = any(kk.endswith(".mlp.gate_proj.weight") for kk in sd)
+            if k.endswith((".mlp.up_proj.weight", ".mlp.up_proj.bias")) and not gated:
+                out[re.sub(r"^layer\.(\d+)\.mlp\.up_proj\.", r"blocks.\1.mlp.fc1.", k)] = v
+                continue
+            new = _rename(k, inverse)
+            out[new if new is not None else k] = v
+        return out
+    if arch == "convnext":
+        inverse = [(_to_pattern(rep), _to_replacement(pat)) for pat, rep in _CNX_TIMM_TO_HF]
+        return {(_rename(k, inverse) or k): v for k, v in sd.items()}
+    raise ValueError(f"arch must be 'vit' or 'convnext', got {arch!r}")
+
+
+def _to_pattern(replacement: str) -> str:
+    # "layer.\1.norm\2." → r"^layer\.(\d+)\.norm(\d+)\." : a replacement string becomes a pattern.
+    parts = re.split(r"(\\\d)", replacement)
+    return "^" + "".join(r"(\d+)" if re.fullmatch(r"\\\d", p) else re.escape(p) for p in parts) + (
+        "$" if not replacement.endswith(".") else ""
+    )
+
+
+def _to_replacement(pattern: str) -> str:
+    # r"^blocks\.(\d+)\.norm([12])\." → r"blocks.\1.norm\2." : a pattern becomes a replacement string.
+    body = pattern.strip("^$")
+    n = 0
+
+    def group(_: re.Match[str]) -> str:
+        nonlocal n
+        n += 1
+        return f"\\{n}"
+
+    body = re.sub(r"\((?:\\d\+|\[12\]|\[01\])\)", group, body)
+    return body.replace("\\.", ".")
+
+
+# ------------------------------------------------------------------------------------------- loading
+def _read_state_dict(path: Path) -> dict[str, Any]:
+    import torch
+
+    if path.is_file():
+        files = [path]
+    else:
+        files = sorted(path.glob("*.safetensors")) or sorted(path.glob("*.bin")) or sorted(path.glob("*.pth"))
+    if not files:
+        raise NotACheckpointError(f"{path} holds no .safetensors/.bin/.pth weights")
+    sd: dict[str, Any] = {}
+    for f in files:
+        if f.suffix == ".safetensors":
+            from safetensors.torch import load_file
+
+            sd.update(load_file(str(f)))
+        else:
+            sd.update(torch.load(str(f), map_location="cpu", weights_only=True))
+    return sd
+
+
+def load_model(
+    info: CheckpointInfo,
+    build: Callable[[], Any],
+    dtype: Any = None,
+) -> Any:
+    """Load a checkpoint into a transformers DINOv3 model.
+
+    ``"transformers"`` folders go through ``from_pretrained(local_files_only=True)``; timm-mirror folders
+    and original files are converted (:func:`convert_state_dict`) into the model made by ``build()`` (the
+    variant's architecture), refusing any mismatch with a one-line :class:`NotACheckpointError`.
+    """
+    from transformers import DINOv3ConvNextModel, DINOv3ViTModel
+
+    if info.kind == "transformers":
+        cls = DINOv3ViTModel if info.arch == "vit" else DINOv3ConvNextModel
+        try:
+            return cls.from_pretrained(str(info.path), local_files_only=True, dtype=dtype).eval()
+        except (OSError, ValueError, RuntimeError, KeyError) as e:
+            first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+            raise NotACheckpointError(f"cannot load {info.path}: {first}") from None
+    model = build()
+    keys = list(model.state_dict())
+    arch = "vit" if "embeddings.cls_token" in keys else "convnext"
+    sd = convert_state_dict(_read_state_dict(info.path), arch, keys)
+    missing, unexpected = model.load_state_dict(sd, strict=False)
+    missing = [k for k in missing if not k.endswith("mask_token")]
+    if missing or unexpected:
+        raise NotACheckpointError(
+            f"{info.path} does not match the DINOv3 {arch} architecture: {len(missing)} missing "
+            f"(e.g. {missing[:2]}), {len(unexpected)} unexpected (e.g. {unexpected[:2]}) tensors"
+        )
+    model.eval()
+    return model.to(dtype) if dtype is not None else model
