@@ -159,8 +159,10 @@ def _attempts(client, keys: list[str]) -> list[int]:
     def count(dask_scheduler, keys):  # runs on the scheduler
         out = []
         for k in keys:
-            story = dask_scheduler.story(k)
-            out.append(sum(1 for ev in story if len(ev) > 2 and ev[0] == k and ev[2] == "processing"))
+            ts = dask_scheduler.tasks.get(k)
+            blame = ts.exception_blame.key if ts is not None and ts.exception_blame is not None else k
+            story = dask_scheduler.story(blame)  # the task that raised: the block's or one reading its input
+            out.append(sum(1 for ev in story if len(ev) > 2 and ev[0] == blame and ev[2] == "processing"))
         return out
 
     try:
@@ -217,13 +219,14 @@ def run_blocks(
                     failed.append((idx, fut.key, fut.exception()))
                     if advance is not None:
                         advance(f"block {idx} FAILED")
+                    continue  # kept until the scheduler is asked how often it was tried
                 fut.release()
+        failed.sort(key=lambda t: t[0])
+        attempts = _attempts(client, [k for _, k, _ in failed]) if failed else []
     finally:
         for f in futures:
             f.release()
     if failed:
-        failed.sort(key=lambda t: t[0])
-        attempts = _attempts(client, [k for _, k, _ in failed])
         idx = [i for i, _, _ in failed]
         first = failed[0][2]
         shown = ", ".join(str(i) for i in idx[:10]) + (" …" if len(idx) > 10 else "")
