@@ -22,3 +22,19 @@ def sstem_dir() -> Path:
     if not (SSTEM / "raw").is_dir():
         pytest.skip(f"real ssTEM data not found at {SSTEM} (../shared/data beside the project)")
     return SSTEM
+
+
+@pytest.fixture(scope="session")
+def tiny_vit_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A tiny random DINOv3 ViT (4 registers) saved with save_pretrained (see tests/tiny_models.py)."""
+    from tiny_models import make_tiny_vit
+
+    return make_tiny_vit(tmp_path_factory.mktemp("models") / "tiny-dinov3-vit")
+
+
+@pytest.fixture(scope="session")
+def tiny_convnext_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A tiny random DINOv3 ConvNeXt saved with save_pretrained (see tests/tiny_models.py)."""
+    from tiny_models import make_tiny_convnext
+
+    return make_tiny_convnext(tmp_path_factory.mktemp("models") / "tiny-dinov3-convnext")

@@ -16,8 +16,9 @@ TINY_VIT: dict[str, Any] = dict(
     patch_size=16, hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=2,
     num_register_tokens=4, layerscale_value=1.0, use_gated_mlp=False, hidden_act="gelu",
 )
-# A ConvNeXt with the released stage strides (4/8/16/32), one block per stage.
-TINY_CONVNEXT: dict[str, Any] = dict(depths=[1, 1, 1, 1], hidden_sizes=[8, 16, 24, 32])
+# A ConvNeXt with the released stage strides (4/8/16/32), one block per stage; layer scale 1 (not the
+# init 1e-6) so that the blocks, and their 7×7 receptive fields, matter as in trained checkpoints.
+TINY_CONVNEXT: dict[str, Any] = dict(depths=[1, 1, 1, 1], hidden_sizes=[8, 16, 24, 32], layer_scale_init_value=1.0)
 
 
 def _save(model: Any, path: str | Path) -> Path:

@@ -62,12 +62,14 @@ def axis_windows(length: int, tile: int, overlap: int, unit: int) -> list[tuple[
         raise ValueError(f"tile ({tile}) must be larger than twice the overlap ({overlap})")
     if length <= tile:
         return [(0, length, 0, length)]
-    core = tile - 2 * overlap
     out = []
     c0 = 0
     while c0 < length:
-        c1 = min(c0 + (core if c0 else tile - overlap), length)
-        start = min(max(c0 - overlap, 0), length - tile)
+        start = max(c0 - overlap, 0)
+        if start + tile >= length:  # the last window: shifted inside the image, its core runs to the end
+            out.append((length - tile, length, c0, length))
+            break
+        c1 = start + tile - overlap
         out.append((start, start + tile, c0, c1))
         c0 = c1
     return out

@@ -126,6 +126,15 @@ def register_backbone(
     _REGISTRY[name] = BackboneEntry(name, factory, summary, family, dict(info))
 
 
+_RESOLVERS: list[Callable[[str], BackboneEntry | None]] = []
+
+
+def register_resolver(resolve: Callable[[str], BackboneEntry | None]) -> None:
+    """Let ``lookup`` accept names outside the table (a local folder, a hub id): ``resolve(name)`` returns an
+    entry or None."""
+    _RESOLVERS.append(resolve)
+
+
 def _ensure_loaded() -> None:
     # Importing the modules registers their backbones; done lazily to avoid import cycles.
     from . import dinov3, placeholder  # noqa: F401
@@ -147,6 +156,10 @@ def lookup(name: str) -> BackboneEntry:
     if not isinstance(name, str):
         raise TypeError(f"backbone name must be a string, got {type(name).__name__}")
     if name not in _REGISTRY:
+        for resolve in _RESOLVERS:  # e.g. local DINOv3 folders and hub ids (backbones/dinov3.py)
+            entry = resolve(name)
+            if entry is not None:
+                return entry
         raise UnknownBackboneError(
             f"unknown backbone {name!r}{_suggest(name)} (see `neuros-cv backbones` for the list)"
         )

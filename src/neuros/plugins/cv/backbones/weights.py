@@ -96,7 +96,10 @@ def inspect_checkpoint(path: str | os.PathLike[str]) -> CheckpointInfo:
     if mt in ("dinov3_vit", "dinov3_convnext"):
         return CheckpointInfo(p, "transformers", "vit" if mt == "dinov3_vit" else "convnext", cfg)
     arch_name = str(cfg.get("architecture", ""))
-    if "dinov3" in arch_name or "dinov3" in json.dumps(cfg.get("pretrained_cfg", {})):
+    # timm mirrors: {"architecture": "vit_small_patch16_dinov3", ...} or {"architecture": "convnext_tiny",
+    # "pretrained_cfg": {"tag": "dinov3_lvd1689m", ...}} in a repo named timm/convnext_tiny.dinov3_lvd1689m
+    in_name = "dinov3" in str(p).lower()
+    if arch_name and ("dinov3" in arch_name or "dinov3" in json.dumps(cfg.get("pretrained_cfg", {})) or in_name):
         return CheckpointInfo(p, "timm", "convnext" if arch_name.startswith("convnext") else "vit", None, arch_name)
     found = mt or arch_name or "unknown"
     raise NotACheckpointError(f"{p} is not a DINOv3 checkpoint (its config.json describes {found!r})")
@@ -450,7 +453,13 @@ def load_model(
     keys = list(model.state_dict())
     arch = "vit" if "embeddings.cls_token" in keys else "convnext"
     sd = convert_state_dict(_read_state_dict(info.path), arch, keys)
-    missing, unexpected = model.load_state_dict(sd, strict=False)
+    try:
+        missing, unexpected = model.load_state_dict(sd, strict=False)
+    except RuntimeError as e:  # size mismatches raise even when strict=False
+        detail = next((ln.strip() for ln in str(e).splitlines() if "size mismatch" in ln), str(e).splitlines()[0])
+        raise NotACheckpointError(
+            f"{info.path} does not match the DINOv3 {arch} architecture: {detail}"
+        ) from None
     missing = [k for k in missing if not k.endswith("mask_token")]
     if missing or unexpected:
         raise NotACheckpointError(

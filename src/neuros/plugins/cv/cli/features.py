@@ -12,6 +12,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+from rich.markup import escape
 
 from ..backbones.base import get_backbone, lookup
 from ..report.output import atomic_output_dir, check_output_dir, dumps_json
@@ -77,9 +78,9 @@ def run(args: argparse.Namespace) -> int:
     images = [read_image(p) for p in paths]  # read everything first: a bad file fails before the model loads
     backbone = get_backbone(args.backbone, **_options(args))
     info = backbone.describe()
-    stderr_console.print(f"backbone {backbone.name}: weights = {backbone.weights}")
+    stderr_console.print(escape(f"backbone {backbone.name}: weights = {backbone.weights}"), soft_wrap=True)
     records, arrays = [], []
-    with progress_callback(len(images), f"features[{backbone.name}]") as tick:
+    with progress_callback(len(images), escape(f"features[{backbone.name}]")) as tick:
         for path, stem, image in zip(paths, _stems(paths), images, strict=True):
             fm = backbone.extract(image)
             arrays.append((stem, fm))
@@ -88,7 +89,7 @@ def run(args: argparse.Namespace) -> int:
                 "grid_shape": list(fm.grid_shape), "feature_dim": fm.feature_dim, "stride": fm.stride,
                 "weights": fm.weights, "meta": fm.meta,
             })
-            tick(path.name)
+            tick(escape(path.name))
     with atomic_output_dir(out, overwrite=args.overwrite) as tmp:
         for stem, fm in arrays:
             if args.format == "npz":
