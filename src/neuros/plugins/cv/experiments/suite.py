@@ -2,26 +2,45 @@
 
 ``run_suite(SuiteConfig())`` reproduces the report's Tables 1–3 on the report's backbones (CNX-Tiny and
 ViT-Large). The config is a plain dataclass built from keyword arguments or a mapping (unknown keys are
-rejected by name), and it is stored resolved in ``results.json``.
+rejected by name), and it is stored resolved in ``results.json``. The built-in suites are TOML files in
+``neuros/plugins/cv/suites/`` (``report.toml`` is the default of ``neuros-cv bench``); :func:`load_suite` reads
+a built-in suite by name or any TOML file by path.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import os
+import sys
 import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
+from importlib import resources
+from pathlib import Path
 from typing import Any
+
+if sys.version_info >= (3, 11):
+    import tomllib
+else:  # pragma: no cover - Python 3.10
+    import tomli as tomllib
 
 import numpy as np
 
-from ..backbones.base import Backbone, get_backbone, lookup
+from ..backbones.base import Backbone, UnknownBackboneError, get_backbone, lookup
 from ..datasets.synthetic import MODALITIES, PROTOCOLS, make_dataset, make_image
 from .pipeline import FeatureStore
 from .registration import run_registration
 from .segmentation import run_crossmodal, same_modality
 
-__all__ = ["SuiteConfig", "run_suite", "suite_steps"]
+__all__ = [
+    "SuiteConfig",
+    "build_backbone",
+    "builtin_suites",
+    "load_suite",
+    "run_suite",
+    "suite_datasets",
+    "suite_steps",
+]
 
 REPORT_SHIFTS = ((1, 1), (0, 2), (-2, -1))
 
@@ -58,7 +77,17 @@ class SuiteConfig:
         if not self.backbones:
             raise bad("backbones", "name at least one backbone")
         for b in self.backbones:
-            lookup(b)  # unknown names raise with suggestions
+            try:
+                lookup(b)  # unknown names raise with suggestions
+            except (UnknownBackboneError, TypeError) as e:
+                raise bad("backbones", str(e)) from None
+        if not isinstance(self.backbone_options, Mapping) or not all(
+            isinstance(v, Mapping) for v in self.backbone_options.values()
+        ):
+            raise bad("backbone_options", "must map backbone names to tables of options")
+        for b in self.backbone_options:
+            if b not in self.backbones:
+                raise bad("backbone_options", f"{b!r} is not one of the suite's backbones: {', '.join(self.backbones)}")
         if not self.modalities:
             raise bad("modalities", "name at least one modality")
         for m in self.modalities:
@@ -86,9 +115,17 @@ class SuiteConfig:
             if key in kw:
                 if isinstance(kw[key], str):
                     kw[key] = (kw[key],)
+                if not isinstance(kw[key], (list, tuple)):
+                    raise ValueError(f"suite config: {key}: must be a list of names, got {kw[key]!r}")
                 kw[key] = tuple(kw[key])
         if "shifts" in kw:
+            pairs = kw["shifts"]
+            if not isinstance(pairs, (list, tuple)) or not all(isinstance(s, (list, tuple)) for s in pairs):
+                raise ValueError(f"suite config: shifts: must be a list of [dy, dx] pairs, got {kw['shifts']!r}")
             kw["shifts"] = tuple(tuple(s) for s in kw["shifts"])
+        for key in ("name", "weights", "protocol", "head", "label_rule"):
+            if key in kw and not isinstance(kw[key], str):
+                raise ValueError(f"suite config: {key}: must be a string, got {kw[key]!r}")
         return cls(**kw)
 
     def to_dict(self) -> dict[str, Any]:
@@ -99,13 +136,62 @@ class SuiteConfig:
         return d
 
 
+def _suites_dir() -> Any:
+    # package data (pyproject: "suites/*.toml"), not a Python package
+    return resources.files("neuros.plugins.cv").joinpath("suites")
+
+
+def builtin_suites() -> list[str]:
+    """Names of the built-in suites (the TOML files shipped in ``neuros/plugins/cv/suites/``)."""
+    files = _suites_dir().iterdir()
+    return sorted(f.name[: -len(".toml")] for f in files if f.name.endswith(".toml"))
+
+
+def load_suite(source: str | os.PathLike[str] = "report", **overrides: Any) -> SuiteConfig:
+    """Read a suite from a TOML file (a path) or a built-in suite (a name such as ``"report"``).
+
+    ``overrides`` replace keys of the file. Unknown keys and bad values raise :class:`ValueError` naming
+    the key; a file that is not valid TOML raises naming the file and the line.
+
+    Examples
+    --------
+    >>> load_suite("report").backbones
+    ('cnx-tiny', 'vit-large')
+    """
+    text, where = _suite_text(source)
+    try:
+        data = tomllib.loads(text)
+    except tomllib.TOMLDecodeError as e:
+        raise ValueError(f"suite config {where}: not valid TOML: {e}") from None
+    if "suite" in data and isinstance(data["suite"], Mapping) and len(data) == 1:
+        data = dict(data["suite"])  # a [suite] table is accepted as well as top-level keys
+    try:
+        return SuiteConfig.from_dict({**data, **overrides})
+    except (ValueError, TypeError) as e:
+        raise type(e)(f"{where}: {e}") from None
+
+
+def _suite_text(source: str | os.PathLike[str]) -> tuple[str, str]:
+    src = str(source)
+    if os.sep not in src and "/" not in src and not src.endswith(".toml"):
+        names = builtin_suites()
+        if src not in names:
+            raise ValueError(f"unknown built-in suite {src!r}; choose from {', '.join(names)} or give a .toml path")
+        return _suites_dir().joinpath(f"{src}.toml").read_text(encoding="utf-8"), f"{src}.toml"
+    path = Path(src).expanduser()
+    if not path.is_file():
+        raise FileNotFoundError(f"suite config {path} not found")
+    return path.read_text(encoding="utf-8"), str(path)
+
+
 def suite_steps(config: SuiteConfig) -> int:
     """Number of progress steps ``run_suite`` reports (for a progress bar)."""
     per_backbone = 1 + 2 * len(config.modalities) + 1 + len(config.modalities)
     return len(config.backbones) * per_backbone
 
 
-def _datasets(config: SuiteConfig) -> dict[str, dict[str, tuple[np.ndarray, np.ndarray]]]:
+def suite_datasets(config: SuiteConfig) -> dict[str, dict[str, tuple[np.ndarray, np.ndarray]]]:
+    """The suite's synthetic data: ``{modality: {"train": (images, masks), "test": (images, masks)}}``."""
     # Train and test draws use distinct seeds derived from the suite seed, so they never share images.
     out = {}
     for m in config.modalities:
@@ -115,8 +201,16 @@ def _datasets(config: SuiteConfig) -> dict[str, dict[str, tuple[np.ndarray, np.n
     return out
 
 
+def build_backbone(config: SuiteConfig, name: str) -> Backbone:
+    """The backbone ``name`` as the suite builds it (its ``backbone_options``; DINOv3 gets the suite's weights)."""
+    opts = dict(config.backbone_options.get(name, {}))
+    if lookup(name).family == "dinov3":
+        opts.setdefault("weights", config.weights)
+    return get_backbone(name, **opts)
+
+
 def run_suite(
-    config: SuiteConfig, progress: Callable[[str], None] | None = None
+    config: SuiteConfig, progress: Callable[[str], None] | None = None, store: FeatureStore | None = None
 ) -> tuple[dict[str, Any], dict[str, float]]:
     """Run the three experiments for every backbone.
 
@@ -127,20 +221,19 @@ def run_suite(
         "notes": [...]}`` — deterministic for a given config.
     timings : dict
         Wall-clock seconds per stage (kept apart from the deterministic results).
+
+    A ``store`` passed in keeps the extracted features for later use (e.g. the report's example figures).
     """
     tick = progress or (lambda _msg: None)
     timings: dict[str, float] = {}
     t0 = time.perf_counter()
-    data = _datasets(config)
+    data = suite_datasets(config)
     timings["data"] = time.perf_counter() - t0
-    store = FeatureStore(progress=tick)
+    store = store if store is not None else FeatureStore(progress=tick)
     results: dict[str, Any] = {"backbones": [], "segmentation": [], "crossmodal": [], "registration": []}
     for name in config.backbones:
         t0 = time.perf_counter()
-        opts = dict(config.backbone_options.get(name, {}))
-        if lookup(name).family == "dinov3":
-            opts.setdefault("weights", config.weights)
-        bb: Backbone = get_backbone(name, **opts)
+        bb: Backbone = build_backbone(config, name)
         results["backbones"].append(bb.describe())
         tick(f"loaded {name} ({bb.weights})")
         kw = {"head": config.head, "rule": config.label_rule, "protocol": config.protocol, "seed": config.seed}
