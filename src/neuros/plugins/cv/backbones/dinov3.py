@@ -161,7 +161,7 @@ def parse_weights(spec: str) -> tuple[str, int | None, str | None]:
     if spec in WEIGHT_MODES:
         return spec, None, None
     raise ValueError(
-        f"weights must be auto, placeholder, random, random(seed=N), pretrained or pretrained:<path or hub id>, "
+        f"weights must be one of auto, placeholder, random, random(seed=N), pretrained, pretrained:<path or hub id>; "
         f"got {spec!r}"
     )
 
@@ -464,7 +464,7 @@ class DINOv3Backbone(Backbone):
         x = torch.from_numpy(np.ascontiguousarray(batch)).permute(0, 3, 1, 2)
         mean = torch.tensor(self._mean, dtype=torch.float32).view(1, 3, 1, 1)
         std = torch.tensor(self._std, dtype=torch.float32).view(1, 3, 1, 1)
-        x = ((x - mean) / std).to(device=self._device, dtype=self._torch_dtype)
+        x = ((x - mean) / std).contiguous().to(device=self._device, dtype=self._torch_dtype)
         with torch.inference_mode():
             if self.variant.arch == "vit":
                 feats = self._vit_features(x, h, w)
