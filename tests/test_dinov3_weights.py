@@ -130,6 +130,18 @@ def test_timm_round_trip_vit(tmp_path, gated):
     for k, v in model.state_dict().items():
         if not k.endswith("mask_token"):
             torch.testing.assert_close(loaded.state_dict()[k], v, msg=k)
+    # timm's default mirrors have no q/v biases (the released ones are zero): they load as zeros
+    with torch.no_grad():
+        for name, p in model.named_parameters():
+            if name.endswith(("q_proj.bias", "v_proj.bias")):
+                p.zero_()
+    no_bias = W.to_timm_state_dict(model.state_dict(), "vit", qkv_bias=False)
+    assert not any(k.endswith(("q_bias", "v_bias")) for k in no_bias)
+    nb_folder = _timm_folder(tmp_path / "timm-nobias", no_bias, "vit_small_patch16_dinov3", "lvd1689m")
+    loaded = W.load_model(W.inspect_checkpoint(nb_folder), fresh)
+    for k, v in model.state_dict().items():
+        if not k.endswith("mask_token"):
+            torch.testing.assert_close(loaded.state_dict()[k], v, msg=k)
     if gated:
         return
     # the real vit_small architecture refuses these tiny tensors with a one-line error

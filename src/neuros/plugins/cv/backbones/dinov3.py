@@ -204,7 +204,8 @@ def _variant_from_folder(path: Path, name: str) -> Variant:
     """A Variant describing a local checkpoint folder (its own config, or the timm architecture's)."""
     info = W.inspect_checkpoint(path)
     if info.kind == "timm":
-        v = _BY_TIMM_ARCH.get((info.timm_arch, "sat493m" in str(path).lower()))
+        arch = (info.timm_arch or "").removesuffix("_qkvb")  # timm's variant that keeps the zero q/v biases
+        v = _BY_TIMM_ARCH.get((arch, "sat493m" in str(path).lower()))
         if v is None:
             raise W.NotACheckpointError(f"{path}: unknown timm DINOv3 architecture {info.timm_arch!r}")
         return v

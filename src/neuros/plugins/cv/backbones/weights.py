@@ -336,6 +336,12 @@ def convert_state_dict(state_dict: Mapping[str, Any], arch: str, model_keys: lis
             if new.endswith("register_tokens") or new.endswith("cls_token") or new.endswith("mask_token"):
                 v = v.reshape(1, -1, v.shape[-1])
             out[new] = v
+        # timm's default DINOv3 mirrors are built with qkv_bias=False: the released q/v biases are all zero
+        # (timm's *_qkvb variants keep them). Zero biases compute exactly what a bias-free layer does.
+        for k in [k for k in out if k.endswith(("q_proj.weight", "v_proj.weight"))]:
+            bias = k[: -len("weight")] + "bias"
+            if bias not in out and bias in model_keys:
+                out[bias] = torch.zeros(out[k].shape[0], dtype=out[k].dtype)
         return out
     if arch == "convnext":
         pre = _model_prefix(model_keys, "stages.")
@@ -352,8 +358,12 @@ def convert_state_dict(state_dict: Mapping[str, Any], arch: str, model_keys: lis
     raise ValueError(f"arch must be 'vit' or 'convnext', got {arch!r}")
 
 
-def to_timm_state_dict(state_dict: Mapping[str, Any], arch: str) -> dict[str, Any]:
-    """The inverse of :func:`convert_state_dict` for timm names (export, and the round-trip test)."""
+def to_timm_state_dict(state_dict: Mapping[str, Any], arch: str, qkv_bias: bool = True) -> dict[str, Any]:
+    """The inverse of :func:`convert_state_dict` for timm names (export, and the round-trip test).
+
+    ``qkv_bias=False`` leaves out the (zero) q/v biases, as timm's default ``*_dinov3`` models do; ``True``
+    keeps them as ``q_bias``/``v_bias``, as its ``*_dinov3_qkvb`` models do.
+    """
     import torch
 
     sd = {re.sub(r"^model\.", "", k): v for k, v in state_dict.items()}
@@ -370,8 +380,9 @@ def to_timm_state_dict(state_dict: Mapping[str, Any], arch: str) -> dict[str, An
                 done.add(i)
                 a = f"layer.{i}.attention."
                 out[f"blocks.{i}.attn.qkv.weight"] = torch.cat([sd[f"{a}{x}_proj.weight"] for x in "qkv"])
-                out[f"blocks.{i}.attn.q_bias"] = sd[f"{a}q_proj.bias"]
-                out[f"blocks.{i}.attn.v_bias"] = sd[f"{a}v_proj.bias"]
+                if qkv_bias:
+                    out[f"blocks.{i}.attn.q_bias"] = sd[f"{a}q_proj.bias"]
+                    out[f"blocks.{i}.attn.v_bias"] = sd[f"{a}v_proj.bias"]
                 continue
             gated = any(kk.endswith(".mlp.gate_proj.weight") for kk in sd)
             if k.endswith((".mlp.up_proj.weight", ".mlp.up_proj.bias")) and not gated:
