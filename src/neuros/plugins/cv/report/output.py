@@ -15,7 +15,14 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-__all__ = ["OutputExistsError", "atomic_output_dir", "check_output_dir", "dumps_json"]
+__all__ = [
+    "OutputExistsError",
+    "atomic_output_dir",
+    "atomic_write_text",
+    "check_output_dir",
+    "check_output_file",
+    "dumps_json",
+]
 
 
 class OutputExistsError(FileExistsError):
@@ -66,3 +73,29 @@ def atomic_output_dir(out: str | os.PathLike[str], overwrite: bool = False) -> I
     tmp.rename(path)
     if old is not None:
         shutil.rmtree(old, ignore_errors=True)
+
+
+def check_output_file(out: str | os.PathLike[str], overwrite: bool = False) -> Path:
+    """Fail early if the file ``out`` exists (unless ``overwrite``) or its folder cannot be written."""
+    path = Path(out).expanduser()
+    if path.is_dir():
+        raise IsADirectoryError(f"--out {path} is a folder; give a file name")
+    if path.exists() and not overwrite:
+        raise OutputExistsError(f"--out {path} exists; pass --overwrite to replace it")
+    check_output_dir(path.parent if str(path.parent) else ".", overwrite=True)  # writable folder, never emptied
+    return path
+
+
+def atomic_write_text(out: str | os.PathLike[str], text: str, overwrite: bool = False) -> Path:
+    """Write ``text`` to a temporary file beside ``out`` and rename it into place (never half a file)."""
+    path = check_output_file(out, overwrite)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.tmp-", dir=path.parent)
+    try:
+        with os.fdopen(fd, "w", encoding="utf-8") as f:
+            f.write(text)
+        os.replace(tmp, path)
+    except BaseException:
+        with contextlib.suppress(OSError):
+            os.unlink(tmp)
+        raise
+    return path
