@@ -62,9 +62,9 @@ def test_bad_keys_and_values_are_named(tmp_path, text, names):
 
 
 def test_unknown_builtin_and_missing_file():
-    with pytest.raises(ValueError, match="unknown built-in suite 'reprot'.*report"):
+    with pytest.raises(ValueError, match=r"unknown built-in suite 'reprot'.*report"):
         load_suite("reprot")
-    with pytest.raises(FileNotFoundError, match="nowhere.toml"):
+    with pytest.raises(FileNotFoundError, match=r"nowhere\.toml"):
         load_suite("nowhere.toml")
 
 
