@@ -1,12 +1,21 @@
-"""From pixel masks to patch labels (the report's majority rule, and the foreground fraction)."""
+"""From pixel masks to patch labels (the report's majority rule, the foreground fraction, the plurality class).
+
+Also the mask checks every head and metric shares: integer labels, matching shape, and the encoding of
+arbitrary label values (e.g. 0/255 PNG masks) to class indices 0..K-1.
+"""
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+
 import numpy as np
 
+from ._validation import check_mask
 from .preprocess import pad_to_multiple
 
-__all__ = ["patch_fractions", "patch_labels"]
+__all__ = ["class_balance_weights", "encode_masks", "patch_fractions", "patch_labels", "patch_targets"]
+
+RULES = ("argmax", "majority", "fraction")
 
 
 def patch_fractions(mask: np.ndarray, patch: int = 16, n_classes: int | None = None) -> np.ndarray:
@@ -33,19 +42,83 @@ def patch_fractions(mask: np.ndarray, patch: int = 16, n_classes: int | None = N
     return sums / np.maximum(count, 1)[:, :, None]
 
 
-def patch_labels(mask: np.ndarray, patch: int = 16, rule: str = "majority", threshold: float = 0.5) -> np.ndarray:
-    """Patch labels (h, w) from a pixel mask.
+def patch_targets(fractions: np.ndarray, rule: str = "argmax", threshold: float = 0.5) -> np.ndarray:
+    """Patch labels (h, w) from class fractions (h, w, K).
 
-    ``rule="majority"`` (the report's protocol, binary masks): a patch is foreground when *more than* half of
-    its pixels are foreground. ``rule="fraction"``: foreground when its fraction exceeds ``threshold``.
-    ``rule="argmax"``: the most frequent class (multi-class masks).
+    ``"majority"`` (the report's protocol, binary): foreground when *more than* half the pixels are foreground.
+    ``"fraction"``: the most frequent foreground class when its fraction exceeds ``threshold``, else 0 (for
+    binary masks: foreground fraction > ``threshold``). ``"argmax"``: the plurality class, ties to the lower
+    class id (for binary masks this equals ``"majority"``).
     """
-    fr = patch_fractions(mask, patch)
+    fr = np.asarray(fractions)
     if rule == "argmax":
         return fr.argmax(axis=2).astype(np.int64)
-    fg = 1.0 - fr[:, :, 0]
     if rule == "majority":
+        if fr.shape[2] > 2:
+            raise ValueError("rule='majority' is the report's binary rule; use 'argmax' or 'fraction' for multi-class")
+        fg = 1.0 - fr[:, :, 0]
         return (fg > 0.5).astype(np.int64)
     if rule == "fraction":
-        return (fg > float(threshold)).astype(np.int64)
-    raise ValueError(f"rule must be 'majority', 'fraction' or 'argmax', got {rule!r}")
+        if not 0.0 <= float(threshold) < 1.0:
+            raise ValueError(f"threshold must be in [0, 1), got {threshold}")
+        if fr.shape[2] < 2:
+            return np.zeros(fr.shape[:2], dtype=np.int64)
+        best = fr[:, :, 1:].argmax(axis=2)
+        best_fr = np.take_along_axis(fr[:, :, 1:], best[:, :, None], axis=2)[:, :, 0]
+        return np.where(best_fr > float(threshold), best + 1, 0).astype(np.int64)
+    raise ValueError(f"rule must be one of {', '.join(RULES)}, got {rule!r}")
+
+
+def patch_labels(mask: np.ndarray, patch: int = 16, rule: str = "majority", threshold: float = 0.5) -> np.ndarray:
+    """Patch labels (h, w) from a pixel mask (see :func:`patch_targets` for the rules)."""
+    if rule not in RULES:
+        raise ValueError(f"rule must be 'majority', 'fraction' or 'argmax', got {rule!r}")
+    m = np.asarray(mask)
+    fr = patch_fractions(mask, patch, n_classes=max(int(m.max()) + 1 if m.size else 1, 2))
+    return patch_targets(fr, rule, threshold)
+
+
+def encode_masks(
+    masks: Sequence[np.ndarray],
+    shapes: Sequence[tuple[int, int]],
+    classes: np.ndarray | None = None,
+) -> tuple[list[np.ndarray], np.ndarray]:
+    """Check masks against image shapes and encode their label values to class indices 0..K-1.
+
+    Parameters
+    ----------
+    masks : sequence of ndarray
+        Integer (or boolean, or integral float) label masks.
+    shapes : sequence of (H, W)
+        The shape each mask must have.
+    classes : ndarray, optional
+        Known label values (sorted); by default the union of values in ``masks``. A label not in ``classes``
+        raises.
+
+    Returns
+    -------
+    encoded : list of ndarray
+        int64 masks with values in 0..K-1 (index into ``classes``).
+    classes : ndarray
+        The sorted label values.
+    """
+    if len(masks) != len(shapes):
+        raise ValueError(f"{len(shapes)} images but {len(masks)} masks")
+    checked = [check_mask(m, s, name=f"masks[{i}]") for i, (m, s) in enumerate(zip(masks, shapes, strict=True))]
+    values = np.unique(np.concatenate([np.unique(m) for m in checked])) if checked else np.array([], np.int64)
+    if classes is None:
+        classes = values
+    classes = np.asarray(classes, dtype=np.int64)
+    unknown = np.setdiff1d(values, classes)
+    if unknown.size:
+        raise ValueError(f"masks hold label(s) {unknown.tolist()} not among the known classes {classes.tolist()}")
+    return [np.searchsorted(classes, m.astype(np.int64)) for m in checked], classes
+
+
+def class_balance_weights(y: np.ndarray, n_classes: int) -> np.ndarray:
+    """Per-sample weights ``n / (K_present · count[y])`` (scikit-learn's ``"balanced"`` rule), vectorised."""
+    y = np.asarray(y, dtype=np.int64)
+    counts = np.bincount(y, minlength=n_classes).astype(np.float64)
+    present = int((counts > 0).sum())
+    per_class = np.where(counts > 0, y.size / (max(present, 1) * np.maximum(counts, 1)), 0.0)
+    return per_class[y]

@@ -1,0 +1,64 @@
+"""``neuros-cv bench --suite real``: the real-data suite's progress, tables and atomic output."""
+
+from __future__ import annotations
+
+import argparse
+
+from rich.console import Console
+from rich.markup import escape
+from rich.table import Table
+
+from ..experiments.real_suite import RealSuiteConfig, real_markdown, real_suite_steps, real_tables, run_real_suite
+from ..report.output import atomic_output_dir, check_output_dir, dumps_json
+from ..report.provenance import provenance
+from ..report.tables import to_csv
+from ._progress import progress_callback
+
+__all__ = ["run_real", "write_real_outputs"]
+
+SCHEMA = "neuros-cv/bench-real/1"
+
+
+def _config(args: argparse.Namespace) -> RealSuiteConfig:
+    over = {"backbones": getattr(args, "backbones", None), "seed": getattr(args, "seed", None)}
+    return RealSuiteConfig.from_dict({k: v for k, v in over.items() if v is not None})
+
+
+def write_real_outputs(folder, config: RealSuiteConfig, results: dict, timings: dict) -> None:
+    """results.json, tables.md, segmentation.csv and crossmodal.csv into ``folder``."""
+    doc = {"schema": SCHEMA, "config": config.to_dict(), **results, "provenance": provenance(timings)}
+    (folder / "results.json").write_text(dumps_json(doc), encoding="utf-8")
+    (folder / "tables.md").write_text(real_markdown(results), encoding="utf-8")
+    rows = [{"dataset": r["dataset"], "backbone": r["spec"], "weights": r["weights"], "class": c,
+             "dice": v["dice"], "dice_ci_low": v["dice_ci"][0], "dice_ci_high": v["dice_ci"][1], "iou": v["iou"],
+             "n_test_pixels": v["n_pixels"]} for r in results["segmentation"] for c, v in r["classes"].items()]
+    cols = ["dataset", "backbone", "weights", "class", "dice", "dice_ci_low", "dice_ci_high", "iou", "n_test_pixels"]
+    (folder / "segmentation.csv").write_text(to_csv(rows, cols), encoding="utf-8")
+    (folder / "crossmodal.csv").write_text(
+        to_csv(results["crossmodal"], ["train", "test", "spec", "weights", "dice", "dice_ci", "accuracy"]),
+        encoding="utf-8")
+
+
+def run_real(args: argparse.Namespace) -> int:
+    """Run the real suite from CLI arguments (``--backbones``, ``--seed``, ``--out``, ``--overwrite``)."""
+    config = _config(args)
+    out = check_output_dir(args.out, args.overwrite)  # fail before computing anything
+    with progress_callback(real_suite_steps(config), f"bench[{config.name}]") as tick:
+        results, timings = run_real_suite(config, progress=tick)
+    console = Console()
+    console.print("Weights used: " + ", ".join(f"{b['spec']} = {b['weights']}" for b in results["backbones"]))
+    for s in results["skipped"]:
+        console.print(f"Skipped {escape(s['backbone'])}: {escape(s['reason'])}", soft_wrap=True)
+    for caption, (header, rows) in real_tables(results):
+        t = Table(title=caption, title_justify="left")
+        for h in header:
+            t.add_column(escape(h))
+        for r in rows:
+            t.add_row(*(escape(c) for c in r))
+        console.print(t)
+    for note in results["notes"]:
+        console.print(f"* {escape(note)}", soft_wrap=True)
+    with atomic_output_dir(out, overwrite=args.overwrite) as tmp:
+        write_real_outputs(tmp, config, results, timings)
+    console.print(f"Wrote results.json, tables.md and CSVs to {out}")
+    return 0

@@ -1,0 +1,124 @@
+"""``neuros-cv segment``: train a segmentation head on your images and masks, and predict pixel masks.
+
+``segment train --images ... --masks ... --backbone NAME --head KIND --out head/`` extracts features, fits the
+head and saves it (weights + head.json naming the backbone and weights). ``segment predict --head head/
+INPUT... --out masks/`` rebuilds that backbone, predicts a pixel mask per input and writes them all at once
+(PNG for 2-D images, TIFF for stacks). Inputs: TIFF (stacks are cut into slices), PNG/JPEG, NIfTI, HDF5 and
+zarr (``--key`` names the dataset).
+"""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+import numpy as np
+
+from ..backbones.base import get_backbone, lookup
+from ..datasets.io import expand_paths, image_slices, read_array, write_mask
+from ..heads import list_heads, load_head, make_head
+from ..labels import RULES
+from ..report.output import atomic_output_dir, check_output_dir
+from ._progress import progress_callback
+
+__all__ = ["add_parser", "run"]
+
+
+def add_parser(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("segment", help="train a segmentation head on images + masks, or predict masks",
+                       description=__doc__.split("\n\n", 1)[1] if __doc__ else None)
+    actions = p.add_subparsers(dest="action", metavar="ACTION", required=True)
+    t = actions.add_parser("train", help="fit a head and save it to --out")
+    t.add_argument("--images", nargs="+", required=True, metavar="PATH", help="image files or folders")
+    t.add_argument("--masks", nargs="+", required=True, metavar="PATH", help="mask files or folders (same order)")
+    t.add_argument("--backbone", default="vit-small", help="backbone name (see `neuros-cv backbones`)")
+    t.add_argument("--weights", help="DINOv3 weights: placeholder, random, pretrained, auto")
+    t.add_argument("--head", default="logistic", choices=list_heads(), help="head kind (default logistic)")
+    t.add_argument("--balanced", action="store_true", help="weight classes equally in training")
+    t.add_argument("--label-rule", default="argmax", choices=RULES, help="patch label rule (default argmax)")
+    t.add_argument("--key", help="dataset inside HDF5/zarr image files")
+    t.add_argument("--mask-key", help="dataset inside HDF5/zarr mask files")
+    t.add_argument("--out", required=True, help="folder for the trained head")
+    t.add_argument("--overwrite", action="store_true", help="replace --out if it exists")
+    t.add_argument("--seed", type=int, default=0, help="random seed of the head")
+    q = actions.add_parser("predict", help="predict pixel masks with a saved head")
+    q.add_argument("--head", required=True, help="folder written by `segment train`")
+    q.add_argument("inputs", nargs="+", metavar="INPUT", help="image files or folders")
+    q.add_argument("--key", help="dataset inside HDF5/zarr inputs")
+    q.add_argument("--out", required=True, help="folder for the masks")
+    q.add_argument("--overwrite", action="store_true", help="replace --out if it exists")
+    p.set_defaults(func=run)
+
+
+def _read_slices(paths: list[Path], key: str | None, tick) -> list[tuple[Path, list[np.ndarray]]]:
+    out = []
+    for p in paths:
+        out.append((p, image_slices(read_array(p, key=key))))
+        tick(f"read {p.name}")
+    return out
+
+
+def _train(args: argparse.Namespace) -> int:
+    out = check_output_dir(args.out, args.overwrite)
+    lookup(args.backbone)
+    opts = {"weights": args.weights} if args.weights else {}
+    if opts and lookup(args.backbone).family != "dinov3":
+        raise ValueError(f"--weights applies to DINOv3 backbones, not {args.backbone!r}")
+    img_paths, mask_paths = expand_paths(args.images), expand_paths(args.masks)
+    if len(img_paths) != len(mask_paths):
+        raise ValueError(f"{len(img_paths)} image files but {len(mask_paths)} mask files; give one mask per image")
+    bb = get_backbone(args.backbone, **opts)
+    steps = 2 * len(img_paths) + len(img_paths) + 1
+    with progress_callback(steps, "segment train") as tick:
+        images = _read_slices(img_paths, args.key, tick)
+        masks = _read_slices(mask_paths, args.mask_key, tick)
+        all_images, all_masks = [], []
+        for (ip, ims), (mp, ms) in zip(images, masks, strict=True):
+            if len(ims) != len(ms):
+                raise ValueError(f"{ip.name} has {len(ims)} slice(s) but its mask {mp.name} has {len(ms)}")
+            for k, (im, m) in enumerate(zip(ims, ms, strict=True)):
+                if m.shape != im.shape[:2]:
+                    raise ValueError(f"mask {mp.name}[{k}] shape {m.shape} does not match image {ip.name} "
+                                     f"shape {im.shape[:2]}")
+            all_images += ims
+            all_masks += ms
+        maps = []
+        for ip, ims in images:
+            maps += bb.extract_batch(ims)
+            tick(f"features {ip.name}")
+        kw = {"class_weight": "balanced"} if args.balanced else {}
+        head = make_head(args.head, seed=args.seed, label_rule=args.label_rule, **kw)
+        head.fit(maps, all_masks)
+        head.backbone_options_ = opts
+        tick("fitted")
+    head.save(out, overwrite=args.overwrite)
+    print(f"Trained a {args.head} head on {len(all_images)} image(s) ({head.n_train_patches_} patches) with "
+          f"{bb.name} [{bb.weights}], classes {head.classes_.tolist()}; saved to {out}")
+    return 0
+
+
+def _predict(args: argparse.Namespace) -> int:
+    head = load_head(args.head)
+    out = check_output_dir(args.out, args.overwrite)
+    paths = expand_paths(args.inputs)
+    names = [p.name.split(".")[0] for p in paths]
+    dup = sorted({n for n in names if names.count(n) > 1})
+    if dup:
+        raise ValueError(f"inputs share output name(s) {', '.join(dup)}; predict them into separate folders")
+    bb = get_backbone(head.backbone_, **head.backbone_options_)
+    with progress_callback(len(paths), "segment predict") as tick, atomic_output_dir(out, args.overwrite) as tmp:
+        for p, name in zip(paths, names, strict=True):
+            slices = image_slices(read_array(p, key=args.key))
+            labels = head.predict(bb.extract_batch(slices))
+            stack = np.stack(labels)
+            if len(slices) == 1 and stack.max() < 256:
+                write_mask(tmp / f"{name}.png", stack[0])
+            else:
+                write_mask(tmp / f"{name}.tif", stack if len(slices) > 1 else stack[0])
+            tick(f"predicted {p.name}")
+    print(f"Wrote {len(paths)} mask file(s) to {out} ({head.kind} head, {head.backbone_} [{head.weights_}])")
+    return 0
+
+
+def run(args: argparse.Namespace) -> int:
+    return _train(args) if args.action == "train" else _predict(args)

@@ -1,0 +1,252 @@
+"""The real-data suite (``neuros-cv bench --suite real``): pixel Dice per class per backbone on real EM, MRI
+and nuclei images, with bootstrap confidence intervals, cross-modality transfer, and the report-vs-better
+protocol comparison on the synthetic data.
+
+Datasets (``datasets.catalog``): EM — the ssTEM sections (membranes, mitochondria; train on some sections,
+test on others, downsampled ×2 by default to fit the time budget); MRI — axial slices of nilearn's MNI152
+template (grey / white matter; train and test slabs separated by a gap); nuclei — stardist's labelled image
+cut into tiles (train on the top half, test on the bottom half).
+
+Backbones are named in the config as ``"name"`` or ``"name@weights"`` (``vit-small@placeholder``,
+``vit-small@random``, ``filterbank``); a backbone that cannot be built here (e.g. weights not available) is
+listed under ``skipped`` with the reason instead of failing the suite.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import time
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from typing import Any
+
+from ..backbones.base import Backbone, get_backbone, lookup
+from ..datasets.catalog import LabelledSet, load_mni152, load_nuclei, load_sstem
+from ..heads import list_heads
+from .pipeline import FeatureStore
+from .protocols import fit_and_score, fit_on, run_protocol_comparison, score_on
+
+__all__ = [
+    "REAL_DATASETS",
+    "RealSuiteConfig",
+    "build_backbone",
+    "load_real_data",
+    "real_markdown",
+    "real_suite_steps",
+    "real_tables",
+    "run_real_suite",
+]
+
+REAL_DATASETS = ("em", "mri", "nuclei")
+
+
+@dataclass(frozen=True)
+class RealSuiteConfig:
+    """Everything that determines the real suite's numbers."""
+
+    name: str = "real"
+    backbones: tuple[str, ...] = ("vit-small@placeholder", "vit-small@random", "filterbank")
+    datasets: tuple[str, ...] = REAL_DATASETS
+    head: str = "logistic"
+    class_weight: str | None = "balanced"
+    label_rule: str = "argmax"
+    em_train: tuple[int, ...] = tuple(range(0, 8))
+    em_test: tuple[int, ...] = tuple(range(8, 14))
+    em_downsample: int = 2
+    mri_train: tuple[int, ...] = tuple(range(40, 88, 6))
+    mri_test: tuple[int, ...] = tuple(range(100, 148, 6))
+    mri_scale: int = 2
+    nuclei_tile: int = 128
+    crossmodal: bool = True
+    protocols: bool = True
+    synthetic_n_train: int = 10
+    synthetic_n_test: int = 5
+    synthetic_size: int = 128
+    n_boot: int = 1000
+    seed: int = 0
+
+    def __post_init__(self) -> None:
+        if not self.backbones:
+            raise ValueError("real suite: name at least one backbone")
+        for spec in self.backbones:
+            lookup(spec.split("@", 1)[0])
+        for d in self.datasets:
+            if d not in REAL_DATASETS:
+                raise ValueError(f"real suite: unknown dataset {d!r}; choose from {', '.join(REAL_DATASETS)}")
+        if self.head not in list_heads():
+            raise ValueError(f"real suite: unknown head {self.head!r}; choose from {', '.join(list_heads())}")
+        if set(self.em_train) & set(self.em_test) or set(self.mri_train) & set(self.mri_test):
+            raise ValueError("real suite: train and test sections/slices overlap")
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any]) -> RealSuiteConfig:
+        """Build from a mapping; unknown keys are rejected by name; lists become tuples."""
+        known = {f.name for f in dataclasses.fields(cls)}
+        unknown = sorted(set(data) - known)
+        if unknown:
+            raise ValueError(f"real suite config: unknown key(s) {', '.join(unknown)}")
+        return cls(**{k: tuple(v) if isinstance(v, list) else v for k, v in data.items()})
+
+    def to_dict(self) -> dict[str, Any]:
+        return {k: list(v) if isinstance(v, tuple) else v for k, v in dataclasses.asdict(self).items()}
+
+
+def build_backbone(spec: str) -> Backbone:
+    """A backbone from ``"name"`` or ``"name@weights"`` (weights only for the DINOv3 family)."""
+    name, _, weights = spec.partition("@")
+    if weights and lookup(name).family != "dinov3":
+        raise ValueError(f"backbone {name!r} takes no weights (got {spec!r})")
+    return get_backbone(name, **({"weights": weights} if weights else {}))
+
+
+def load_real_data(config: RealSuiteConfig) -> dict[str, dict[str, LabelledSet]]:
+    """``{dataset: {"train": LabelledSet, "test": LabelledSet}}`` for the configured datasets."""
+    out: dict[str, dict[str, LabelledSet]] = {}
+    if "em" in config.datasets:
+        out["em"] = {"train": load_sstem(sections=config.em_train, downsample=config.em_downsample),
+                     "test": load_sstem(sections=config.em_test, downsample=config.em_downsample)}
+    if "mri" in config.datasets:
+        out["mri"] = {"train": load_mni152(config.mri_train, scale=config.mri_scale),
+                      "test": load_mni152(config.mri_test, scale=config.mri_scale)}
+    if "nuclei" in config.datasets:
+        tiles = load_nuclei(config.nuclei_tile)
+        half = len(tiles.images) // 2
+        out["nuclei"] = {"train": tiles.subset(range(half)), "test": tiles.subset(range(half, len(tiles.images)))}
+    return out
+
+
+def real_suite_steps(config: RealSuiteConfig) -> int:
+    """Progress steps reported by :func:`run_real_suite`."""
+    per = 1 + len(config.datasets) + (len(config.datasets) if config.crossmodal else 0) + int(config.protocols)
+    return 1 + len(config.backbones) * per
+
+
+def run_real_suite(
+    config: RealSuiteConfig, progress: Callable[[str], None] | None = None
+) -> tuple[dict[str, Any], dict[str, float]]:
+    """Run the real suite. Returns ``(results, timings)``; results are deterministic for a config."""
+    tick = progress or (lambda _m: None)
+    timings: dict[str, float] = {}
+    t0 = time.perf_counter()
+    data = load_real_data(config)
+    timings["data"] = time.perf_counter() - t0
+    tick("loaded real data")
+    store = FeatureStore()
+    res: dict[str, Any] = {"backbones": [], "skipped": [], "segmentation": [], "crossmodal": [], "protocols": [],
+                           "datasets": {}, "notes": []}
+    for d, split in data.items():
+        res["datasets"][d] = {"classes": list(split["train"].class_names), "source": split["train"].source,
+                              "n_train": len(split["train"].images), "n_test": len(split["test"].images),
+                              "image_shape": list(split["train"].images[0].shape[:2]),
+                              "train": split["train"].notes, "test": split["test"].notes}
+    kw = {"head": config.head, "class_weight": config.class_weight, "label_rule": config.label_rule,
+          "n_boot": config.n_boot, "seed": config.seed}
+    for spec in config.backbones:
+        t0 = time.perf_counter()
+        try:
+            bb = build_backbone(spec)
+        except (NotImplementedError, ImportError, OSError, RuntimeError) as e:
+            res["skipped"].append({"backbone": spec, "reason": str(e).splitlines()[0] if str(e) else type(e).__name__})
+            per = len(config.datasets) * (2 if config.crossmodal else 1) + int(config.protocols)
+            for _ in range(1 + per):
+                tick(f"skipped {spec}")
+            continue
+        res["backbones"].append({**bb.describe(), "spec": spec})
+        tick(f"loaded {spec} ({bb.weights})")
+        for d, split in data.items():
+            tr, te = split["train"], split["test"]
+            rec = fit_and_score(bb, store, f"real/{d}/train", (tr.images, tr.masks), f"real/{d}/test",
+                                (te.images, te.masks), tr.class_names, **kw)
+            res["segmentation"].append({"dataset": d, "spec": spec, **rec})
+            tick(f"{spec} · {d}")
+        if config.crossmodal:
+            for src in data:
+                # Binary foreground relabelling of the same images: features come from the cache.
+                hkw = {k: kw[k] for k in ("head", "class_weight", "label_rule", "seed")}
+                a = data[src]["train"].binary()
+                model = fit_on(bb, store, f"real/{src}/train", (a.images, a.masks), **hkw)
+                for dst in data:
+                    b = data[dst]["test"].binary()
+                    rec = score_on(model, bb, store, f"real/{dst}/test", (b.images, b.masks), a.class_names,
+                                   n_boot=config.n_boot, seed=config.seed)
+                    res["crossmodal"].append({"train": src, "test": dst, "spec": spec, "backbone": bb.name,
+                                              "weights": bb.weights, "dice": rec["classes"]["foreground"]["dice"],
+                                              "dice_ci": rec["classes"]["foreground"]["dice_ci"],
+                                              "accuracy": rec["accuracy"]})
+                tick(f"{spec} · transfer from {src}")
+        if config.protocols:
+            for r in run_protocol_comparison(bb, store, n_train=config.synthetic_n_train,
+                                             n_test=config.synthetic_n_test, size=config.synthetic_size,
+                                             seed=config.seed, n_boot=config.n_boot):
+                res["protocols"].append({**r, "spec": spec})
+            tick(f"{spec} · protocols")
+        timings[f"backbone:{spec}"] = time.perf_counter() - t0
+    notes = {r["report"]["note"] for r in res["protocols"] if r["report"].get("note")}
+    res["notes"] = sorted(notes)
+    return res, timings
+
+
+def _ci(value: float, ci: list[float]) -> str:
+    return f"{value:.3f} [{ci[0]:.3f}, {ci[1]:.3f}]"
+
+
+def _label(rec: Mapping[str, Any]) -> str:
+    from ..report.tables import display_name
+
+    return f"{display_name(rec['backbone'])} [{rec['weights']}]"
+
+
+def real_tables(results: Mapping[str, Any]) -> list[tuple[str, tuple[list[str], list[list[str]]]]]:
+    """The real suite's tables as ``(caption, (header, rows))``: Dice per class per backbone (filterbank column
+    beside every DINOv3 column), cross-modality transfer, and report-vs-better protocol."""
+    out = []
+    seg = results["segmentation"]
+    specs = list(dict.fromkeys(r["spec"] for r in seg))
+    labels = {r["spec"]: _label(r) for r in seg}
+    rows = []
+    for d in dict.fromkeys(r["dataset"] for r in seg):
+        by = {r["spec"]: r for r in seg if r["dataset"] == d}
+        for cname in next(iter(by.values()))["classes"]:
+            rows.append([d.upper() if d != "nuclei" else "Nuclei", cname,
+                         *(_ci(by[s]["classes"][cname]["dice"], by[s]["classes"][cname]["dice_ci"]) for s in specs)])
+    out.append(("Real data: pixel Dice per class [95% bootstrap CI over test images].",
+                (["Dataset", "Class", *(labels[s] for s in specs)], rows)))
+    if results.get("crossmodal"):
+        cm = results["crossmodal"]
+        rows = []
+        for tr in dict.fromkeys(r["train"] for r in cm):
+            for te in dict.fromkeys(r["test"] for r in cm):
+                by = {r["spec"]: r for r in cm if r["train"] == tr and r["test"] == te}
+                rows.append([f"{tr} → {te}", *(_ci(by[s]["dice"], by[s]["dice_ci"]) for s in specs)])
+        out.append(("Real data, cross-modality transfer: foreground pixel Dice [95% CI] (train → test).",
+                    (["Train → Test", *(labels[s] for s in specs)], rows)))
+    if results.get("protocols"):
+        rows = []
+        for r in results["protocols"]:
+            rep = r["report"]
+            rows.append([r["modality"], labels.get(r["spec"], r["spec"]),
+                         f"{rep['accuracy']:.3f}/{rep['f1']:.3f}" + ("*" if rep.get("note") else ""),
+                         _ci(r["better"]["dice"], r["better"]["dice_ci"])])
+        out.append(("Synthetic data, report protocol (patch accuracy/F1, majority labels, unweighted head) vs "
+                    "better protocol (random placement, balanced head, pixel Dice [95% CI]).",
+                    (["Modality", "Model", "Report acc/F1 (patch)", "Better Dice (pixel)"], rows)))
+    return out
+
+
+def real_markdown(results: Mapping[str, Any], title: str = "neurOS cv real-data benchmark") -> str:
+    """All real-suite tables with captions, the weights used, dataset notes and skipped backbones."""
+    from ..report.tables import markdown_table
+
+    used = ", ".join(f"{b['spec']} = {b['weights']}" for b in results["backbones"])
+    parts = [f"# {title}", "", f"Weights used: {used}", ""]
+    for caption, (header, rows) in real_tables(results):
+        parts += [f"**{caption}**", "", markdown_table(header, rows), ""]
+    parts += ["Data:", ""]
+    for d, info in results["datasets"].items():
+        parts.append(f"- {d}: {info['source']}; {info['n_train']} train / {info['n_test']} test images "
+                     f"({'; '.join(info['train'] + info['test'])})")
+    for s in results.get("skipped", []):
+        parts.append(f"- skipped backbone {s['backbone']}: {s['reason']}")
+    if results.get("notes"):
+        parts += ["", "Notes (cells marked *):", ""] + [f"- {n}" for n in results["notes"]]
+    return "\n".join(parts) + "\n"

@@ -1,0 +1,301 @@
+"""The segmentation-head interface: fit on feature maps + pixel masks, predict at patch or pixel resolution.
+
+A head is an estimator in the scikit-learn style: every parameter is set in ``__init__`` and stored
+unchanged; everything learned ends in ``_``. Subclasses implement two matrix methods — ``_fit_matrix(X, y, w)``
+and ``_proba_matrix(X)`` — plus ``_save_weights``/``_load_weights``; this base class does the rest once:
+
+- ``fit(feature_maps, masks)``: checks masks (integer labels, shapes), encodes label values to classes,
+  turns pixel masks into patch labels (``labels.patch_targets``), optional class balancing, and records the
+  backbone, weights and feature dimension the head was trained on;
+- ``predict_proba(maps, level="pixel" | "patch")``: classifies every grid cell in one matrix call and, at
+  pixel level, upsamples the class probabilities bilinearly (``FeatureMap.to_pixels``; no loop over pixels);
+- ``save(dir)`` / :func:`load_head`: weights plus ``head.json`` naming backbone, weights and preprocessing,
+  written atomically.
+"""
+
+from __future__ import annotations
+
+import inspect
+import json
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from ..features import FeatureMap
+from ..labels import RULES, class_balance_weights, encode_masks, patch_fractions, patch_targets
+from ..report.output import atomic_output_dir, dumps_json
+
+__all__ = ["FORMAT", "SegmentationHead", "as_maps", "load_head"]
+
+FORMAT = "neuros-cv/head/1"
+LEVELS = ("pixel", "patch")
+
+
+def as_maps(maps: Any, name: str = "feature_maps") -> list[FeatureMap]:
+    """A list of :class:`FeatureMap` from one map or a sequence of them (one-line error otherwise)."""
+    if isinstance(maps, FeatureMap):
+        return [maps]
+    if not isinstance(maps, (list, tuple)):
+        raise TypeError(f"{name} must be a FeatureMap or a list of them, got {type(maps).__name__}")
+    for i, fm in enumerate(maps):
+        if not isinstance(fm, FeatureMap):
+            raise TypeError(f"{name}[{i}] must be a FeatureMap, got {type(fm).__name__}")
+    return list(maps)
+
+
+class SegmentationHead:
+    """Base class of all heads (see the module docstring for the contract).
+
+    Parameters common to every head
+    -------------------------------
+    label_rule : {"argmax", "majority", "fraction"}
+        How a patch gets its training label from the pixels it covers (``labels.patch_targets``).
+    threshold : float
+        Foreground fraction for ``label_rule="fraction"``.
+    class_weight : {None, "balanced"}
+        ``"balanced"`` weights every class equally in the loss (n / (K · count)).
+    seed : int
+        Random seed of the head's optimiser or ensemble.
+    """
+
+    kind = "base"
+
+    def __init__(self, label_rule: str = "argmax", threshold: float = 0.5, class_weight: str | None = None,
+                 seed: int = 0) -> None:
+        self.label_rule = label_rule
+        self.threshold = threshold
+        self.class_weight = class_weight
+        self.seed = seed
+
+    # ----------------------------------------------------------------- parameters
+    def get_params(self) -> dict[str, Any]:
+        """The ``__init__`` parameters and their values (JSON-serialisable)."""
+        names = [p for c in type(self).__mro__ if c is not object
+                 for p in inspect.signature(c.__init__).parameters if p != "self"]
+        return {n: getattr(self, n) for n in dict.fromkeys(names) if hasattr(self, n)}
+
+    def _check_params(self) -> None:
+        if self.label_rule not in RULES:
+            raise ValueError(f"label_rule must be one of {', '.join(RULES)}, got {self.label_rule!r}")
+        if self.class_weight not in (None, "balanced"):
+            raise ValueError(f"class_weight must be None or 'balanced', got {self.class_weight!r}")
+
+    # ----------------------------------------------------------------- training data
+    def _patch_table(self, maps: list[FeatureMap], masks: Sequence[np.ndarray]) -> tuple[np.ndarray, np.ndarray]:
+        """(X, y) with y as class indices; also fixes classes_ and the feature identity on first call."""
+        if len(maps) == 0:
+            raise ValueError("empty training set: pass at least one feature map and mask")
+        if len(maps) != len(masks):
+            raise ValueError(f"{len(maps)} feature maps but {len(masks)} masks")
+        ids = {(fm.backbone, fm.weights, fm.feature_dim, float(fm.stride)) for fm in maps}
+        if len(ids) != 1:
+            raise ValueError(f"training feature maps come from different backbones/weights/dims: {sorted(ids)}")
+        known = getattr(self, "classes_", None)
+        encoded, classes = encode_masks(masks, [fm.image_shape for fm in maps], known)
+        if known is None:
+            if classes.size < 2:
+                raise ValueError(
+                    f"training masks hold a single class ({classes.tolist()}); a head needs at least two classes"
+                )
+            self.classes_ = classes
+            backbone, weights, dim, stride = ids.pop()
+            self.backbone_, self.weights_, self.feature_dim_, self.stride_ = backbone, weights, dim, stride
+            self.preprocessing_ = dict(maps[0].meta.get("preprocessing", {})) if maps[0].meta else {}
+        else:
+            self._check_maps(maps)
+        k = len(self.classes_)
+        xs, ys = [], []
+        patch = round(maps[0].stride)
+        for fm, m in zip(maps, encoded, strict=True):
+            lab = patch_targets(patch_fractions(m, patch, k), self.label_rule, self.threshold)
+            if lab.shape != fm.grid_shape:
+                raise ValueError(f"label grid {lab.shape} does not match feature grid {fm.grid_shape}")
+            xs.append(fm.flat())
+            ys.append(lab.ravel())
+        return np.concatenate(xs).astype(np.float32, copy=False), np.concatenate(ys)
+
+    def _weights(self, y: np.ndarray) -> np.ndarray | None:
+        return class_balance_weights(y, len(self.classes_)) if self.class_weight == "balanced" else None
+
+    def _reset(self) -> None:
+        self._check_params()
+        for attr in [a for a in vars(self) if a.endswith("_")]:
+            delattr(self, attr)  # refit from scratch
+
+    def fit_patches(self, X: np.ndarray, y: np.ndarray) -> SegmentationHead:
+        """Fit on a patch table: features ``X`` (n, C) and patch labels ``y`` (n,) — the report's call.
+
+        The head then has no backbone identity (``backbone_ = None``) and predicts on matrices only.
+        """
+        self._reset()
+        X = np.asarray(X, dtype=np.float32)
+        y = np.asarray(y)
+        if X.ndim != 2 or y.shape != (X.shape[0],):
+            raise ValueError(f"patch table must be X (n, C) and y (n,), got {X.shape} and {y.shape}")
+        if y.size == 0:
+            raise ValueError("empty training set: no patches")
+        self.classes_, yi = np.unique(y.astype(np.int64), return_inverse=True)
+        if self.classes_.size < 2:
+            raise ValueError(f"training labels hold a single class ({self.classes_.tolist()})")
+        self.backbone_, self.weights_, self.feature_dim_, self.stride_ = None, None, int(X.shape[1]), 0.0
+        self.preprocessing_ = {}
+        self._fit_matrix(X, yi, self._weights(yi))
+        self.n_train_patches_ = int(y.size)
+        return self
+
+    def predict_patches(self, X: np.ndarray) -> np.ndarray:
+        """Labels (n,) for a patch-feature matrix (n, C)."""
+        self._check_fitted()
+        X = np.asarray(X, dtype=np.float32)
+        if X.ndim != 2 or X.shape[1] != self.feature_dim_:
+            raise ValueError(f"expected a (n, {self.feature_dim_}) feature matrix, got shape {X.shape}")
+        return self.classes_[self._proba_matrix(X).argmax(axis=1)]
+
+    def fit(self, feature_maps: Any, masks: Sequence[np.ndarray]) -> SegmentationHead:
+        """Fit on feature maps (one per image) and their pixel masks (same H×W as each map's image).
+
+        Called with a patch matrix ``X`` (n, C) and labels ``y`` (n,) instead, it is :meth:`fit_patches`.
+        """
+        if isinstance(feature_maps, np.ndarray):
+            return self.fit_patches(feature_maps, np.asarray(masks))
+        self._reset()
+        maps = as_maps(feature_maps)
+        X, y = self._patch_table(maps, list(masks))
+        if np.unique(y).size < 2:
+            raise ValueError(
+                f"every training patch has the same label under label_rule={self.label_rule!r} "
+                "(the foreground is smaller than a patch); use label_rule='fraction' with a lower threshold"
+            )
+        self._fit_matrix(X, y, self._weights(y))
+        self.n_train_patches_ = int(y.size)
+        return self
+
+    # ----------------------------------------------------------------- prediction
+    def _check_fitted(self) -> None:
+        if not hasattr(self, "classes_"):
+            raise RuntimeError(f"this {type(self).__name__} is not fitted yet; call fit() or load_head() first")
+
+    def _check_maps(self, maps: list[FeatureMap]) -> None:
+        for i, fm in enumerate(maps):
+            got = (fm.backbone, fm.weights, fm.feature_dim)
+            want = (self.backbone_, self.weights_, self.feature_dim_)
+            if got != want:
+                raise ValueError(
+                    f"feature map {i} comes from backbone {got[0]!r} (weights {got[1]!r}, {got[2]} features) but "
+                    f"this head was trained on {want[0]!r} (weights {want[1]!r}, {want[2]} features); extract "
+                    "features with the head's backbone"
+                )
+
+    def predict_proba(self, feature_maps: Any, level: str = "pixel") -> np.ndarray | list[np.ndarray]:
+        """Class probabilities: (H, W, K) per image at ``level="pixel"``, (h, w, K) at ``"patch"``.
+
+        Columns follow :attr:`classes_`. Pass one FeatureMap to get one array, a list to get a list.
+        """
+        self._check_fitted()
+        if level not in LEVELS:
+            raise ValueError(f"level must be 'pixel' or 'patch', got {level!r}")
+        single = isinstance(feature_maps, FeatureMap)
+        maps = as_maps(feature_maps)
+        if not maps:
+            raise ValueError("no feature maps to predict")
+        self._check_maps(maps)
+        proba = self._proba_matrix(np.concatenate([fm.flat() for fm in maps]).astype(np.float32, copy=False))
+        out, start = [], 0
+        for fm in maps:
+            h, w = fm.grid_shape
+            grid = proba[start : start + h * w].reshape(h, w, -1)
+            start += h * w
+            out.append(fm.to_pixels(grid) if level == "pixel" else grid)
+        return out[0] if single else out
+
+    def predict(self, feature_maps: Any, level: str = "pixel") -> np.ndarray | list[np.ndarray]:
+        """Label maps (values from :attr:`classes_`): (H, W) at pixel level, (h, w) at patch level.
+
+        Called with a patch matrix (n, C), it is :meth:`predict_patches`.
+        """
+        if isinstance(feature_maps, np.ndarray):
+            return self.predict_patches(feature_maps)
+        proba = self.predict_proba(feature_maps, level)
+        if isinstance(proba, list):
+            return [self.classes_[p.argmax(axis=2)] for p in proba]
+        return self.classes_[proba.argmax(axis=2)]
+
+    # ----------------------------------------------------------------- subclass hooks
+    def _fit_matrix(self, X: np.ndarray, y: np.ndarray, sample_weight: np.ndarray | None) -> None:
+        raise NotImplementedError
+
+    def _proba_matrix(self, X: np.ndarray) -> np.ndarray:
+        raise NotImplementedError
+
+    def _save_weights(self, folder: Path) -> list[str]:
+        raise NotImplementedError
+
+    def _load_weights(self, folder: Path) -> None:
+        raise NotImplementedError
+
+    # ----------------------------------------------------------------- persistence
+    def metadata(self) -> dict[str, Any]:
+        """What ``head.json`` records: format, kind, parameters, classes and the features it expects."""
+        self._check_fitted()
+        return {
+            "format": FORMAT,
+            "kind": self.kind,
+            "params": self.get_params(),
+            "classes": [int(c) for c in self.classes_],
+            "backbone": self.backbone_,
+            "weights": self.weights_,
+            "feature_dim": int(self.feature_dim_),
+            "stride": float(self.stride_),
+            "preprocessing": self.preprocessing_,
+            "backbone_options": dict(getattr(self, "backbone_options_", {})),
+            "n_train_patches": int(self.n_train_patches_),
+        }
+
+    def save(self, folder: str | Path, overwrite: bool = False) -> Path:
+        """Write the weights and ``head.json`` into ``folder`` atomically (all files or none)."""
+        meta = self.metadata()
+        with atomic_output_dir(folder, overwrite=overwrite) as tmp:
+            meta["files"] = self._save_weights(tmp)
+            (tmp / "head.json").write_text(dumps_json(meta), encoding="utf-8")
+        return Path(folder)
+
+    def __repr__(self) -> str:
+        params = ", ".join(f"{k}={v!r}" for k, v in self.get_params().items())
+        return f"{type(self).__name__}({params})"
+
+
+def load_head(folder: str | Path) -> SegmentationHead:
+    """Load a head written by :meth:`SegmentationHead.save`.
+
+    Raises a one-line ``ValueError`` when ``head.json`` is missing, unreadable or from another format.
+    Heads stored with joblib run pickle on load: only load heads you trust.
+    """
+    from .registry import head_class
+
+    path = Path(folder)
+    meta_file = path / "head.json"
+    if not meta_file.is_file():
+        raise FileNotFoundError(f"{path} is not a saved head: head.json not found")
+    try:
+        meta = json.loads(meta_file.read_text(encoding="utf-8"))
+    except (OSError, json.JSONDecodeError) as e:
+        raise ValueError(f"cannot read {meta_file}: {e}") from None
+    if not isinstance(meta, dict) or meta.get("format") != FORMAT:
+        raise ValueError(f"{meta_file} is not a {FORMAT} head description")
+    head = head_class(meta["kind"])(**meta["params"])
+    head.classes_ = np.asarray(meta["classes"], dtype=np.int64)
+    head.backbone_, head.weights_ = meta["backbone"], meta["weights"]
+    head.feature_dim_, head.stride_ = int(meta["feature_dim"]), float(meta["stride"])
+    head.preprocessing_ = dict(meta.get("preprocessing", {}))
+    head.backbone_options_ = dict(meta.get("backbone_options", {}))
+    head.n_train_patches_ = int(meta.get("n_train_patches", 0))
+    missing = [f for f in meta.get("files", []) if not (path / f).is_file()]
+    if missing:
+        raise FileNotFoundError(f"saved head {path} is incomplete: missing {', '.join(missing)}")
+    try:
+        head._load_weights(path)
+    except (OSError, ValueError, KeyError, EOFError, RuntimeError) as e:
+        raise ValueError(f"cannot load head weights from {path}: {str(e).splitlines()[0] if str(e) else e}") from None
+    return head

@@ -1,0 +1,103 @@
+"""A small torch MLP head (one hidden layer, GELU, dropout), trained full-batch-free with Adam mini-batches.
+
+Weights are stored as a safetensors file (no pickle), the input standardisation with them.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from .base import SegmentationHead
+
+__all__ = ["MLPHead"]
+
+_WEIGHTS = "mlp.safetensors"
+
+
+def _network(n_in: int, hidden: int, n_out: int, dropout: float):
+    import torch.nn as nn
+
+    return nn.Sequential(nn.Linear(n_in, hidden), nn.GELU(), nn.Dropout(dropout), nn.Linear(hidden, n_out))
+
+
+class MLPHead(SegmentationHead):
+    """Standardised features → Linear(C, hidden) → GELU → Dropout → Linear(hidden, K), cross-entropy loss.
+
+    Parameters
+    ----------
+    hidden : int
+        Hidden units.
+    epochs, batch_size, lr, weight_decay, dropout
+        Adam training settings.
+    """
+
+    kind = "mlp"
+
+    def __init__(self, hidden: int = 128, epochs: int = 30, batch_size: int = 1024, lr: float = 1e-3,
+                 weight_decay: float = 1e-4, dropout: float = 0.1, **kw: Any) -> None:
+        super().__init__(**kw)
+        self.hidden = hidden
+        self.epochs = epochs
+        self.batch_size = batch_size
+        self.lr = lr
+        self.weight_decay = weight_decay
+        self.dropout = dropout
+
+    def _fit_matrix(self, X: np.ndarray, y: np.ndarray, sample_weight: np.ndarray | None) -> None:
+        import torch
+
+        gen = torch.Generator().manual_seed(int(self.seed))
+        torch.manual_seed(int(self.seed))
+        self.mean_ = X.mean(axis=0).astype(np.float32)
+        self.scale_ = (X.std(axis=0) + 1e-6).astype(np.float32)
+        k = len(self.classes_)
+        net = _network(X.shape[1], int(self.hidden), k, float(self.dropout))
+        xt = torch.from_numpy((X - self.mean_) / self.scale_)
+        yt = torch.from_numpy(y.astype(np.int64))
+        counts = np.bincount(y, minlength=k).astype(np.float32)
+        cw = None
+        if self.class_weight == "balanced":
+            cw = torch.from_numpy(np.where(counts > 0, len(y) / (max((counts > 0).sum(), 1) * np.maximum(counts, 1)),
+                                           0.0).astype(np.float32))
+        loss_fn = torch.nn.CrossEntropyLoss(weight=cw)
+        opt = torch.optim.Adam(net.parameters(), lr=float(self.lr), weight_decay=float(self.weight_decay))
+        net.train()
+        for _ in range(int(self.epochs)):
+            order = torch.randperm(len(yt), generator=gen)
+            for s in range(0, len(yt), int(self.batch_size)):
+                idx = order[s : s + int(self.batch_size)]
+                opt.zero_grad()
+                loss_fn(net(xt[idx]), yt[idx]).backward()
+                opt.step()
+        net.eval()
+        self.net_ = net
+
+    def _proba_matrix(self, X: np.ndarray) -> np.ndarray:
+        import torch
+
+        with torch.inference_mode():
+            logits = self.net_(torch.from_numpy((X - self.mean_) / self.scale_))
+            return torch.softmax(logits, dim=1).numpy().astype(np.float32)
+
+    def _save_weights(self, folder: Path) -> list[str]:
+        import torch
+        from safetensors.torch import save_file
+
+        tensors = {f"net.{k}": v.contiguous() for k, v in self.net_.state_dict().items()}
+        tensors["mean"] = torch.from_numpy(self.mean_)
+        tensors["scale"] = torch.from_numpy(self.scale_)
+        save_file(tensors, str(folder / _WEIGHTS))
+        return [_WEIGHTS]
+
+    def _load_weights(self, folder: Path) -> None:
+        from safetensors.torch import load_file
+
+        t = load_file(str(folder / _WEIGHTS))
+        self.mean_, self.scale_ = t.pop("mean").numpy(), t.pop("scale").numpy()
+        net = _network(self.feature_dim_, int(self.hidden), len(self.classes_), float(self.dropout))
+        net.load_state_dict({k[4:]: v for k, v in t.items()})
+        net.eval()
+        self.net_ = net
