@@ -89,7 +89,7 @@ def test_vit_random_blockwise_only_approximates_whole_sections(client, tmp_path)
     ref = section_features(vol[0], worker_backbone("vit-small", "random"), *rec["intensity_range"])
     cos = (got * ref).sum(-1) / (np.linalg.norm(got, axis=-1) * np.linalg.norm(ref, axis=-1))
     print(f"ViT-S random, block 64 + halo {rec['halo']}: cosine mean {cos.mean():.3f}, min {cos.min():.3f}")
-    assert cos.mean() > 0.5 and not np.allclose(got, ref)
+    assert cos.mean() > 0.95 and not np.allclose(got, ref)  # measured: mean 0.995, min 0.980
 
 
 def test_segment_with_saved_head_equals_whole_sections(client, tmp_path):
