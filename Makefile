@@ -6,7 +6,7 @@ PIP     = $(PY) -m pip
 STAMP   = $(VENV)/.installed
 OUT    ?= results/bench
 
-.PHONY: all setup bench test lint clean
+.PHONY: all setup browser bench test lint clean
 
 all: bench
 
@@ -27,8 +27,15 @@ setup: $(STAMP)
 bench: $(STAMP)
 	$(VENV)/bin/neuros-cv bench --out $(OUT) --overwrite
 
+# The HTML report's browser test uses Debian's chromium (never a downloaded browser build); installed only
+# when missing, and only where apt-get exists (CI runs as root on Debian).
+browser:
+	@test -x /usr/bin/chromium || ! command -v apt-get >/dev/null 2>&1 || \
+		{ SUDO=$$(test "$$(id -u)" = 0 || echo sudo); $$SUDO apt-get update -qq && \
+		  DEBIAN_FRONTEND=noninteractive $$SUDO apt-get install -y -qq --no-install-recommends chromium; }
+
 ## Second README command: set up and run the tests.
-test: $(STAMP)
+test: $(STAMP) browser
 	$(PY) -m ruff check src tests benchmarks
 	$(PY) -m pytest
 
