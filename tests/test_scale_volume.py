@@ -177,3 +177,19 @@ def test_killed_cli_run_resumes_to_identical_output(client, tmp_path):
     ref = np.stack([section_features(s, worker_backbone("vit-small", "placeholder"), 0.0, 255.0) for s in vol])
     np.testing.assert_array_equal(zarr.open_group(str(out), mode="r")["features"][...], ref)
     assert zarr.open_group(str(out), mode="r").attrs["neuros_cv"]["complete"] is True
+
+
+def test_ome_zarr_from_tiff_align_on_a_coarse_level(client, tmp_path):
+    import tifffile
+
+    from neuros.plugins.cv.scale import convert_to_zarr
+
+    base = (_em_volume(1, 320, seed=9)[0] * 255).astype(np.uint8)
+    pos = np.array([[0, 0], [4, -2], [6, 2]])
+    vol = np.stack([base[32 - p[0] : 32 - p[0] + 256, 32 - p[1] : 32 - p[1] + 256] for p in pos])
+    tifffile.imwrite(tmp_path / "stack.tif", vol, photometric="minisblack")
+    convert_to_zarr(tmp_path / "stack.tif", tmp_path / "em.zarr", chunks=(1, 128, 128), levels=2)
+    rec = volume_align(tmp_path / "em.zarr", tmp_path / "a.zarr", client, register_level=1, max_shift=16)
+    np.testing.assert_allclose(rec["shifts"], pos, atol=1.0)  # registered at half resolution, scaled back
+    got = zarr.open_group(str(tmp_path / "a.zarr"), mode="r")["aligned"]
+    assert got.dtype == np.uint8 and got.shape == vol.shape
