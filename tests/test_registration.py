@@ -171,7 +171,10 @@ def _optional_backbone(name, **kw):
         pytest.skip(f"{name} {kw} not available here: {e}")
 
 
-@pytest.mark.parametrize(("name", "kw"), [("filterbank", {}), ("vit-small", {"weights": "random"})])
+@pytest.mark.parametrize(
+    ("name", "kw"),
+    [("filterbank", {}), pytest.param("vit-small", {"weights": "random"}, marks=pytest.mark.slow)],
+)
 def test_other_backbones_when_available(em, name, kw):
     bb = _optional_backbone(name, **kw)
     d = (9.6, -12.2)
@@ -179,6 +182,17 @@ def test_other_backbones_when_available(em, name, kw):
     t = register_translation(a, b, bb)
     assert t.backbone == bb.name and t.weights == bb.weights
     assert error(t, d) < 0.2
+
+
+def test_tiny_random_dinov3_vit_coarse_step(em, tiny_vit_dir):
+    """The same code path as the slow random-init ViT-S test, on a tiny real transformers ViT."""
+    from neuros.plugins.cv.backbones.dinov3 import DINOv3Backbone
+
+    bb = DINOv3Backbone(str(tiny_vit_dir), weights="pretrained")  # random tiny weights saved to a folder
+    d = (9.6, -12.2)
+    t = register_translation(view(em, (0, 0), 128), view(em, d, 128), bb)
+    assert t.weights == bb.weights and t.weights.startswith("pretrained:")
+    assert error(t, d) < 0.1
 
 
 # --- confidence ----------------------------------------------------------------------------------------------------
