@@ -18,7 +18,7 @@ from neuros.plugins.cv.heads import (
     make_head,
 )
 
-FAST = {"mlp": {"epochs": 5, "hidden": 32}, "rf": {"n_estimators": 20}}
+FAST = {"mlp": {"epochs": 20, "hidden": 32, "batch_size": 32}, "rf": {"n_estimators": 20}}
 
 
 @pytest.fixture(scope="module")

@@ -7,8 +7,11 @@ import json
 import numpy as np
 import pytest
 
+from neuros.plugins.cv.backbones import get_backbone
 from neuros.plugins.cv.cli import main
 from neuros.plugins.cv.cli._bench_real import write_real_outputs
+from neuros.plugins.cv.experiments.pipeline import FeatureStore
+from neuros.plugins.cv.experiments.protocols import run_protocol_comparison
 from neuros.plugins.cv.experiments.real_suite import RealSuiteConfig, real_markdown, real_tables, run_real_suite
 from neuros.plugins.cv.report.output import atomic_output_dir
 
@@ -21,7 +24,7 @@ def small(sstem_dir):
         backbones=("vit-small@placeholder", "filterbank"),
         datasets=("em", "nuclei"),
         em_train=(0, 1), em_test=(12, 13), em_downsample=4, nuclei_tile=128,
-        synthetic_n_train=4, synthetic_n_test=3, synthetic_size=128, n_boot=200,
+        protocols=False, n_boot=200,
     )
     results, _ = run_real_suite(config)
     return config, results
@@ -54,14 +57,17 @@ def test_tables_put_filterbank_beside_dinov3(small):
     assert "downsampled ×4" in md and "Weights used: vit-small@placeholder = placeholder" in md
 
 
-def test_report_protocol_artefact_and_better_protocol(small):
-    _, res = small
-    by = {(r["modality"], r["spec"]): r for r in res["protocols"]}
-    mri = by["mri", "filterbank"]
+def test_report_protocol_artefact_and_better_protocol():
+    recs = run_protocol_comparison(get_backbone("filterbank"), FeatureStore(), ("mri",), n_train=4, n_test=3,
+                                   n_boot=200)
+    mri = recs[0]
     assert mri["report"]["f1"] == 0.0 and "labelling artefact" in mri["report"]["note"]
     assert mri["report"]["n_test_positive_patches"] == 0
     assert mri["better"]["dice"] > 0.2  # random placement + pixel scoring: no artefact
-    assert res["notes"] and "protocol='report'" in res["notes"][0]
+    lo, hi = mri["better"]["dice_ci"]
+    assert lo <= mri["better"]["dice"] <= hi
+    table = real_tables({"segmentation": [], "protocols": [{**mri, "spec": "filterbank"}]})[-1][1]
+    assert table[1][0][2].endswith("*")  # the artefact is starred in the bench output
 
 
 def test_outputs_written_atomically(small, tmp_path):
@@ -83,3 +89,5 @@ def test_config_and_cli_errors(tmp_path, capsys):
     assert main(["bench", "--suite", "real", "--backbones", "vit-smal", "--out", str(out)]) == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and "did you mean 'vit-small'" in err[0] and not out.exists()
+    assert main(["bench", "--suite", "real", "--weights", "random", "--out", str(out)]) == 2
+    assert "--weights applies to --suite report" in capsys.readouterr().err and not out.exists()

@@ -20,6 +20,10 @@ SCHEMA = "neuros-cv/bench-real/1"
 
 
 def _config(args: argparse.Namespace) -> RealSuiteConfig:
+    ignored = [f"--{k}" for k in ("config", "weights", "protocol") if getattr(args, k, None) is not None]
+    if ignored:
+        raise ValueError(f"{', '.join(ignored)} applies to --suite report; the real suite takes --backbones "
+                         "NAME[@WEIGHTS] (e.g. vit-small@random filterbank) and --seed, and runs both protocols")
     over = {"backbones": getattr(args, "backbones", None), "seed": getattr(args, "seed", None)}
     return RealSuiteConfig.from_dict({k: v for k, v in over.items() if v is not None})
 
