@@ -11,7 +11,7 @@ import pytest
 from neuros.plugins.cv.cli import main
 from neuros.plugins.cv.registration import align_stack, shift_image
 
-N_SECTIONS = 6
+N_SECTIONS = 5
 SIZE = 256
 
 

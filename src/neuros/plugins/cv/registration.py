@@ -351,8 +351,8 @@ def register_translation(
     >>> a = gaussian_filter(np.random.default_rng(0).random((128, 128)), 2)
     >>> b = shift(a, (3.4, -5.25), order=3, mode="reflect")
     >>> t = register_translation(a, b)
-    >>> round(t.dy, 1), round(t.dx, 1)
-    (3.4, -5.2)
+    >>> bool(abs(t.dy - 3.4) < 0.1 and abs(t.dx + 5.25) < 0.1), t.score > 0.9
+    (True, True)
     """
     bb = _resolve_backbone(backbone, weights)
     patch = int(bb.patch_size) if bb is not None else 8
