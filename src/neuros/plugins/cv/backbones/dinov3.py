@@ -592,7 +592,7 @@ def external_entry(name: str) -> Any:
     from .base import BackboneEntry
 
     p = Path(name).expanduser()
-    if p.is_dir() and (p / "config.json").is_file():
+    if p.is_dir():
         v = _variant_from_folder(p, name)  # raises NotACheckpointError (one line) for other folders
         summary = f"DINOv3 {v.arch.upper()} from {p}"
     elif _HUB_ID.match(name) and "dinov3" in name.lower():
