@@ -3,12 +3,17 @@
 from __future__ import annotations
 
 import argparse
+import time
 
 from rich.console import Console
 from rich.markup import escape
 from rich.table import Table
 
-from ..experiments.suite import SuiteConfig, run_suite, suite_steps
+from ..experiments.pipeline import FeatureStore
+from ..experiments.suite import SuiteConfig, builtin_suites, load_suite, run_suite, suite_steps
+from ..report.examples import collect_examples
+from ..report.figures import report_figures, save_figures
+from ..report.html import write_html
 from ..report.output import atomic_output_dir, check_output_dir, dumps_json
 from ..report.provenance import provenance
 from ..report.tables import table1, table2, table3, tables_markdown, to_csv
@@ -24,8 +29,15 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
         description=(
             "Reproduce the report's experiments — segmentation per modality (Table 1), cross-modality "
             "transfer (Table 2) and patch-shift registration (Table 3) — print the tables and write "
-            "results.json, tables.md and CSVs into --out. Every table names the weights each backbone used."
+            "results.json, tables.md, CSVs, figures/*.png and a self-contained report.html into --out. Every "
+            "table names the weights each backbone used. --config reads a suite from a TOML file (or a built-in "
+            "suite by name); the other options override its keys."
         ),
+    )
+    p.add_argument(
+        "--config",
+        metavar="SUITE",
+        help=f"suite TOML file, or a built-in suite: {', '.join(builtin_suites())} (default: report)",
     )
     p.add_argument("--backbones", nargs="+", metavar="NAME", help="backbones to compare (default: cnx-tiny vit-large)")
     p.add_argument(
@@ -51,7 +63,7 @@ def _config(args: argparse.Namespace) -> SuiteConfig:
         }.items()
         if v is not None
     }
-    return SuiteConfig.from_dict({**SuiteConfig().to_dict(), **overrides})
+    return load_suite(args.config or "report", **overrides)
 
 
 def _rich(title: str, table: tuple[list[str], list[list[str]]]) -> Table:
@@ -64,8 +76,8 @@ def _rich(title: str, table: tuple[list[str], list[list[str]]]) -> Table:
     return t
 
 
-def write_outputs(folder, config: SuiteConfig, results: dict, timings: dict) -> None:
-    """Write results.json, tables.md and one CSV per experiment into ``folder``."""
+def write_outputs(folder, config: SuiteConfig, results: dict, timings: dict, figures: dict | None = None) -> None:
+    """Write results.json, tables.md, one CSV per experiment, figures/*.png and report.html into ``folder``."""
     doc = {
         "schema": SCHEMA,
         "config": config.to_dict(),
@@ -87,13 +99,20 @@ def write_outputs(folder, config: SuiteConfig, results: dict, timings: dict) -> 
         for s in r["shifts"]
     ]
     (folder / "registration.csv").write_text(to_csv(reg_rows, [*base, "modality", "true", "estimated", "error"]))
+    if figures is not None:
+        save_figures(figures, folder / "figures")
+        write_html(folder / "report.html", doc, figures)
 
 
 def run(args: argparse.Namespace) -> int:
     config = _config(args)
     out = check_output_dir(args.out, args.overwrite)  # fail before computing anything
+    store = FeatureStore()
     with progress_callback(suite_steps(config), f"bench[{config.name}]") as tick:
-        results, timings = run_suite(config, progress=tick)
+        results, timings = run_suite(config, progress=tick, store=store)
+    t0 = time.perf_counter()
+    figures = report_figures(results, collect_examples(config, store))
+    timings["figures"] = time.perf_counter() - t0
     console = Console()
     console.print("Weights used: " + ", ".join(f"{b['name']} = {b['weights']}" for b in results["backbones"]))
     console.print(_rich("Table 1: Segmentation performance per modality.", table1(results)))
@@ -102,6 +121,6 @@ def run(args: argparse.Namespace) -> int:
     for note in results["notes"]:
         console.print(f"* {note}", soft_wrap=True)
     with atomic_output_dir(out, overwrite=args.overwrite) as tmp:
-        write_outputs(tmp, config, results, timings)
-    console.print(f"Wrote results.json, tables.md and CSVs to {out}")
+        write_outputs(tmp, config, results, timings, figures)
+    console.print(f"Wrote results.json, tables.md, CSVs, figures/ and report.html to {out}")
     return 0
