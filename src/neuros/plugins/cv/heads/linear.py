@@ -175,7 +175,6 @@ class IncrementalLinearHead(_SklearnHead):
             if cls.size < 2:
                 raise ValueError(f"classes must name at least two labels, got {cls.tolist()}")
             self.classes_ = cls
-            self._init_identity = True
             X, y = self._patch_table_first(maps, masks)
             self.model_ = self._estimator()
             self.n_train_patches_ = 0

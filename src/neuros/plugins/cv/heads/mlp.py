@@ -1,4 +1,4 @@
-"""A small torch MLP head (one hidden layer, GELU, dropout), trained full-batch-free with Adam mini-batches.
+"""A small torch MLP head (one hidden layer, GELU, dropout), trained with Adam on shuffled mini-batches.
 
 Weights are stored as a safetensors file (no pickle), the input standardisation with them.
 """
