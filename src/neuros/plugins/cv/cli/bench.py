@@ -49,6 +49,13 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--protocol", choices=("report", "random"), help="synthetic-data protocol (default: report)")
     p.add_argument("--out", default="results/bench", help="output folder (default: results/bench)")
     p.add_argument("--overwrite", action="store_true", help="replace --out if it exists")
+    p.add_argument(
+        "--suite",
+        choices=("report", "real"),
+        default="report",
+        help="report: the report's synthetic experiments (default); real: pixel Dice per class on real EM, MRI "
+        "and nuclei with CIs, filterbank baseline, transfer, report-vs-better protocol (--backbones NAME[@WEIGHTS])",
+    )
     p.set_defaults(func=run)
 
 
@@ -105,6 +112,10 @@ def write_outputs(folder, config: SuiteConfig, results: dict, timings: dict, fig
 
 
 def run(args: argparse.Namespace) -> int:
+    if getattr(args, "suite", "report") == "real":
+        from ._bench_real import run_real
+
+        return run_real(args)
     config = _config(args)
     out = check_output_dir(args.out, args.overwrite)  # fail before computing anything
     store = FeatureStore()
