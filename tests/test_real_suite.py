@@ -91,3 +91,21 @@ def test_config_and_cli_errors(tmp_path, capsys):
     assert len(err) == 1 and "did you mean 'vit-small'" in err[0] and not out.exists()
     assert main(["bench", "--suite", "real", "--weights", "random", "--out", str(out)]) == 2
     assert "--weights applies to --suite report" in capsys.readouterr().err and not out.exists()
+    (tmp_path / "bad.toml").write_text('datasets = ["ct"]\n')
+    assert main(["bench", "--suite", "real", "--config", str(tmp_path / "bad.toml"), "--out", str(out)]) == 2
+    assert "unknown dataset 'ct'" in capsys.readouterr().err and not out.exists()
+
+
+def test_cli_end_to_end_from_a_toml_config(sstem_dir, tmp_path, capsys):
+    cfg = tmp_path / "real.toml"
+    cfg.write_text('datasets = ["nuclei"]\nnuclei_tile = 256\nprotocols = false\ncrossmodal = false\n'
+                   'n_boot = 100\n')
+    out = tmp_path / "out"
+    assert main(["bench", "--suite", "real", "--config", str(cfg), "--backbones", "filterbank",
+                 "--out", str(out)]) == 0
+    printed = capsys.readouterr().out
+    assert "Filterbank [none (classical filters)]" in printed and "nucleus" in printed
+    doc = json.loads((out / "results.json").read_text())
+    assert doc["config"]["backbones"] == ["filterbank"] and doc["config"]["nuclei_tile"] == 256
+    assert sorted(p.name for p in out.iterdir()) == ["crossmodal.csv", "results.json", "segmentation.csv",
+                                                      "tables.md"]

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import argparse
+import sys
+from pathlib import Path
 
 from rich.console import Console
 from rich.markup import escape
@@ -14,18 +16,33 @@ from ..report.provenance import provenance
 from ..report.tables import to_csv
 from ._progress import progress_callback
 
+if sys.version_info >= (3, 11):
+    import tomllib
+else:  # pragma: no cover
+    import tomli as tomllib
+
 __all__ = ["run_real", "write_real_outputs"]
 
 SCHEMA = "neuros-cv/bench-real/1"
 
 
 def _config(args: argparse.Namespace) -> RealSuiteConfig:
-    ignored = [f"--{k}" for k in ("config", "weights", "protocol") if getattr(args, k, None) is not None]
+    ignored = [f"--{k}" for k in ("weights", "protocol") if getattr(args, k, None) is not None]
     if ignored:
         raise ValueError(f"{', '.join(ignored)} applies to --suite report; the real suite takes --backbones "
-                         "NAME[@WEIGHTS] (e.g. vit-small@random filterbank) and --seed, and runs both protocols")
+                         "NAME[@WEIGHTS] (e.g. vit-small@random filterbank), --seed and --config real.toml")
+    data: dict = {}
+    if getattr(args, "config", None) is not None:
+        path = Path(args.config)
+        if not path.is_file():
+            raise FileNotFoundError(f"--config {path}: no such file (the real suite reads a TOML file of "
+                                    "RealSuiteConfig keys; see docs/segmentation.md)")
+        try:
+            data = tomllib.loads(path.read_text(encoding="utf-8"))
+        except tomllib.TOMLDecodeError as e:
+            raise ValueError(f"--config {path}: invalid TOML: {e}") from None
     over = {"backbones": getattr(args, "backbones", None), "seed": getattr(args, "seed", None)}
-    return RealSuiteConfig.from_dict({k: v for k, v in over.items() if v is not None})
+    return RealSuiteConfig.from_dict({**data, **{k: v for k, v in over.items() if v is not None}})
 
 
 def write_real_outputs(folder, config: RealSuiteConfig, results: dict, timings: dict) -> None:

@@ -54,7 +54,8 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
         choices=("report", "real"),
         default="report",
         help="report: the report's synthetic experiments (default); real: pixel Dice per class on real EM, MRI "
-        "and nuclei with CIs, filterbank baseline, transfer, report-vs-better protocol (--backbones NAME[@WEIGHTS])",
+        "and nuclei with CIs, filterbank baseline, transfer, report-vs-better protocol (--backbones NAME[@WEIGHTS]; "
+        "--config FILE.toml of RealSuiteConfig keys)",
     )
     p.set_defaults(func=run)
 
