@@ -72,6 +72,7 @@ def test_unsupported_and_missing(tmp_path):
 def test_slices_and_expand(tmp_path):
     assert len(image_slices(np.zeros((5, 8, 8)))) == 5
     assert len(image_slices(np.zeros((8, 8, 3)))) == 1
+    assert len(image_slices(np.zeros((8, 8, 3)), axis=2)) == 3  # an explicit axis means a volume
     assert image_slices(np.zeros((8, 8, 6)), axis=2)[0].shape == (8, 8)
     with pytest.raises(ValueError, match="4-D"):
         image_slices(np.zeros((2, 2, 8, 8)))

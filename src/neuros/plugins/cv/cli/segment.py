@@ -23,6 +23,8 @@ from ._progress import progress_callback
 
 __all__ = ["add_parser", "run"]
 
+AXIS_HELP = "cut 3-D inputs into slices along this axis (default: RGB when the last axis is 3 or 4, else 0)"
+
 
 def add_parser(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("segment", help="train a segmentation head on images + masks, or predict masks",
@@ -38,6 +40,7 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     t.add_argument("--label-rule", default="argmax", choices=RULES, help="patch label rule (default argmax)")
     t.add_argument("--key", help="dataset inside HDF5/zarr image files")
     t.add_argument("--mask-key", help="dataset inside HDF5/zarr mask files")
+    t.add_argument("--axis", type=int, help=AXIS_HELP)
     t.add_argument("--out", required=True, help="folder for the trained head")
     t.add_argument("--overwrite", action="store_true", help="replace --out if it exists")
     t.add_argument("--seed", type=int, default=0, help="random seed of the head")
@@ -45,15 +48,16 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     q.add_argument("--head", required=True, help="folder written by `segment train`")
     q.add_argument("inputs", nargs="+", metavar="INPUT", help="image files or folders")
     q.add_argument("--key", help="dataset inside HDF5/zarr inputs")
+    q.add_argument("--axis", type=int, help=AXIS_HELP)
     q.add_argument("--out", required=True, help="folder for the masks")
     q.add_argument("--overwrite", action="store_true", help="replace --out if it exists")
     p.set_defaults(func=run)
 
 
-def _read_slices(paths: list[Path], key: str | None, tick) -> list[tuple[Path, list[np.ndarray]]]:
+def _read_slices(paths: list[Path], key: str | None, axis: int | None, tick) -> list[tuple[Path, list[np.ndarray]]]:
     out = []
     for p in paths:
-        out.append((p, image_slices(read_array(p, key=key))))
+        out.append((p, image_slices(read_array(p, key=key), axis=axis)))
         tick(f"read {p.name}")
     return out
 
@@ -70,8 +74,8 @@ def _train(args: argparse.Namespace) -> int:
     bb = get_backbone(args.backbone, **opts)
     steps = 2 * len(img_paths) + len(img_paths) + 1
     with progress_callback(steps, "segment train") as tick:
-        images = _read_slices(img_paths, args.key, tick)
-        masks = _read_slices(mask_paths, args.mask_key, tick)
+        images = _read_slices(img_paths, args.key, args.axis, tick)
+        masks = _read_slices(mask_paths, args.mask_key, args.axis, tick)
         all_images, all_masks = [], []
         for (ip, ims), (mp, ms) in zip(images, masks, strict=True):
             if len(ims) != len(ms):
@@ -108,12 +112,13 @@ def _predict(args: argparse.Namespace) -> int:
     bb = get_backbone(head.backbone_, **head.backbone_options_)
     with progress_callback(len(paths), "segment predict") as tick, atomic_output_dir(out, args.overwrite) as tmp:
         for p, name in zip(paths, names, strict=True):
-            slices = image_slices(read_array(p, key=args.key))
+            slices = image_slices(read_array(p, key=args.key), axis=args.axis)
             labels = head.predict(bb.extract_batch(slices))
             stack = np.stack(labels)
             if len(slices) == 1 and stack.max() < 256:
                 write_mask(tmp / f"{name}.png", stack[0])
             else:
+                # Slices are stacked on axis 0 whatever --axis cut them from.
                 write_mask(tmp / f"{name}.tif", stack if len(slices) > 1 else stack[0])
             tick(f"predicted {p.name}")
     print(f"Wrote {len(paths)} mask file(s) to {out} ({head.kind} head, {head.backbone_} [{head.weights_}])")

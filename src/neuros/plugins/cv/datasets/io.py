@@ -113,17 +113,21 @@ def _read_container_zarr(p: Path, key: str | None) -> np.ndarray:
     return np.asarray(node[_pick(keys, key, p)][...])
 
 
-def image_slices(array: np.ndarray, axis: int = 0) -> list[np.ndarray]:
+def image_slices(array: np.ndarray, axis: int | None = None) -> list[np.ndarray]:
     """2-D images from an array: an (H, W) image, an (H, W, 3|4) colour image, or slices of a volume.
 
-    A 3-D array whose last axis has 3 or 4 entries is one colour image; any other 3-D array is a stack cut
-    along ``axis``. 4-D and larger arrays are refused (pass a key or a single channel).
+    With ``axis=None`` a 3-D array whose last axis has 3 or 4 entries is one colour image and any other 3-D
+    array is a stack cut along axis 0; with an explicit ``axis`` every 3-D array is a volume cut along it
+    (so a 3-slice NIfTI volume is not mistaken for RGB). 4-D and larger arrays are refused.
     """
     a = np.asarray(array)
-    if a.ndim == 2 or (a.ndim == 3 and a.shape[2] in (3, 4)):
+    if a.ndim == 2 or (a.ndim == 3 and axis is None and a.shape[2] in (3, 4)):
         return [a]
     if a.ndim == 3:
-        return list(np.moveaxis(a, axis, 0))
+        ax = 0 if axis is None else int(axis)
+        if not -3 <= ax < 3:
+            raise ValueError(f"axis {ax} is out of range for a 3-D array of shape {a.shape}")
+        return list(np.moveaxis(a, ax, 0))
     raise ValueError(f"cannot cut {a.ndim}-D array of shape {a.shape} into 2-D images")
 
 
