@@ -39,9 +39,9 @@ def test_bench_prints_the_three_tables_and_explains_mri(bench_out):
 
 def test_bench_writes_results_tables_and_csvs(bench_out):
     out, _ = bench_out
-    assert sorted(p.name for p in out.iterdir()) >= sorted(
-        ["results.json", "tables.md", "segmentation.csv", "crossmodal.csv", "registration.csv"]
-    )
+    assert {p.name for p in out.iterdir()} >= {
+        "results.json", "tables.md", "segmentation.csv", "crossmodal.csv", "registration.csv", "report.html", "figures"
+    }
     doc = json.loads((out / "results.json").read_text())
     assert doc["config"]["backbones"] == ["cnx-tiny", "vit-large"] and doc["config"]["seed"] == 0
     used = {b["name"]: b["weights"] for b in doc["backbones"]}
