@@ -77,11 +77,23 @@ def score_head(model: Any, test: PatchTable) -> dict[str, Any]:
 
 
 class FeatureStore:
-    """Extract features once per (backbone, dataset key) and hand out cached :class:`FeatureMap` lists."""
+    """Extract features once per (backbone, dataset key) and hand out cached :class:`FeatureMap` lists.
+
+    It also keeps the heads fitted on those features (:meth:`head`), so later steps (e.g. the report's example
+    figures) reuse the suite's heads instead of fitting them again.
+    """
 
     def __init__(self, progress: ProgressFn | None = None) -> None:
         self._cache: dict[tuple[str, str], list[FeatureMap]] = {}
+        self._heads: dict[tuple[str, str, str, int], tuple[Any, str]] = {}
         self._progress = progress
+
+    def head(self, backbone: Backbone, key: str, train: PatchTable, kind: str, seed: int) -> tuple[Any, str]:
+        """:func:`fit_head` on ``train`` (the patch table of dataset ``key``), once per (backbone, key, kind, seed)."""
+        k = (f"{backbone.name}|{backbone.weights}", key, kind, int(seed))
+        if k not in self._heads:
+            self._heads[k] = fit_head(train, kind, seed)
+        return self._heads[k]
 
     def get(self, backbone: Backbone, key: str, images: Sequence[np.ndarray]) -> list[FeatureMap]:
         k = (f"{backbone.name}|{backbone.weights}", key)

@@ -8,7 +8,7 @@ from typing import Any
 import numpy as np
 
 from ..backbones.base import Backbone
-from .pipeline import FeatureStore, PatchTable, fit_head, patch_table, score_head
+from .pipeline import FeatureStore, PatchTable, patch_table, score_head
 
 __all__ = ["SegmentationData", "explain_single_class", "run_crossmodal", "run_segmentation", "same_modality"]
 
@@ -73,7 +73,7 @@ def run_crossmodal(
     records = []
     for tr in train_modalities:
         train, _ = _tables(backbone, data, store, tr, rule)
-        model, fitted = fit_head(train, head, seed)
+        model, fitted = store.head(backbone, f"{tr}/train/{rule}", train, head, seed)
         for te in test_modalities:
             _, test = _tables(backbone, data, store, te, rule)
             rec: dict[str, Any] = {

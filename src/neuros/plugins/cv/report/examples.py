@@ -1,8 +1,8 @@
 """The pictures behind the report's numbers: example predictions and what each backbone's features see.
 
 :func:`collect_examples` reruns no experiment: it reuses the suite's data (:func:`suite_datasets`), its
-backbones (:func:`build_backbone`), its pipeline (:func:`patch_table`, :func:`fit_head`) and, when given, the
-suite's :class:`FeatureStore`, so every feature map comes from the cache the suite filled.
+backbones (:func:`build_backbone`), its pipeline (:func:`patch_table`, ``FeatureStore.head``) and, when given,
+the suite's :class:`FeatureStore`, so every feature map and fitted head comes from the cache the suite filled.
 """
 
 from __future__ import annotations
@@ -11,7 +11,7 @@ from typing import Any
 
 import numpy as np
 
-from ..experiments.pipeline import FeatureStore, fit_head, patch_table
+from ..experiments.pipeline import FeatureStore, patch_table
 from ..experiments.suite import SuiteConfig, build_backbone, suite_datasets
 from ..features import FeatureMap
 
@@ -77,7 +77,7 @@ def collect_examples(
             tr_images, tr_masks = data[m]["train"]
             te_images, te_masks = data[m]["test"]
             train = patch_table(store.get(bb, f"{m}/train", tr_images), tr_masks, config.label_rule)
-            model, fitted = fit_head(train, config.head, config.seed)
+            model, fitted = store.head(bb, f"{m}/train/{config.label_rule}", train, config.head, config.seed)
             fm = store.get(bb, f"{m}/test", te_images)[index]
             grid = np.asarray(model.predict(fm.flat())).reshape(fm.grid_shape).astype(np.float32)
             overlays.append(
