@@ -214,6 +214,22 @@ def test_unknown_result_kinds_render_as_generic_tables():
     assert "Table 1" not in html
 
 
+def test_documents_with_top_level_results_and_backbone_specs():
+    # The real-data suite's results.json keeps its experiments at the top level and names backbones by spec.
+    doc = {
+        "schema": "neuros-cv/bench-real/1",
+        "config": {"name": "real", "seed": 0},
+        "backbones": [{"spec": "vit-small@random", "weights": "random(seed=0)"}],
+        "segmentation": [{"dataset": "sstem", "spec": "vit-small@random", "classes": {"membrane": {"dice": 0.61}}}],
+        "skipped": [],
+        "provenance": {"timings_s": {"total": 2.0}},
+    }
+    html = render_html(doc)
+    assert "vit-small@random" in html and "random(seed=0)" in html and "sstem" in html
+    assert '{"membrane":{"dice":0.61}}'.replace('"', "&quot;") in html
+    assert "<caption>skipped</caption>" not in html and "bench-real" in html
+
+
 def test_bench_refuses_an_existing_report_folder(report, capsys):
     before = (report / "report.html").read_bytes()
     assert main(["bench", "--config", "quick", "--out", str(report)]) == 2

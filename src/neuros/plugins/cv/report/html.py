@@ -42,6 +42,13 @@ _KNOWN_TABLES = (
 )
 
 
+_META = ("schema", "config", "backbones", "notes", "provenance")
+
+
+def _bb_name(record: Mapping[str, Any]) -> str:
+    return str(record.get("name") or record.get("spec") or record.get("backbone") or "?")
+
+
 def _cell(value: Any) -> str:
     if value is None:
         return ""
@@ -133,20 +140,23 @@ def render_html(
     ----------
     doc : mapping
         A ``results.json`` document: ``config``, ``backbones``, ``results`` (experiment → records),
-        ``notes`` and ``provenance``. Missing parts are skipped.
+        ``notes`` and ``provenance``. Missing parts are skipped; without a ``results`` key, every other
+        top-level key is taken as an experiment's results.
     figures : mapping, optional
         PNG bytes keyed by figure name (``report_figures``); embedded as base64.
     title : str
         The page title.
     """
     cfg = doc.get("config") or {}
-    results = doc.get("results") or {}
+    results = doc.get("results")
+    if results is None:  # documents that keep their experiments at the top level (e.g. the real-data suite)
+        results = {k: v for k, v in doc.items() if k not in _META}
     head = title + (f" — suite “{cfg['name']}”" if cfg.get("name") else "")
     body = [f"<h1>{escape(head)}</h1>"]
     if doc.get("schema"):
         body.append(f"<p>Schema <code>{escape(str(doc['schema']))}</code></p>")
     if doc.get("backbones"):
-        used = ", ".join(f"{display_name(b.get('name', '?'))} = {b.get('weights', '?')}" for b in doc["backbones"])
+        used = ", ".join(f"{display_name(_bb_name(b))} = {b.get('weights', '?')}" for b in doc["backbones"])
         body.append(f'<p class="weights">Weights used: {escape(used)}</p>')
     body.append("<h2>Tables</h2>")
     known = []
