@@ -11,6 +11,7 @@ from rich.markup import escape
 from rich.table import Table
 
 from ..experiments.real_suite import RealSuiteConfig, real_markdown, real_suite_steps, real_tables, run_real_suite
+from ..report.html import write_html
 from ..report.output import atomic_output_dir, check_output_dir, dumps_json
 from ..report.provenance import provenance
 from ..report.tables import to_csv
@@ -46,7 +47,7 @@ def _config(args: argparse.Namespace) -> RealSuiteConfig:
 
 
 def write_real_outputs(folder, config: RealSuiteConfig, results: dict, timings: dict) -> None:
-    """results.json, tables.md, segmentation.csv and crossmodal.csv into ``folder``."""
+    """results.json, tables.md, segmentation.csv, crossmodal.csv and report.html into ``folder``."""
     doc = {"schema": SCHEMA, "config": config.to_dict(), **results, "provenance": provenance(timings)}
     (folder / "results.json").write_text(dumps_json(doc), encoding="utf-8")
     (folder / "tables.md").write_text(real_markdown(results), encoding="utf-8")
@@ -58,6 +59,7 @@ def write_real_outputs(folder, config: RealSuiteConfig, results: dict, timings: 
     (folder / "crossmodal.csv").write_text(
         to_csv(results["crossmodal"], ["train", "test", "spec", "weights", "dice", "dice_ci", "accuracy"]),
         encoding="utf-8")
+    write_html(folder / "report.html", doc, title="neurOS cv real-data benchmark report")
 
 
 def run_real(args: argparse.Namespace) -> int:
