@@ -32,7 +32,8 @@ td.num{text-align:right;font-variant-numeric:tabular-nums}caption{text-align:lef
 figure{margin:1rem 0}figure img{max-width:100%;height:auto;border:1px solid #eee}
 figcaption{font-size:.85rem;color:#555}pre{background:#f6f8fa;padding:.6rem;overflow:auto;font-size:.8rem}
 .weights{background:#fff8e1;border-left:4px solid #f0b400;padding:.4rem .8rem}.notes li{font-size:.88rem}
-details summary{cursor:pointer;font-weight:600;margin:.4rem 0}
+details summary{cursor:pointer;font-weight:600;margin:.4rem 0}.scroll{overflow-x:auto;max-width:100%}
+caption{white-space:nowrap}
 """
 
 _KNOWN_TABLES = (
@@ -54,9 +55,22 @@ def _cell(value: Any) -> str:
         return ""
     if isinstance(value, float):
         return f"{value:.4g}"
-    if isinstance(value, (list, tuple, dict)):
-        return json.dumps(value, ensure_ascii=False, separators=(",", ":"))
+    if isinstance(value, (list, tuple)):
+        return "[" + ", ".join(_cell(v) for v in value) + "]"
+    if isinstance(value, dict):
+        return json.dumps(value, ensure_ascii=False, separators=(",", ":"), default=str)
     return str(value)
+
+
+def _flatten(record: Mapping[str, Any], prefix: str = "") -> dict[str, Any]:
+    """Nested mappings become dotted columns (``classes.nucleus.dice``); lists stay one cell."""
+    out: dict[str, Any] = {}
+    for k, v in record.items():
+        if isinstance(v, Mapping) and v:
+            out.update(_flatten(v, f"{prefix}{k}."))
+        else:
+            out[f"{prefix}{k}"] = v
+    return out
 
 
 def _is_num(text: str) -> bool:
@@ -69,21 +83,22 @@ def _is_num(text: str) -> bool:
 
 
 def _table(header: Sequence[str], rows: Sequence[Sequence[str]], caption: str | None = None) -> str:
-    parts = ["<table>"]
+    parts = ['<div class="scroll"><table>']
     if caption:
         parts.append(f"<caption>{escape(caption)}</caption>")
     parts.append("<thead><tr>" + "".join(f"<th>{escape(str(h))}</th>" for h in header) + "</tr></thead><tbody>")
     for r in rows:
         tds = "".join(f'<td class="num">{escape(c)}</td>' if _is_num(c) else f"<td>{escape(c)}</td>" for c in r)
         parts.append(f"<tr>{tds}</tr>")
-    parts.append("</tbody></table>")
+    parts.append("</tbody></table></div>")
     return "".join(parts)
 
 
 def _records_table(records: Sequence[Mapping[str, Any]], caption: str | None = None) -> str:
     """Any list of flat-ish records as a table: columns are the union of keys in first-seen order."""
-    columns = list(dict.fromkeys(k for r in records for k in r))
-    rows = [[_cell(r.get(c)) for c in columns] for r in records]
+    flat = [_flatten(r) for r in records]
+    columns = list(dict.fromkeys(k for r in flat for k in r))
+    rows = [[_cell(r.get(c)) for c in columns] for r in flat]
     return _table(columns, rows, caption)
 
 
@@ -93,6 +108,8 @@ def _mapping_table(data: Mapping[str, Any], caption: str | None = None) -> str:
 
 def _generic(name: str, value: Any) -> str:
     """Render a result of unknown kind: records → table, mapping → key/value table, anything else → JSON."""
+    if isinstance(value, (list, tuple, dict)) and not value:
+        return f"<h3>{escape(name)}</h3><p>(none)</p>"
     if isinstance(value, Sequence) and not isinstance(value, str) and value and all(
         isinstance(r, Mapping) for r in value
     ):
@@ -161,7 +178,7 @@ def render_html(
     body.append("<h2>Tables</h2>")
     known = []
     for key, caption, fn in _KNOWN_TABLES:
-        if key in results:
+        if results.get(key):
             try:
                 body.append(_table(*fn(results), caption))
                 known.append(key)
