@@ -85,7 +85,7 @@ def test_folders_that_are_not_checkpoints(tmp_path, tiny_convnext_dir):
         assert "\n" not in str(info.value)
     with pytest.raises(ValueError, match="not a DINOv3 checkpoint"):
         lookup(str(other))
-    with pytest.raises(ValueError, match="no config.json"):
+    with pytest.raises(ValueError, match=r"no config\.json"):
         lookup(str(empty))
     with pytest.raises(ValueError, match="holds a DINOv3 convnext"):
         DINOv3Backbone("vit-small", weights=f"pretrained:{tiny_convnext_dir}")
