@@ -36,11 +36,11 @@ browser:
 
 ## Second README command: set up and run the tests.
 test: $(STAMP) browser
-	$(PY) -m ruff check src tests benchmarks
+	$(PY) -m ruff check src tests benchmarks create_advanced_notebook.py
 	$(PY) -m pytest
 
 lint: $(STAMP)
-	$(PY) -m ruff check src tests benchmarks
+	$(PY) -m ruff check src tests benchmarks create_advanced_notebook.py
 
 clean:
 	rm -rf $(VENV) results .pytest_cache .ruff_cache
