@@ -147,8 +147,11 @@ def test_cli_register_prints_dy_dx_score(tmp_path, sections, capsys):
     assert rec["weights"] == "placeholder" and abs(rec["dy"] - 5.5) < 0.1
     c = tmp_path / "c.tif"
     tifffile.imwrite(c, sections[2, :100, :120])
+    truncated = tmp_path / "truncated.tif"
+    truncated.write_bytes(a.read_bytes()[:300])
     for argv, msg in [
         (["register", str(a), str(c)], "differ in shape"),
+        (["register", str(a), str(truncated)], "corrupt or truncated tiff"),
         (["register", str(a), str(tmp_path / "missing.tif")], "does not exist"),
         (["register", str(a), str(b), "--weights", "random"], "--weights needs --backbone"),
     ]:

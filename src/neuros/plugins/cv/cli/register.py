@@ -12,23 +12,14 @@ FINE = ("structure", "intensity")
 
 
 def read_image(path: str | Path, what: str = "image") -> np.ndarray:
-    """Read one image file: TIFF (tifffile), ``.npy`` (NumPy) or PNG/JPEG/… (imageio); one-line errors."""
+    """Read one image file through :func:`~neuros.plugins.cv.datasets.io.read_array` (TIFF, PNG/JPEG, NIfTI,
+    HDF5, zarr, ``.npy``); a missing file is a one-line error naming ``what``."""
+    from ..datasets.io import read_array
+
     p = Path(path).expanduser()
-    if not p.is_file():
+    if not p.exists():
         raise FileNotFoundError(f"{what} {p} does not exist or is not a file")
-    suffix = p.suffix.lower()
-    try:
-        if suffix in (".tif", ".tiff"):
-            import tifffile
-
-            return np.asarray(tifffile.imread(p))
-        if suffix == ".npy":
-            return np.asarray(np.load(p, allow_pickle=False))
-        import imageio.v3 as iio
-
-        return np.asarray(iio.imread(p))
-    except (OSError, ValueError) as e:
-        raise ValueError(f"cannot read {what} {p}: {str(e).splitlines()[0] if str(e) else type(e).__name__}") from None
+    return read_array(p)
 
 
 def add_registration_options(p: argparse.ArgumentParser) -> None:

@@ -27,12 +27,13 @@ __all__ = [
 _FORMATS = {
     ".tif": "tiff", ".tiff": "tiff", ".png": "png", ".jpg": "jpeg", ".jpeg": "jpeg",
     ".nii": "nifti", ".nii.gz": "nifti", ".h5": "hdf5", ".hdf5": "hdf5", ".hdf": "hdf5", ".zarr": "zarr",
+    ".npy": "npy",
 }
 IMAGE_SUFFIXES = tuple(_FORMATS)
 
 
 def file_format(path: str | os.PathLike[str]) -> str:
-    """``"tiff"``, ``"png"``, ``"jpeg"``, ``"nifti"``, ``"hdf5"`` or ``"zarr"`` from the file name."""
+    """``"tiff"``, ``"png"``, ``"jpeg"``, ``"nifti"``, ``"hdf5"``, ``"zarr"`` or ``"npy"`` from the file name."""
     name = Path(path).name.lower()
     for suffix in sorted(_FORMATS, key=len, reverse=True):
         if name.endswith(suffix):
@@ -52,7 +53,7 @@ def read_array(path: str | os.PathLike[str], key: str | None = None) -> np.ndarr
     ----------
     path : path
         A ``.tif/.tiff`` (pages stacked as (Z, H, W)), ``.png/.jpg``, ``.nii/.nii.gz``, ``.h5/.hdf5/.hdf`` or
-        ``.zarr`` file/folder.
+        ``.zarr`` file/folder, or a NumPy ``.npy`` file.
     key : str, optional
         Dataset inside an HDF5 file or zarr group (e.g. ``"volumes/raw"`` in CREMI files). Required when the
         container holds more than one array.
@@ -75,6 +76,8 @@ def read_array(path: str | os.PathLike[str], key: str | None = None) -> np.ndarr
 
             img = nib.load(str(p))
             return np.asarray(img.dataobj)  # reads every byte now, so truncation fails here
+        if fmt == "npy":
+            return np.asarray(np.load(p, allow_pickle=False))
         if fmt == "hdf5":
             return _read_container_h5(p, key)
         return _read_container_zarr(p, key)
