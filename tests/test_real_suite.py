@@ -85,6 +85,8 @@ def test_config_and_cli_errors(tmp_path, capsys):
         RealSuiteConfig(em_train=(0, 1), em_test=(1, 2))
     with pytest.raises(ValueError, match="unknown dataset"):
         RealSuiteConfig(datasets=("ct",))
+    with pytest.raises(ValueError, match=r"real suite config: unknown key\(s\) datsets; known: .*datasets"):
+        RealSuiteConfig.from_dict({"datsets": ["em"]})
     out = tmp_path / "r"
     assert main(["bench", "--suite", "real", "--backbones", "vit-smal", "--out", str(out)]) == 2
     err = capsys.readouterr().err.strip().splitlines()

@@ -25,6 +25,7 @@ from ..datasets.catalog import LabelledSet, load_mni152, load_nuclei, load_sstem
 from ..heads import list_heads
 from .pipeline import FeatureStore
 from .protocols import fit_and_score, fit_on, run_protocol_comparison, score_on
+from .suite import reject_unknown_keys
 
 __all__ = [
     "REAL_DATASETS",
@@ -81,10 +82,7 @@ class RealSuiteConfig:
     @classmethod
     def from_dict(cls, data: Mapping[str, Any]) -> RealSuiteConfig:
         """Build from a mapping; unknown keys are rejected by name; lists become tuples."""
-        known = {f.name for f in dataclasses.fields(cls)}
-        unknown = sorted(set(data) - known)
-        if unknown:
-            raise ValueError(f"real suite config: unknown key(s) {', '.join(unknown)}")
+        reject_unknown_keys(cls, data, "real suite config")
         return cls(**{k: tuple(v) if isinstance(v, list) else v for k, v in data.items()})
 
     def to_dict(self) -> dict[str, Any]:

@@ -45,6 +45,14 @@ __all__ = [
 REPORT_SHIFTS = ((1, 1), (0, 2), (-2, -1))
 
 
+def reject_unknown_keys(cls: type, data: Mapping[str, Any], label: str) -> None:
+    """Raise a one-line ``ValueError`` naming every key of ``data`` that is not a field of dataclass ``cls``."""
+    known = {f.name for f in dataclasses.fields(cls)}
+    unknown = sorted(set(data) - known)
+    if unknown:
+        raise ValueError(f"{label}: unknown key(s) {', '.join(unknown)}; known: {', '.join(sorted(known))}")
+
+
 @dataclass(frozen=True)
 class SuiteConfig:
     """Everything that determines a suite's numbers."""
@@ -106,10 +114,7 @@ class SuiteConfig:
     @classmethod
     def from_dict(cls, data: Mapping[str, Any]) -> SuiteConfig:
         """Build from a mapping (e.g. a parsed TOML file); unknown keys are rejected by name."""
-        known = {f.name for f in dataclasses.fields(cls)}
-        unknown = sorted(set(data) - known)
-        if unknown:
-            raise ValueError(f"suite config: unknown key(s) {', '.join(unknown)}; known: {', '.join(sorted(known))}")
+        reject_unknown_keys(cls, data, "suite config")
         kw: dict[str, Any] = dict(data)
         for key in ("backbones", "modalities"):
             if key in kw:
