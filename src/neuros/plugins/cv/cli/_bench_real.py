@@ -65,7 +65,8 @@ def write_real_outputs(folder, config: RealSuiteConfig, results: dict, timings: 
 def run_real(args: argparse.Namespace) -> int:
     """Run the real suite from CLI arguments (``--backbones``, ``--seed``, ``--out``, ``--overwrite``)."""
     config = _config(args)
-    out = check_output_dir(args.out, args.overwrite)  # fail before computing anything
+    inputs = [c for c in (getattr(args, "config", None),) if c]
+    out = check_output_dir(args.out, args.overwrite, inputs)  # fail before computing anything
     with progress_callback(real_suite_steps(config), f"bench[{config.name}]") as tick:
         results, timings = run_real_suite(config, progress=tick)
     console = Console()
@@ -81,7 +82,7 @@ def run_real(args: argparse.Namespace) -> int:
         console.print(t)
     for note in results["notes"]:
         console.print(f"* {escape(note)}", soft_wrap=True)
-    with atomic_output_dir(out, overwrite=args.overwrite) as tmp:
+    with atomic_output_dir(out, overwrite=args.overwrite, inputs=inputs, command="bench --suite real") as tmp:
         write_real_outputs(tmp, config, results, timings)
     console.print(f"Wrote results.json, tables.md and CSVs to {out}")
     return 0

@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import inspect
 import json
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -253,10 +253,14 @@ class SegmentationHead:
             "n_train_patches": int(self.n_train_patches_),
         }
 
-    def save(self, folder: str | Path, overwrite: bool = False) -> Path:
-        """Write the weights and ``head.json`` into ``folder`` atomically (all files or none)."""
+    def save(self, folder: str | Path, overwrite: bool = False, inputs: Iterable[str | Path] = ()) -> Path:
+        """Write the weights and ``head.json`` into ``folder`` atomically (all files or none).
+
+        ``overwrite`` replaces only the files a previous save wrote there; ``folder`` may not be, contain or lie
+        inside any of ``inputs`` (the training images and masks).
+        """
         meta = self.metadata()
-        with atomic_output_dir(folder, overwrite=overwrite) as tmp:
+        with atomic_output_dir(folder, overwrite=overwrite, inputs=inputs, command="segment train") as tmp:
             meta["files"] = self._save_weights(tmp)
             (tmp / "head.json").write_text(dumps_json(meta), encoding="utf-8")
         return Path(folder)
