@@ -18,6 +18,6 @@ def test_readme_python_example_runs(tmp_path):
     r = subprocess.run([sys.executable, str(script)], cwd=tmp_path, capture_output=True, text=True, timeout=300)
     assert r.returncode == 0, r.stderr[-2000:]
     lines = r.stdout.strip().splitlines()
-    assert lines[0].startswith("(16, 16, ") and lines[0].endswith("placeholder") or "pretrained" in lines[0]
+    assert (lines[0].startswith("(16, 16, ") and lines[0].endswith("placeholder")) or "pretrained" in lines[0]
     dy, dx, score = (float(v) for v in lines[-1].split())
     assert abs(dy - 7) < 0.5 and abs(dx + 4) < 0.5 and 0 < score <= 1
