@@ -334,3 +334,18 @@ def test_volume_overwrite_refuses_a_zarr_neuros_cv_did_not_write(tmp_path, capsy
                  "filterbank"]) == 2
     assert "did not write" in _one_error(capsys)
     np.testing.assert_array_equal(zarr.open_array(str(other), mode="r")[:], vol)
+
+
+def test_converted_zarr_keeps_its_manifest_in_attributes_and_opens_without_warnings(precious, tmp_path):
+    import warnings
+
+    import zarr
+
+    folder, _ = precious
+    out = tmp_path / "em.zarr"
+    assert main(["volume", "convert", str(folder / "stack.tif"), "--out", str(out)]) == 0
+    assert not (out / MARKER).exists() and owned_files(out)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        group = zarr.open_group(str(out), mode="r")
+        assert list(group.keys())

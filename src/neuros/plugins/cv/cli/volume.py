@@ -105,17 +105,20 @@ def run(args: argparse.Namespace) -> int:
 
         if args.levels < 1:
             raise ValueError(f"--levels must be >= 1, got {args.levels}")
-        out = convert_to_zarr(args.input, args.out, chunks=args.chunks, levels=args.levels, overwrite=args.overwrite)
+        out = convert_to_zarr(args.input, args.out, chunks=args.chunks, levels=args.levels, overwrite=args.overwrite,
+                              inputs=[args.input])
         print(f"converted {args.input} → {out}")
         return 0
 
     from ..scale import dask_client, volume_align, volume_features, volume_segment
     from ..scale.features import plan_blocks
     from ..scale.models import worker_backbone, worker_head
+    from ..scale.resume import check_volume_output
     from ..scale.segment import head_backbone
     from ..scale.zarr_io import open_volume
 
-    # Bad input fails here, before a cluster starts.
+    # Bad input fails here, before a cluster starts; an output that is an input or not ours is refused.
+    check_volume_output(args.out, [args.input, *([args.head] if cmd == "segment" else [])])
     arr = open_volume(args.input, getattr(args, "level", 0), args.component)
     if cmd == "features":
         plan_blocks(arr, worker_backbone(args.backbone, args.weights), args.block, args.halo)

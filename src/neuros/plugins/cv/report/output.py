@@ -139,17 +139,33 @@ def check_not_input(out: PathLike, inputs: Iterable[PathLike] = ()) -> Path:
     return path
 
 
-def owned_files(folder: PathLike) -> list[str] | None:
-    """The names neuros-cv wrote into ``folder`` (from its :data:`MARKER`), or None if it has no valid marker."""
-    marker = Path(folder) / MARKER
+def _manifest(folder: Path) -> dict[str, Any] | None:
+    """The manifest neuros-cv left in ``folder``: the marker file, or for a zarr group its ``zarr.json``."""
+    marker = folder / MARKER
     try:
-        doc = json.loads(marker.read_text(encoding="utf-8"))
-    except (OSError, ValueError):
+        if marker.is_file():
+            doc = json.loads(marker.read_text(encoding="utf-8"))
+        elif (folder / "zarr.json").is_file():
+            attrs = json.loads((folder / "zarr.json").read_text(encoding="utf-8")).get("attributes", {})
+            doc = attrs.get("neuros_cv", {}).get("output")
+        else:
+            return None
+    except (OSError, ValueError, AttributeError):
         return None
-    files = doc.get("files") if isinstance(doc, dict) else None
-    if doc.get("schema") != MARKER_SCHEMA or not isinstance(files, list):
+    return doc if isinstance(doc, dict) and doc.get("schema") == MARKER_SCHEMA else None
+
+
+def owned_files(folder: PathLike) -> list[str] | None:
+    """The names neuros-cv wrote into ``folder`` (from its manifest), or None if it has no valid manifest.
+
+    The manifest is the file :data:`MARKER`; in a zarr group (whose readers warn about unknown files) it is the
+    ``neuros_cv.output`` attribute of the group's ``zarr.json``.
+    """
+    doc = _manifest(Path(folder))
+    files = doc.get("files") if doc else None
+    if not isinstance(files, list):
         return None
-    # Only plain names directly inside the folder: a marker can never point outside it.
+    # Only plain names directly inside the folder: a manifest can never point outside it.
     return [f for f in files if isinstance(f, str) and f and "/" not in f and "\\" not in f and f not in (".", "..")]
 
 
@@ -209,10 +225,17 @@ def _write_marker(folder: Path, files: list[str], command: str | None) -> None:
         "note": "neuros-cv wrote the files listed here; --overwrite replaces only these. Anything else in this "
         "folder is left alone.",
     }
-    tmp = folder / f"{MARKER}.tmp-{os.getpid()}"
-    tmp.write_text(dumps_json(doc), encoding="utf-8")
+    zarr_json = folder / "zarr.json"
+    if zarr_json.is_file():  # a zarr group: keep the manifest in its attributes (no stray file for zarr to warn on)
+        group = json.loads(zarr_json.read_text(encoding="utf-8"))
+        group.setdefault("attributes", {}).setdefault("neuros_cv", {})["output"] = doc
+        target, text = zarr_json, json.dumps(group, indent=2)
+    else:
+        target, text = folder / MARKER, dumps_json(doc)
+    tmp = folder / f".{target.name}.tmp-{os.getpid()}"
+    tmp.write_text(text, encoding="utf-8")
     _apply_umask(tmp)
-    os.replace(tmp, folder / MARKER)
+    os.replace(tmp, target)
 
 
 def _commit(tmp: Path, path: Path, command: str | None) -> None:

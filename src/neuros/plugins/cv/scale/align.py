@@ -180,7 +180,7 @@ def volume_align(
     }
     group, resumed = open_output(
         out, run, {"aligned": {"shape": (z, h, w), "chunks": (1, by, bx), "dtype": arr.dtype, "fill_value": 0}},
-        {"aligned": n_blocks(arr.shape, (by, bx))}, overwrite,
+        {"aligned": n_blocks(arr.shape, (by, bx))}, overwrite, inputs=[src],
     )
     meta = group.attrs.asdict()["neuros_cv"]
     xl = da.from_zarr(low)

@@ -196,6 +196,7 @@ def volume_features(
                       "fill_value": 0.0}},
         {"features": n_blocks(arr.shape, (by, bx))},
         overwrite,
+        inputs=[src],
     )
     blocks = list(iter_blocks(arr.shape, (by, bx), halo, PATCH))
     todo = pending_blocks(out, "features", blocks)

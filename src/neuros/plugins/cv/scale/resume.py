@@ -20,10 +20,13 @@ from typing import Any
 
 import numpy as np
 
+from ..report.output import check_not_input
+
 __all__ = [
     "BlockFailures",
     "ProgressFactory",
     "RunReport",
+    "check_volume_output",
     "done_indices",
     "finish_output",
     "mark_done",
@@ -61,12 +64,54 @@ def _canonical(obj: Any) -> Any:
     return json.loads(json.dumps(obj))
 
 
+def _volume_meta(path: Path) -> dict[str, Any]:
+    """The ``neuros_cv`` attributes of a zarr group this tool wrote, or ``{}`` for anything else."""
+    import zarr
+
+    try:
+        meta = zarr.open_group(str(path), mode="r").attrs.asdict().get("neuros_cv", {})
+    except Exception:  # not a zarr group at all (zarr raises several types)
+        return {}
+    return meta if isinstance(meta, dict) and "run" in meta else {}
+
+
+def _remove_volume_output(path: Path) -> None:
+    """Delete the zarr group metadata and the members an earlier run created; other files stay."""
+    import zarr
+
+    names = list(zarr.open_group(str(path), mode="r").keys())
+    for name in ["zarr.json", ".zattrs", ".zgroup", LEDGER, *names]:
+        item = path / name
+        if item.is_dir() and not item.is_symlink():
+            shutil.rmtree(item)
+        elif item.exists() or item.is_symlink():
+            item.unlink()
+
+
+def check_volume_output(
+    out: str | os.PathLike[str], inputs: Sequence[str | os.PathLike[str]] = ()
+) -> tuple[Path, dict[str, Any]]:
+    """Refuse an output zarr that is/contains/lies inside an input or holds data neuros-cv did not write.
+
+    Returns the resolved path and the earlier run's ``neuros_cv`` attributes (``{}`` when there is none).
+    """
+    path = check_not_input(out, inputs)
+    if path.exists() and not path.is_dir():
+        raise FileExistsError(f"--out {path} is a file, not a zarr folder; choose another --out")
+    meta = _volume_meta(path) if path.is_dir() else {}
+    if path.is_dir() and not meta and any(path.iterdir()):
+        raise FileExistsError(f"--out {path} holds data that neuros-cv did not write (not a neuros-cv volume "
+                              "output); refusing to replace it: choose another --out")
+    return path, meta
+
+
 def open_output(
     out: str | os.PathLike[str],
     run: dict[str, Any],
     arrays: dict[str, dict[str, Any]],
     ledgers: dict[str, tuple[int, ...]],
     overwrite: bool = False,
+    inputs: Sequence[str | os.PathLike[str]] = (),
 ):
     """Create the output zarr group, or reopen it to resume a run with the same settings.
 
@@ -81,7 +126,10 @@ def open_output(
     ledgers : dict
         ``name -> block-grid shape`` completion-marker arrays to create.
     overwrite : bool
-        Replace an existing output instead of resuming / refusing.
+        Replace an existing output of an earlier neuros-cv run instead of resuming / refusing. A folder that
+        neuros-cv did not write is never replaced, and files other than the run's own stay.
+    inputs : sequence of path-like
+        The run's inputs: ``out`` may not be, contain or lie inside any of them.
 
     Returns
     -------
@@ -90,16 +138,9 @@ def open_output(
     """
     import zarr
 
-    path = Path(out).expanduser()
+    path, meta = check_volume_output(out, inputs)
     run = _canonical(run)
-    if path.exists() and not overwrite:
-        try:
-            group = zarr.open_group(str(path), mode="r+")
-            meta = group.attrs.asdict().get("neuros_cv", {})
-        except Exception:
-            meta = {}
-        if not meta:
-            raise FileExistsError(f"--out {path} exists and is not a neuros-cv volume output; pass --overwrite")
+    if path.exists() and not overwrite and meta:
         if meta.get("run") != run:
             old = meta.get("run", {})
             diff = sorted(k for k in set(old) | set(run) if old.get(k) != run.get(k))
@@ -107,12 +148,9 @@ def open_output(
                 f"--out {path} holds a run with different settings ({', '.join(diff)}); "
                 "pass --overwrite to start again or use another --out"
             )
-        return group, True
-    if path.exists():
-        if path.is_dir():
-            shutil.rmtree(path)
-        else:
-            path.unlink()
+        return zarr.open_group(str(path), mode="r+"), True
+    if meta:  # overwrite our own earlier run: remove only what it wrote
+        _remove_volume_output(path)
     if not path.parent.is_dir():
         raise FileNotFoundError(f"--out: folder {path.parent} does not exist")
     group = zarr.open_group(str(path), mode="w-", zarr_format=3)

@@ -135,7 +135,8 @@ def volume_segment(
         k = len(classes)
         arrays["probabilities"] = {"shape": (z, h, w, k), "chunks": (1, by, bx, k), "dtype": "float32",
                                    "fill_value": 0.0}
-    group, resumed = open_output(out, run, arrays, {"labels": n_blocks(arr.shape, (by, bx))}, overwrite)
+    group, resumed = open_output(out, run, arrays, {"labels": n_blocks(arr.shape, (by, bx))}, overwrite,
+                                 inputs=[src, head_dir])
     blocks = list(iter_blocks(arr.shape, (by, bx), halo, PATCH))
     todo = pending_blocks(out, "labels", blocks)
     task = _SegmentTask(str(Path(out).expanduser().resolve()), str(head_dir), bname, bweights, lo, hi,

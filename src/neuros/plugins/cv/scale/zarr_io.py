@@ -8,7 +8,7 @@ groups (``attrs["multiscales"]``) are read too.
 from __future__ import annotations
 
 import os
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -183,13 +183,13 @@ def _tiff_sections(src: Path) -> tuple[tuple[int, int, int], Any, Callable[[], I
 
 
 def tiff_to_zarr(src: str | os.PathLike[str], out: str | os.PathLike[str], *, chunks=(1, 512, 512), levels=1,
-                 overwrite: bool = False) -> Path:
+                 overwrite: bool = False, inputs: Sequence[str | os.PathLike[str]] = ()) -> Path:
     """Convert a multi-page TIFF stack or a folder of 2-D TIFFs (sorted by name) to an OME-Zarr group."""
     src = Path(src).expanduser()
     if not src.exists():
         raise FileNotFoundError(f"input {src} does not exist")
     shape, dtype, sections = _tiff_sections(src)
-    with atomic_output_dir(out, overwrite) as tmp:
+    with atomic_output_dir(out, overwrite, inputs=[src, *inputs], command="volume convert") as tmp:
         store = tmp / "volume.zarr"
         write_ome_zarr(store, sections(), shape, dtype, chunks, levels, attrs={"neuros_cv": {"source": str(src)}})
         _move_contents(store, tmp)
@@ -197,7 +197,7 @@ def tiff_to_zarr(src: str | os.PathLike[str], out: str | os.PathLike[str], *, ch
 
 
 def nifti_to_zarr(src: str | os.PathLike[str], out: str | os.PathLike[str], *, chunks=(1, 512, 512), levels=1,
-                  overwrite: bool = False) -> Path:
+                  overwrite: bool = False, inputs: Sequence[str | os.PathLike[str]] = ()) -> Path:
     """Convert a 3-D NIfTI image to an OME-Zarr group, z as the first axis, voxel sizes as the OME scale.
 
     NIfTI stores (i, j, k) = (x, y, z) in array order; we write ``[k, j, i]`` and read one k-slice of the
@@ -226,7 +226,7 @@ def nifti_to_zarr(src: str | os.PathLike[str], out: str | os.PathLike[str], *, c
             yield sl.T.astype(dtype)  # (x, y) → (y, x)
 
     meta = {"neuros_cv": {"source": str(src), "affine": np.asarray(img.affine).tolist(), "axes_from": "nifti k,j,i"}}
-    with atomic_output_dir(out, overwrite) as tmp:
+    with atomic_output_dir(out, overwrite, inputs=[src, *inputs], command="volume convert") as tmp:
         store = tmp / "volume.zarr"
         write_ome_zarr(store, sections(), (nz, ny, nx), dtype, chunks, levels, (zooms[2], zooms[1], zooms[0]), meta)
         _move_contents(store, tmp)
