@@ -1,7 +1,8 @@
 """From pixel masks to patch labels (the report's majority rule, the foreground fraction, the plurality class).
 
 Also the mask checks every head and metric shares: integer labels, matching shape, and the encoding of
-arbitrary label values (e.g. 0/255 PNG masks) to class indices 0..K-1.
+arbitrary label values (e.g. 0/255 PNG masks) to class indices 0..K-1; and decoding of binary mask files by
+their dtype (:func:`decode_binary_mask`: a 1-bit PNG reads as bool, an 8-bit one as 0..255 grey levels).
 """
 
 from __future__ import annotations
@@ -13,9 +14,47 @@ import numpy as np
 from ._validation import check_mask
 from .preprocess import pad_to_multiple
 
-__all__ = ["class_balance_weights", "encode_masks", "patch_fractions", "patch_labels", "patch_targets"]
+__all__ = [
+    "class_balance_weights",
+    "decode_binary_mask",
+    "encode_masks",
+    "patch_fractions",
+    "patch_labels",
+    "patch_targets",
+]
 
 RULES = ("argmax", "majority", "fraction")
+
+
+def decode_binary_mask(mask: np.ndarray, threshold: float = 127, name: str = "mask") -> np.ndarray:
+    """The foreground of a binary mask, decoded by its dtype: boolean as it is, any other dtype ``> threshold``.
+
+    A 1-bit PNG reads as a boolean array (True = foreground), so thresholding it like an 8-bit mask
+    (``True > 127`` is False) would lose every foreground pixel; 8-bit masks with anti-aliased edges (grey
+    levels 1..254) take ``> threshold`` (default 127, the midpoint).
+
+    Parameters
+    ----------
+    mask : ndarray
+        A boolean, integer or float mask (e.g. from :func:`datasets.io.read_array`).
+    threshold : float
+        Values strictly above it are foreground (ignored for boolean masks).
+    name : str
+        How error messages name the mask (e.g. its file name).
+
+    Returns
+    -------
+    ndarray of bool
+        True on foreground pixels, same shape as ``mask``.
+    """
+    a = np.asarray(mask)
+    if a.dtype == bool:
+        return a
+    if not np.issubdtype(a.dtype, np.number) or np.issubdtype(a.dtype, np.complexfloating):
+        raise TypeError(f"{name} must be a boolean or real numeric mask, got dtype {a.dtype}")
+    if np.issubdtype(a.dtype, np.floating) and not np.isfinite(a).all():
+        raise ValueError(f"{name} contains NaN/inf values; a mask must be finite")
+    return a > threshold
 
 
 def patch_fractions(mask: np.ndarray, patch: int = 16, n_classes: int | None = None) -> np.ndarray:
