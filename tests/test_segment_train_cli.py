@@ -120,6 +120,21 @@ def test_non_integer_and_colour_masks_refused(files, tmp_path, capsys):
         check_training_masks([fg[0].astype(np.uint8)], ["m.png"], threshold=127)
 
 
+def test_palette_png_masks_give_their_indices(files, tmp_path, capsys):
+    """Indexed-colour PNG masks (labels shown in colour) train on their indices, not on RGB colours."""
+    d, fg = files
+    pal = tmp_path / "pal"
+    pal.mkdir()
+    for i in range(2):
+        im = Image.fromarray((fg[i] * 2).astype(np.uint8), mode="P")
+        im.putpalette([0, 0, 0, 255, 255, 0, 255, 0, 0] + [0] * 759)
+        im.save(pal / f"m{i}.png")
+    args = ["segment", "train", "--images", str(d / "img0.png"), str(d / "img1.png"), "--masks",
+            str(pal / "m0.png"), str(pal / "m1.png"), "--backbone", "filterbank", "--out", str(tmp_path / "h")]
+    assert main(args) == 0
+    assert "classes [0, 2]" in capsys.readouterr().out
+
+
 def test_default_head_is_the_suites_head(files, tmp_path, capsys):
     d, _ = files
     suite = RealSuiteConfig()

@@ -15,7 +15,7 @@ from pathlib import Path
 import numpy as np
 
 from ..backbones.base import get_backbone, lookup
-from ..datasets.io import expand_paths, image_slices, read_array, write_mask
+from ..datasets.io import expand_paths, image_slices, read_array, read_mask, write_mask
 from ..heads import DEFAULT_HEAD, head_class, list_heads, load_head, make_head
 from ..labels import DEFAULT_MAX_CLASSES, RULES, check_training_masks
 from ..report.output import atomic_output_dir, check_output_dir
@@ -67,10 +67,11 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p.set_defaults(func=run)
 
 
-def _read_slices(paths: list[Path], key: str | None, axis: int | None, tick) -> list[tuple[Path, list[np.ndarray]]]:
+def _read_slices(paths: list[Path], key: str | None, axis: int | None, tick,
+                 reader=read_array) -> list[tuple[Path, list[np.ndarray]]]:
     out = []
     for p in paths:
-        out.append((p, image_slices(read_array(p, key=key), axis=axis)))
+        out.append((p, image_slices(reader(p, key=key), axis=axis)))
         tick(f"read {p.name}")
     return out
 
@@ -89,7 +90,7 @@ def _train(args: argparse.Namespace) -> int:
     steps = 2 * len(img_paths) + len(img_paths) + 1
     with progress_callback(steps, "segment train") as tick:
         images = _read_slices(img_paths, args.key, args.axis, tick)
-        masks = _read_slices(mask_paths, args.mask_key, args.axis, tick)
+        masks = _read_slices(mask_paths, args.mask_key, args.axis, tick, reader=read_mask)
         all_images, all_masks, mask_names = [], [], []
         for (ip, ims), (mp, ms) in zip(images, masks, strict=True):
             if len(ims) != len(ms):
