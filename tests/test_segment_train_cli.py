@@ -115,9 +115,10 @@ def test_non_integer_and_colour_masks_refused(files, tmp_path, capsys):
     assert main(["segment", "train", "--images", str(d / "img0.png"), "--masks", str(tmp_path / "rgb.png"),
                  "--backbone", "filterbank", "--out", str(tmp_path / "r")]) == 2
     assert "rgb.png is a colour image" in _err(capsys)
-    # 0/1 integer masks with a threshold >= 1 would be emptied: refused.
-    with pytest.raises(ValueError, match="all background; use threshold= 0"):
-        check_training_masks([fg[0].astype(np.uint8)], ["m.png"], threshold=127)
+    # 0/1 (or 0..1 probability) masks with a threshold >= 1 would be emptied: refused.
+    for zero_one in (fg[0].astype(np.uint8), fg[0] * 0.9):
+        with pytest.raises(ValueError, match=r"values in 0\.\.1, all <= threshold= 127, so it would be all"):
+            check_training_masks([zero_one], ["m.png"], threshold=127)
 
 
 def test_palette_png_masks_give_their_indices(files, tmp_path, capsys):

@@ -189,7 +189,7 @@ def check_training_masks(
     dozens or hundreds of classes without a word. Three modes:
 
     - ``threshold=T``: binarise — foreground where ``mask > T``; boolean masks (1-bit PNGs) as they are
-      (:func:`decode_binary_mask`). An integer 0/1 mask with ``T >= 1`` is refused (it would become empty).
+      (:func:`decode_binary_mask`). A mask with values in 0..1 and ``T >= 1`` is refused (it would be empty).
     - ``classes=[v1, v2, ...]``: keep these label values; every other value becomes background (0). A listed
       value that occurs in no mask is refused (a typo would otherwise train on nothing).
     - neither: masks must hold integer labels with at most ``max_classes`` distinct values per mask and in
@@ -241,11 +241,10 @@ def check_training_masks(
 
 def _binarise(a: np.ndarray, name: str, threshold: float, cli: bool) -> np.ndarray:
     fg = decode_binary_mask(a, threshold, name=f"mask {name}")
-    if a.dtype != bool and np.issubdtype(a.dtype, np.integer) and a.size and threshold >= 1:
-        top = int(a.max())
-        if top == 1:
-            raise ValueError(f"mask {name} holds 0/1 labels, all <= {_opt('threshold', cli)} {threshold:g}, so it "
-                             f"would be all background; use {_opt('threshold', cli)} 0 for 0/1 masks")
+    if a.dtype != bool and a.size and threshold >= 1 and 0 < float(a.max()) <= 1:
+        raise ValueError(f"mask {name} holds values in 0..1, all <= {_opt('threshold', cli)} {threshold:g}, so it "
+                         f"would be all background; use {_opt('threshold', cli)} 0 for 0/1 masks "
+                         "(0.5 for probabilities)")
     return fg.astype(np.uint8)
 
 
