@@ -1,7 +1,8 @@
 """From pixel masks to patch labels (the report's majority rule, the foreground fraction, the plurality class).
 
 Also the mask checks every head and metric shares: integer labels, matching shape, and the encoding of
-arbitrary label values (e.g. 0/255 PNG masks) to class indices 0..K-1.
+arbitrary label values (e.g. 0/255 PNG masks) to class indices 0..K-1; and decoding of binary mask files by
+their dtype (:func:`decode_binary_mask`: a 1-bit PNG reads as bool, an 8-bit one as 0..255 grey levels).
 """
 
 from __future__ import annotations
@@ -13,9 +14,50 @@ import numpy as np
 from ._validation import check_mask
 from .preprocess import pad_to_multiple
 
-__all__ = ["class_balance_weights", "encode_masks", "patch_fractions", "patch_labels", "patch_targets"]
+__all__ = [
+    "DEFAULT_MAX_CLASSES",
+    "check_training_masks",
+    "class_balance_weights",
+    "decode_binary_mask",
+    "encode_masks",
+    "patch_fractions",
+    "patch_labels",
+    "patch_targets",
+]
 
 RULES = ("argmax", "majority", "fraction")
+DEFAULT_MAX_CLASSES = 16
+
+
+def decode_binary_mask(mask: np.ndarray, threshold: float = 127, name: str = "mask") -> np.ndarray:
+    """The foreground of a binary mask, decoded by its dtype: boolean as it is, any other dtype ``> threshold``.
+
+    A 1-bit PNG reads as a boolean array (True = foreground), so thresholding it like an 8-bit mask
+    (``True > 127`` is False) would lose every foreground pixel; 8-bit masks with anti-aliased edges (grey
+    levels 1..254) take ``> threshold`` (default 127, the midpoint).
+
+    Parameters
+    ----------
+    mask : ndarray
+        A boolean, integer or float mask (e.g. from :func:`datasets.io.read_array`).
+    threshold : float
+        Values strictly above it are foreground (ignored for boolean masks).
+    name : str
+        How error messages name the mask (e.g. its file name).
+
+    Returns
+    -------
+    ndarray of bool
+        True on foreground pixels, same shape as ``mask``.
+    """
+    a = np.asarray(mask)
+    if a.dtype == bool:
+        return a
+    if not np.issubdtype(a.dtype, np.number) or np.issubdtype(a.dtype, np.complexfloating):
+        raise TypeError(f"{name} must be a boolean or real numeric mask, got dtype {a.dtype}")
+    if np.issubdtype(a.dtype, np.floating) and not np.isfinite(a).all():
+        raise ValueError(f"{name} contains NaN/inf values; a mask must be finite")
+    return a > threshold
 
 
 def patch_fractions(mask: np.ndarray, patch: int = 16, n_classes: int | None = None) -> np.ndarray:
@@ -122,3 +164,143 @@ def class_balance_weights(y: np.ndarray, n_classes: int) -> np.ndarray:
     present = int((counts > 0).sum())
     per_class = np.where(counts > 0, y.size / (max(present, 1) * np.maximum(counts, 1)), 0.0)
     return per_class[y]
+
+
+def _opt(name: str, cli: bool) -> str:
+    return f"--{name.replace('_', '-')}" if cli else f"{name}="
+
+
+def _values_hint(values: np.ndarray, n: int = 6) -> str:
+    shown = ", ".join(f"{v:g}" for v in values[:n].tolist())
+    return f"{shown}, …" if values.size > n else shown
+
+
+def check_training_masks(
+    masks: Sequence[np.ndarray],
+    names: Sequence[str],
+    threshold: float | None = None,
+    classes: Sequence[int] | None = None,
+    max_classes: int = DEFAULT_MAX_CLASSES,
+    cli: bool = False,
+) -> list[np.ndarray]:
+    """Check training masks before a head turns every distinct value into a class; binarise or select values.
+
+    An anti-aliased mask (grey edge levels) or an image passed as a mask would otherwise train a head with
+    dozens or hundreds of classes without a word. Three modes:
+
+    - ``threshold=T``: binarise — foreground where ``mask > T``; boolean masks (1-bit PNGs) as they are
+      (:func:`decode_binary_mask`). A mask with values in 0..1 and ``T >= 1`` is refused (it would be empty).
+    - ``classes=[v1, v2, ...]``: keep these label values; every other value becomes background (0). A listed
+      value that occurs in no mask is refused (a typo would otherwise train on nothing).
+    - neither: masks must hold integer labels with at most ``max_classes`` distinct values per mask and in
+      all, and must not mix 1-bit (0/1) files with 8-bit label values.
+
+    Parameters
+    ----------
+    masks : sequence of ndarray
+        2-D masks (boolean, integer or float).
+    names : sequence of str
+        One name per mask for the error messages (e.g. its file name).
+    threshold : float, optional
+        Binarisation threshold (exclusive with ``classes``).
+    classes : sequence of int, optional
+        Label values to keep (exclusive with ``threshold``).
+    max_classes : int
+        The most distinct values a mask (and the whole set) may hold without ``threshold``/``classes``.
+    cli : bool
+        Name the options as command-line flags (``--threshold``) rather than arguments (``threshold=``).
+
+    Returns
+    -------
+    list of ndarray
+        Integer masks (uint8 0/1 after ``threshold``; label values otherwise).
+
+    Raises
+    ------
+    ValueError
+        One line naming the mask, the count or values found and the option that fixes it.
+    """
+    if len(masks) != len(names):
+        raise ValueError(f"{len(masks)} masks but {len(names)} names")
+    if threshold is not None and classes is not None:
+        raise ValueError(f"give {_opt('threshold', cli)} or {_opt('classes', cli)}, not both")
+    if int(max_classes) < 2:
+        raise ValueError(f"{_opt('max_classes', cli)} must be at least 2, got {max_classes}")
+    arrays = [np.asarray(m) for m in masks]
+    for a, name in zip(arrays, names, strict=True):
+        if a.ndim != 2:
+            raise ValueError(f"mask {name} has shape {a.shape}, not a single-channel 2-D label image; "
+                             "save masks as greyscale/label images")
+    if threshold is not None:
+        return [_binarise(a, name, float(threshold), cli) for a, name in zip(arrays, names, strict=True)]
+    ints = [_integer_labels(a, name, cli) for a, name in zip(arrays, names, strict=True)]
+    if classes is not None:
+        return _select_classes(ints, names, classes, cli)
+    return _check_counts(arrays, ints, names, int(max_classes), cli)
+
+
+def _binarise(a: np.ndarray, name: str, threshold: float, cli: bool) -> np.ndarray:
+    fg = decode_binary_mask(a, threshold, name=f"mask {name}")
+    if a.dtype != bool and a.size and threshold >= 1 and 0 < float(a.max()) <= 1:
+        raise ValueError(f"mask {name} holds values in 0..1, all <= {_opt('threshold', cli)} {threshold:g}, so it "
+                         f"would be all background; use {_opt('threshold', cli)} 0 for 0/1 masks "
+                         "(0.5 for probabilities)")
+    return fg.astype(np.uint8)
+
+
+def _integer_labels(a: np.ndarray, name: str, cli: bool) -> np.ndarray:
+    if a.dtype == bool:
+        return a.astype(np.uint8)
+    if not np.issubdtype(a.dtype, np.number) or np.issubdtype(a.dtype, np.complexfloating):
+        raise ValueError(f"mask {name} has dtype {a.dtype}; masks hold integer labels")
+    if np.issubdtype(a.dtype, np.floating):
+        if not np.isfinite(a).all():
+            raise ValueError(f"mask {name} contains NaN/inf values; masks hold integer labels")
+        frac = a[a != np.round(a)]
+        if frac.size:
+            raise ValueError(f"mask {name} holds non-integer values (e.g. {float(frac[0]):g}): binarise with "
+                             f"{_opt('threshold', cli)} T (foreground where mask > T)")
+        a = a.astype(np.int64)
+    if a.size and a.min() < 0:
+        raise ValueError(f"mask {name} has negative labels (min {a.min()}); class ids must be >= 0")
+    return a
+
+
+def _select_classes(ints: list[np.ndarray], names: Sequence[str], classes: Sequence[int],
+                    cli: bool) -> list[np.ndarray]:
+    keep = np.unique(np.asarray(list(classes)))
+    if keep.size == 0:
+        raise ValueError(f"{_opt('classes', cli)} names no label value")
+    if not np.issubdtype(keep.dtype, np.integer) and not np.all(keep == np.round(keep)):
+        raise ValueError(f"{_opt('classes', cli)} must list integer label values, got {keep.tolist()}")
+    keep = keep.astype(np.int64)
+    found = np.unique(np.concatenate([np.unique(m) for m in ints]))
+    missing = np.setdiff1d(keep[keep != 0], found)
+    if missing.size:
+        raise ValueError(f"{_opt('classes', cli)} value(s) {missing.tolist()} occur in no mask "
+                         f"(values found: {_values_hint(found)})")
+    return [np.where(np.isin(m, keep), m, 0).astype(np.int64) for m in ints]
+
+
+def _check_counts(arrays: list[np.ndarray], ints: list[np.ndarray], names: Sequence[str], max_classes: int,
+                  cli: bool) -> list[np.ndarray]:
+    fix = f"binarise with {_opt('threshold', cli)} 127 or list {_opt('classes', cli)}"
+    uniques = []
+    for m, name in zip(ints, names, strict=True):
+        u = np.unique(m)
+        if u.size > max_classes:
+            raise ValueError(f"mask {name} has {u.size} distinct values (more than {_opt('max_classes', cli)} "
+                             f"{max_classes}): {fix}")
+        uniques.append(u)
+    union = np.unique(np.concatenate(uniques)) if uniques else np.array([], np.int64)
+    if union.size > max_classes:
+        raise ValueError(f"the masks hold {union.size} distinct values in all (more than "
+                         f"{_opt('max_classes', cli)} {max_classes}): {fix}")
+    one_bit = [n for a, n in zip(arrays, names, strict=True) if a.dtype == bool]
+    wide = [(n, int(u.max())) for a, u, n in zip(arrays, uniques, names, strict=True)
+            if a.dtype != bool and u.size and u.max() > 1]
+    if one_bit and wide:
+        raise ValueError(f"masks mix 1-bit files ({one_bit[0]}: 0/1) with label values up to {wide[0][1]} "
+                         f"({wide[0][0]}), which would be different classes: binarise all with "
+                         f"{_opt('threshold', cli)} 127 (1-bit masks stay as they are)")
+    return ints

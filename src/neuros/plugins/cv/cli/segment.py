@@ -15,9 +15,9 @@ from pathlib import Path
 import numpy as np
 
 from ..backbones.base import get_backbone, lookup
-from ..datasets.io import expand_paths, image_slices, read_array, write_mask
-from ..heads import list_heads, load_head, make_head
-from ..labels import RULES
+from ..datasets.io import expand_paths, image_slices, read_array, read_mask, write_mask
+from ..heads import DEFAULT_HEAD, head_class, list_heads, load_head, make_head
+from ..labels import DEFAULT_MAX_CLASSES, RULES, check_training_masks
 from ..report.output import atomic_output_dir, check_output_dir
 from ._progress import progress_callback
 
@@ -35,9 +35,22 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     t.add_argument("--masks", nargs="+", required=True, metavar="PATH", help="mask files or folders (same order)")
     t.add_argument("--backbone", default="vit-small", help="backbone name (see `neuros-cv backbones`)")
     t.add_argument("--weights", help="DINOv3 weights: placeholder, random, pretrained, auto")
-    t.add_argument("--head", default="logistic", choices=list_heads(), help="head kind (default logistic)")
-    t.add_argument("--balanced", action="store_true", help="weight classes equally in training")
-    t.add_argument("--label-rule", default="argmax", choices=RULES, help="patch label rule (default argmax)")
+    t.add_argument("--head", default=DEFAULT_HEAD.kind, choices=list_heads(),
+                   help=f"head kind (default {DEFAULT_HEAD.kind})")
+    t.add_argument("--balanced", action=argparse.BooleanOptionalAction, default=None,
+                   help="weight classes equally in training (default: on, as in the documented results, for "
+                        "every head but knn; --no-balanced for the unweighted loss)")
+    t.add_argument("--label-rule", default=DEFAULT_HEAD.label_rule, choices=RULES,
+                   help=f"patch label rule (default {DEFAULT_HEAD.label_rule})")
+    binar = t.add_mutually_exclusive_group()
+    binar.add_argument("--threshold", type=float, metavar="T",
+                       help="binarise masks: foreground where mask > T (1-bit masks as they are); "
+                            "e.g. 127 for anti-aliased 8-bit masks")
+    binar.add_argument("--classes", type=int, nargs="+", metavar="V",
+                       help="keep these mask values as classes; every other value becomes background 0")
+    t.add_argument("--max-classes", type=int, default=DEFAULT_MAX_CLASSES, metavar="N",
+                   help=f"refuse masks with more distinct values than this unless --threshold/--classes is "
+                        f"given (default {DEFAULT_MAX_CLASSES})")
     t.add_argument("--key", help="dataset inside HDF5/zarr image files")
     t.add_argument("--mask-key", help="dataset inside HDF5/zarr mask files")
     t.add_argument("--axis", type=int, help=AXIS_HELP)
@@ -54,10 +67,11 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p.set_defaults(func=run)
 
 
-def _read_slices(paths: list[Path], key: str | None, axis: int | None, tick) -> list[tuple[Path, list[np.ndarray]]]:
+def _read_slices(paths: list[Path], key: str | None, axis: int | None, tick,
+                 reader=read_array) -> list[tuple[Path, list[np.ndarray]]]:
     out = []
     for p in paths:
-        out.append((p, image_slices(read_array(p, key=key), axis=axis)))
+        out.append((p, image_slices(reader(p, key=key), axis=axis)))
         tick(f"read {p.name}")
     return out
 
@@ -71,34 +85,52 @@ def _train(args: argparse.Namespace) -> int:
     img_paths, mask_paths = expand_paths(args.images), expand_paths(args.masks)
     if len(img_paths) != len(mask_paths):
         raise ValueError(f"{len(img_paths)} image files but {len(mask_paths)} mask files; give one mask per image")
+    class_weight = _class_weight(args.head, args.balanced)
     bb = get_backbone(args.backbone, **opts)
     steps = 2 * len(img_paths) + len(img_paths) + 1
     with progress_callback(steps, "segment train") as tick:
         images = _read_slices(img_paths, args.key, args.axis, tick)
-        masks = _read_slices(mask_paths, args.mask_key, args.axis, tick)
-        all_images, all_masks = [], []
+        masks = _read_slices(mask_paths, args.mask_key, args.axis, tick, reader=read_mask)
+        all_images, all_masks, mask_names = [], [], []
         for (ip, ims), (mp, ms) in zip(images, masks, strict=True):
             if len(ims) != len(ms):
                 raise ValueError(f"{ip.name} has {len(ims)} slice(s) but its mask {mp.name} has {len(ms)}")
             for k, (im, m) in enumerate(zip(ims, ms, strict=True)):
+                if m.ndim != 2:
+                    raise ValueError(f"mask {mp.name} is a colour image (shape {m.shape}); masks are "
+                                     "single-channel label images (save it as greyscale)")
                 if m.shape != im.shape[:2]:
                     raise ValueError(f"mask {mp.name}[{k}] shape {m.shape} does not match image {ip.name} "
                                      f"shape {im.shape[:2]}")
             all_images += ims
             all_masks += ms
+            mask_names += [mp.name] if len(ms) == 1 else [f"{mp.name}[{k}]" for k in range(len(ms))]
+        all_masks = check_training_masks(all_masks, mask_names, threshold=args.threshold, classes=args.classes,
+                                         max_classes=args.max_classes, cli=True)
         maps = []
         for ip, ims in images:
             maps += bb.extract_batch(ims)
             tick(f"features {ip.name}")
-        kw = {"class_weight": "balanced"} if args.balanced else {}
-        head = make_head(args.head, seed=args.seed, label_rule=args.label_rule, **kw)
+        head = make_head(args.head, seed=args.seed, label_rule=args.label_rule,
+                         class_weight=class_weight)
         head.fit(maps, all_masks)
         head.backbone_options_ = opts
         tick("fitted")
     head.save(out, overwrite=args.overwrite)
-    print(f"Trained a {args.head} head on {len(all_images)} image(s) ({head.n_train_patches_} patches) with "
-          f"{bb.name} [{bb.weights}], classes {head.classes_.tolist()}; saved to {out}")
+    print(f"Trained a {args.head} head (class_weight={head.class_weight}, label rule {head.label_rule}) on "
+          f"{len(all_images)} image(s) ({head.n_train_patches_} patches) with {bb.name} [{bb.weights}], "
+          f"classes {head.classes_.tolist()}; saved to {out}")
     return 0
+
+
+def _class_weight(kind: str, balanced: bool | None) -> str | None:
+    """``--balanced``/``--no-balanced``, or by default the documented setting where the head supports it."""
+    supported = head_class(kind).supports_class_weight
+    if balanced is None:
+        return DEFAULT_HEAD.class_weight if supported else None
+    if balanced and not supported:
+        raise ValueError(f"the {kind} head has no class weights; drop --balanced (or choose another --head)")
+    return "balanced" if balanced else None
 
 
 def _predict(args: argparse.Namespace) -> int:

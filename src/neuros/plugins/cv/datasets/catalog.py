@@ -21,10 +21,12 @@ from typing import Any
 
 import numpy as np
 
+from ..labels import decode_binary_mask
 from .io import image_slices, read_array
 
 __all__ = [
     "RECIPES",
+    "SSTEM_CLASSES",
     "DatasetLayoutError",
     "LabelledSet",
     "Recipe",
@@ -33,6 +35,7 @@ __all__ = [
     "load_mni152",
     "load_nuclei",
     "load_sstem",
+    "read_sstem_mask",
 ]
 
 
@@ -97,6 +100,26 @@ def default_sstem_dir() -> Path:
     return Path.cwd().parent / "shared" / "data" / "sstem_drosophila_vnc"
 
 
+SSTEM_CLASSES = ("membranes", "mitochondria", "synapses")
+
+
+def read_sstem_mask(root: str | os.PathLike[str] | None, kind: str, section: int) -> np.ndarray:
+    """One full-resolution ssTEM class mask (bool, 1024²): ``kind`` is membranes, mitochondria or synapses.
+
+    The published per-class PNGs mix encodings — some are 1-bit (read as bool), others 8-bit with
+    anti-aliased edges — so each file is decoded by its dtype (:func:`labels.decode_binary_mask`: bool as it
+    is, 8-bit ``> 127``). One threshold for all files would empty the 1-bit mitochondria of sections 01 and 07.
+    """
+    if kind not in SSTEM_CLASSES:
+        raise ValueError(f"unknown ssTEM class {kind!r}; choose from {', '.join(SSTEM_CLASSES)}")
+    base = Path(root) if root is not None else default_sstem_dir()
+    path = _need(base / kind / f"{section:02d}.png", f"section {section:02d} ({kind}/NN.png)", "sstem")
+    mask = decode_binary_mask(read_array(path), name=str(path))
+    if mask.ndim != 2:
+        raise DatasetLayoutError(f"sstem: {path} is not a single-channel mask (shape {mask.shape})")
+    return mask
+
+
 def load_sstem(
     root: str | os.PathLike[str] | None = None,
     sections: Sequence[int] = tuple(range(14)),
@@ -104,16 +127,17 @@ def load_sstem(
 ) -> LabelledSet:
     """Real ssTEM EM sections with three classes: 0 other, 1 membrane, 2 mitochondria.
 
-    Layout (``../shared/data/sstem_drosophila_vnc``): ``raw/NN.tif``, ``membranes/NN.png`` (boolean),
-    ``mitochondria/NN.png`` (> 127 on mitochondria). Mitochondria take precedence where both are set.
+    Layout (``../shared/data/sstem_drosophila_vnc``): ``raw/NN.tif``, ``membranes/NN.png`` and
+    ``mitochondria/NN.png``, each mask decoded by its dtype (:func:`read_sstem_mask`: 1-bit PNGs as they are,
+    8-bit PNGs ``> 127``). Mitochondria take precedence where both are set.
     ``downsample`` block-averages the 1024² sections (2 → 512², 9.2 nm/pixel) to fit time budgets.
     """
     base = Path(root) if root is not None else default_sstem_dir()
     images, masks = [], []
     for s in sections:
         raw = read_array(_need(base / "raw" / f"{s:02d}.tif", f"section {s:02d} (raw/NN.tif)", "sstem"))
-        mem = read_array(_need(base / "membranes" / f"{s:02d}.png", "membranes/NN.png", "sstem")) > 0
-        mito = read_array(_need(base / "mitochondria" / f"{s:02d}.png", "mitochondria/NN.png", "sstem")) > 127
+        mem = read_sstem_mask(base, "membranes", s)
+        mito = read_sstem_mask(base, "mitochondria", s)
         mask = np.where(mito, 2, np.where(mem, 1, 0)).astype(np.uint8)
         img, mask = _downsample(raw.astype(np.float32) / 255.0, mask, int(downsample))
         images.append(img)
@@ -303,7 +327,8 @@ def load_tcga(root: str | os.PathLike[str]) -> LabelledSet:
         if mask.shape != img.shape[:2]:
             raise DatasetLayoutError(f"tcga: mask {m.name} {mask.shape} does not match tile {img.shape[:2]}")
         images.append(img)
-        masks.append((mask > 0).astype(np.uint8) if mask.max() == 255 else mask.astype(np.int64))
+        binary = mask.dtype == bool or mask.max() == 255  # 1-bit, or 0/255 (anti-aliased edges: > 127)
+        masks.append(decode_binary_mask(mask, name=str(m)).astype(np.uint8) if binary else mask.astype(np.int64))
     return LabelledSet("tcga", images, masks, ("background", "foreground"), "TCGA tiles (user's local copy)")
 
 

@@ -21,6 +21,7 @@ __all__ = [
     "file_format",
     "image_slices",
     "read_array",
+    "read_mask",
     "write_mask",
 ]
 
@@ -191,3 +192,23 @@ def write_mask(path: str | os.PathLike[str], mask: np.ndarray, **meta: Any) -> P
         Path(tmp).unlink(missing_ok=True)
         raise
     return p
+
+
+def read_mask(path: str | os.PathLike[str], key: str | None = None) -> np.ndarray:
+    """Read a label mask: :func:`read_array`, except that a palette (indexed-colour) PNG gives its palette
+    indices — the labels — rather than the RGB colours they are shown in.
+
+    A 1-bit PNG reads as bool and an 8-bit one as uint8; decode binary masks by dtype with
+    :func:`neuros.plugins.cv.labels.decode_binary_mask`.
+    """
+    p = Path(path)
+    if p.exists() and file_format(p) == "png":
+        try:
+            from PIL import Image
+
+            with Image.open(p) as im:
+                if im.mode == "P":
+                    return np.asarray(im)
+        except Exception as e:  # a corrupt PNG fails in one line, like read_array
+            raise _fail(p, e) from None
+    return read_array(p, key=key)

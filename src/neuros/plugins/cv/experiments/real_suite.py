@@ -22,7 +22,7 @@ from typing import Any
 
 from ..backbones.base import Backbone, get_backbone, lookup
 from ..datasets.catalog import LabelledSet, load_mni152, load_nuclei, load_sstem
-from ..heads import list_heads
+from ..heads import DEFAULT_HEAD, list_heads
 from .pipeline import FeatureStore
 from .protocols import fit_and_score, fit_on, run_protocol_comparison, score_on
 from .suite import reject_unknown_keys
@@ -48,9 +48,9 @@ class RealSuiteConfig:
     name: str = "real"
     backbones: tuple[str, ...] = ("vit-small@placeholder", "vit-small@random", "filterbank")
     datasets: tuple[str, ...] = REAL_DATASETS
-    head: str = "logistic"
-    class_weight: str | None = "balanced"
-    label_rule: str = "argmax"
+    head: str = DEFAULT_HEAD.kind  # the documented head, shared with `segment train`'s defaults
+    class_weight: str | None = DEFAULT_HEAD.class_weight
+    label_rule: str = DEFAULT_HEAD.label_rule
     em_train: tuple[int, ...] = tuple(range(0, 8))
     em_test: tuple[int, ...] = tuple(range(8, 14))
     em_downsample: int = 2

@@ -12,11 +12,13 @@ import numpy as np
 from .base import FORMAT, SegmentationHead, load_head
 from .linear import IncrementalLinearHead, KNNHead, LogisticHead, RandomForestHead
 from .mlp import MLPHead
-from .registry import HEADS, head_class, list_heads, make_head
+from .registry import DEFAULT_HEAD, HEADS, HeadSettings, head_class, list_heads, make_head
 
 __all__ = [
+    "DEFAULT_HEAD",
     "FORMAT",
     "HEADS",
+    "HeadSettings",
     "IncrementalLinearHead",
     "KNNHead",
     "LogisticHead",

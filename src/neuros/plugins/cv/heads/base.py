@@ -61,6 +61,8 @@ class SegmentationHead:
     """
 
     kind = "base"
+    #: Whether ``class_weight="balanced"`` is supported (the kNN head has no loss to weight).
+    supports_class_weight = True
 
     def __init__(self, label_rule: str = "argmax", threshold: float = 0.5, class_weight: str | None = None,
                  seed: int = 0) -> None:

@@ -86,6 +86,7 @@ class KNNHead(_SklearnHead):
     """Standardised features + k-nearest-neighbours vote (distance-weighted)."""
 
     kind = "knn"
+    supports_class_weight = False
 
     def __init__(self, n_neighbors: int = 5, **kw: Any) -> None:
         super().__init__(**kw)
