@@ -77,7 +77,8 @@ def _read_slices(paths: list[Path], key: str | None, axis: int | None, tick,
 
 
 def _train(args: argparse.Namespace) -> int:
-    out = check_output_dir(args.out, args.overwrite)
+    inputs = [*args.images, *args.masks]
+    out = check_output_dir(args.out, args.overwrite, inputs)
     lookup(args.backbone)
     opts = {"weights": args.weights} if args.weights else {}
     if opts and lookup(args.backbone).family != "dinov3":
@@ -116,7 +117,7 @@ def _train(args: argparse.Namespace) -> int:
         head.fit(maps, all_masks)
         head.backbone_options_ = opts
         tick("fitted")
-    head.save(out, overwrite=args.overwrite)
+    head.save(out, overwrite=args.overwrite, inputs=inputs)
     print(f"Trained a {args.head} head (class_weight={head.class_weight}, label rule {head.label_rule}) on "
           f"{len(all_images)} image(s) ({head.n_train_patches_} patches) with {bb.name} [{bb.weights}], "
           f"classes {head.classes_.tolist()}; saved to {out}")
