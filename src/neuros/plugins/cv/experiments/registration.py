@@ -11,7 +11,14 @@ import numpy as np
 from ..backbones.base import Backbone
 from ..feature_matching import estimate_translation, patch_correlation
 
-__all__ = ["MIN_OVERLAP", "min_overlap_patches", "run_registration", "shift_overlap", "shift_zero_fill"]
+__all__ = [
+    "MIN_OVERLAP",
+    "estimate_patch_shift",
+    "min_overlap_patches",
+    "run_registration",
+    "shift_overlap",
+    "shift_zero_fill",
+]
 
 #: Default fewest overlapping patches of a candidate shift, as a fraction of the grid's patches (the role and
 #: the value of ``overlap_ratio`` in ``skimage.registration.phase_cross_correlation``). Without it the mean
@@ -47,6 +54,24 @@ def min_overlap_patches(grid_shape: tuple[int, int], fraction: float = MIN_OVERL
         raise ValueError(f"min_overlap must be a fraction of the grid in [0, 1], got {fraction}")
     h, w = grid_shape
     return max(1, math.ceil(float(fraction) * h * w - 1e-9))
+
+
+def estimate_patch_shift(
+    similarity: np.ndarray, grid_shape: tuple[int, int], min_overlap: float = MIN_OVERLAP
+) -> tuple[int, int]:
+    """The experiment's shift estimate: the report's ``estimate_translation`` over the shifts that keep at least
+    ``min_overlap`` (a fraction of the grid's patches) overlapping.
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> from neuros.plugins.cv.feature_matching import patch_correlation
+    >>> a = np.random.default_rng(0).standard_normal((6, 6, 8))
+    >>> estimate_patch_shift(patch_correlation(a, np.roll(a, (1, -2), axis=(0, 1))), (6, 6))
+    (1, -2)
+    """
+    need = min_overlap_patches(grid_shape, min_overlap)
+    return estimate_translation(similarity, grid_shape=grid_shape, min_overlap=need)
 
 
 def run_registration(
@@ -88,8 +113,7 @@ def run_registration(
                 f"{ref.grid_shape[1]} patches overlapping, fewer than min_overlap = {min_overlap} ({need} patches): "
                 "use a smaller shift, a larger image or a smaller min_overlap"
             )
-        sim = patch_correlation(ref.flat(), fm.flat())
-        ey, ex = estimate_translation(sim, grid_shape=ref.grid_shape, min_overlap=need)
+        ey, ex = estimate_patch_shift(patch_correlation(ref.flat(), fm.flat()), ref.grid_shape, min_overlap)
         rows.append(
             {"true": [int(dy), int(dx)], "estimated": [ey, ex], "error": abs(ey - dy) + abs(ex - dx)}
         )
