@@ -109,16 +109,18 @@ def write_outputs(folder, config: SuiteConfig, results: dict, timings: dict, fig
     (folder / "results.json").write_text(dumps_json(doc), encoding="utf-8")
     (folder / "tables.md").write_text(tables_markdown(results), encoding="utf-8")
     base = ["backbone", "weights"]
-    score = ["head", "accuracy", "f1", "n_train_patches", "n_train_positive"]
+    score = ["head", "accuracy", "f1", "pixel_dice", "n_train_patches", "n_train_positive"]
     score += ["n_test_patches", "n_test_positive", "note"]
     (folder / "segmentation.csv").write_text(to_csv(results["segmentation"], [*base, "modality", *score]))
     (folder / "crossmodal.csv").write_text(to_csv(results["crossmodal"], [*base, "train", "test", *score]))
     reg_rows = [
-        {"backbone": r["backbone"], "weights": r["weights"], "modality": r["modality"], **s}
+        {"backbone": r["backbone"], "weights": r["weights"], "modality": r["modality"],
+         "min_overlap_patches": r.get("min_overlap_patches"), **s}
         for r in results["registration"]
         for s in r["shifts"]
     ]
-    (folder / "registration.csv").write_text(to_csv(reg_rows, [*base, "modality", "true", "estimated", "error"]))
+    reg_cols = [*base, "modality", "min_overlap_patches", "true", "estimated", "error"]
+    (folder / "registration.csv").write_text(to_csv(reg_rows, reg_cols))
     if figures is not None:
         save_figures(figures, folder / "figures")
         write_html(folder / "report.html", doc, figures)

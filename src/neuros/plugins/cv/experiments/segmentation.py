@@ -85,6 +85,7 @@ def run_crossmodal(
                 "train": tr,
                 "test": te,
                 "head": fitted,
+                "label_rule": rule,
                 "n_train_patches": int(train.y.size),
                 "n_train_positive": train.n_positive,
                 **score_head(model, test),

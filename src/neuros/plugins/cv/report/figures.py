@@ -183,7 +183,7 @@ def overlay_figure(overlays: Sequence[Mapping[str, Any]]) -> Figure:
     """
     if not overlays:
         raise ValueError("no examples to draw")
-    fig = _new(7.0, 2.45 * len(overlays) + 0.2)
+    fig = _new(7.0, 2.6 * len(overlays) + 0.2)
     axes = fig.subplots(len(overlays), 3, squeeze=False)
     for row, ex in zip(axes, overlays, strict=True):
         for ax in row:
@@ -202,7 +202,7 @@ def overlay_figure(overlays: Sequence[Mapping[str, Any]]) -> Figure:
                          fontsize=9)
         if ex.get("patch_f1") is not None:
             f1 = f"{ex['patch_f1']:.2f}" if n_lab else "n/a (no fg patch)"
-            row[2].set_xlabel(f"patch F1 {f1} · pixel Dice {ex['pixel_dice']:.2f}", fontsize=8)
+            row[2].set_xlabel(f"patch F1 {f1}\npixel Dice {ex['pixel_dice']:.2f}", fontsize=8)
     return fig
 
 

@@ -168,14 +168,19 @@ def reading_notes(results: dict[str, Any]) -> list[str]:
     notes = []
     seg = results.get("segmentation", [])
     if seg:
+        rules = {r.get("label_rule", "majority") for r in seg}
+        label = (
+            "labelled foreground when more than half of its pixels are foreground (label_rule = \"majority\")"
+            if rules == {"majority"}
+            else f"labelled by the suite's label_rule ({', '.join(sorted(map(str, rules)))})"
+        )
         notes.append(
-            "Accuracy and F1 score (Tables 1 and 2) are patch-level, as in the report: each 16×16 patch is one "
-            "sample, labelled foreground when more than half of its pixels are foreground (label_rule = "
-            "\"majority\"), and the head predicts one label per patch. Objects smaller than half a patch (most "
-            "histology nuclei) therefore have no foreground patch and are not scored. Pixel Dice scores the "
-            "same patch predictions painted onto their pixels against the pixel mask, so it counts every "
-            "nucleus: a high patch F1 beside a low pixel Dice means the few large objects are found and the "
-            "small ones are not looked for."
+            f"Accuracy and F1 score (Tables 1 and 2) are patch-level, as in the report: each 16×16 patch is one "
+            f"sample, {label}, and the head predicts one label per patch. An object that covers no patch by "
+            "more than half (most histology nuclei) therefore has no foreground patch and is not scored. Pixel "
+            "Dice scores the same patch predictions painted onto their pixels against the pixel mask, so it "
+            "counts every nucleus: a high patch F1 beside a low pixel Dice means the few large objects are found "
+            "and the small ones are not looked for."
         )
     if any(r.get("head") == "majority" for r in [*seg, *results.get("crossmodal", [])]):
         notes.append(
