@@ -143,7 +143,7 @@ def test_registration_figure_with_zero_errors_is_not_empty(two_placeholders):
     ax = registration_errors(results).axes[0]
     labels = [t.get_text() for t in ax.texts]
     assert labels.count("0.00\nexact") == len(results["registration"])  # one per backbone × modality
-    assert any("recovered exactly" in t for t in labels)
+    assert any("18 shifts recovered exactly" in t for t in labels)
     assert ax.get_ylim()[1] >= 1.0  # the axis spans at least a patch, so 0 sits on a readable scale
     dots = [ln for ln in ax.get_lines() if ln.get_marker() == "o"]
     assert len(dots) == 2 and all(not ln.get_clip_on() for ln in dots)  # one visible series per backbone

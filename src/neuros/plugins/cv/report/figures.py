@@ -114,7 +114,7 @@ def registration_errors(results: Mapping[str, Any]) -> Figure:
         raise ValueError("results have no registration records to draw")
     bbs = list(dict.fromkeys(r["backbone"] for r in reg))
     mods = list(dict.fromkeys(r["modality"] for r in reg))
-    fig = _new(1.2 + 1.3 * len(mods) * max(1, len(bbs)) / 2 + 2.0, 3.4)
+    fig = _new(max(4.5, 1.2 + 1.3 * len(mods) * max(1, len(bbs)) / 2 + 2.0), 3.4 + 0.25 * -(-len(bbs) // 3))
     ax = fig.subplots()
     width = 0.8 / len(bbs)
     x = np.arange(len(mods), dtype=float)
@@ -136,14 +136,16 @@ def registration_errors(results: Mapping[str, Any]) -> Figure:
             ax.annotate(label, (xx, above), textcoords="offset points", xytext=(0, 6), ha="center", va="bottom",
                         fontsize=8, color="black")
     if all(s["error"] == 0 for r in reg for s in r["shifts"]):
-        ax.text(0.5, 0.62, f"every shift recovered exactly by every backbone (error 0.00 patches, "
-                f"{sum(len(r['shifts']) for r in reg)} shifts)", transform=ax.transAxes, ha="center",
-                va="center", fontsize=9, bbox={"boxstyle": "round", "facecolor": "#e8f5e9", "edgecolor": "#2e7d32"})
+        n = sum(len(r["shifts"]) for r in reg)
+        what = "the one shift" if n == 1 else f"all {n} shifts"
+        ax.text(0.5, 0.62, f"{what} recovered exactly\n(error 0.00 patches)", transform=ax.transAxes,
+                ha="center", va="center", fontsize=9,
+                bbox={"boxstyle": "round", "facecolor": "#e8f5e9", "edgecolor": "#2e7d32"})
     ax.set_xticks(x, [_mod(m) for m in mods])
     ax.set_ylabel("|Δdy| + |Δdx| (patches)")
     ax.set_ylim(0, top * 1.3)
     ax.set_title("Registration error (lower is better)", fontsize=10)
-    ax.legend(fontsize=8, loc="upper right")
+    fig.legend(fontsize=8, loc="outside lower center", ncols=min(len(bbs), 3))  # long names never squeeze the axes
     return fig
 
 
