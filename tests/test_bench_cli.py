@@ -141,3 +141,23 @@ def test_backbones_command_lists_the_registry():
     assert proc.returncode == 0
     for name in ("vit-small", "vit-7b", "cnx-large"):
         assert name in proc.stdout
+
+
+def test_bench_says_what_the_placeholder_is_in_every_output(bench_out):
+    from html import escape
+
+    from neuros.plugins.cv.backbones.placeholder import PLACEHOLDER_NOTE, placeholder_notice
+
+    out, proc = bench_out
+    for name in ("cnx-tiny", "vit-large"):  # one terminal line per placeholder backbone
+        assert placeholder_notice(name) in proc.stdout
+    assert "one and the same stand-in" in proc.stdout and "majority" in proc.stdout
+    doc = json.loads((out / "results.json").read_text())
+    assert doc["placeholder"]["note"] == PLACEHOLDER_NOTE
+    assert [g["backbones"] for g in doc["placeholder"]["same_stand_in"]] == [["cnx-tiny", "vit-large"]]
+    assert all(b["placeholder"] == PLACEHOLDER_NOTE for b in doc["backbones"])
+    assert any("patch-level" in n for n in doc["reading_notes"])
+    assert PLACEHOLDER_NOTE in (out / "tables.md").read_text()
+    html = (out / "report.html").read_text()
+    assert escape(PLACEHOLDER_NOTE) in html and "one and the same stand-in" in html
+    assert all(r["min_overlap_patches"] == 20 for r in doc["results"]["registration"])

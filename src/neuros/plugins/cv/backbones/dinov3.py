@@ -32,7 +32,7 @@ from ..preprocess import IMAGENET_MEAN, IMAGENET_STD, SAT493M_MEAN, SAT493M_STD,
 from ..tiling import batched, stitch, tiles
 from . import weights as W
 from .base import Backbone, register_backbone, register_resolver
-from .placeholder import placeholder_features
+from .placeholder import PLACEHOLDER_NOTE, PLACEHOLDER_STAND_IN, placeholder_features
 
 __all__ = ["VARIANTS", "DINOv3Backbone", "Variant", "parse_weights", "resolve_device"]
 
@@ -574,6 +574,8 @@ class DINOv3Backbone(Backbone):
         d.update(hub_id=self.variant.hub_id, arch=self.variant.arch, pretrain=self.variant.pretrain)
         if self.note:
             d["note"] = self.note
+        if self.weights == "placeholder":  # every output that records the backbone says what the placeholder is
+            d.update(stand_in=PLACEHOLDER_STAND_IN, placeholder=PLACEHOLDER_NOTE)
         if self.model is not None:
             d.update(stride=self._stride / self.scale, dtype=str(self._torch_dtype).replace("torch.", ""),
                      device=self._device)

@@ -2,7 +2,8 @@
 
 Each 16×16 patch's pixels (after scaling to [0, 1] and replication to RGB) are mapped to a C-dimensional
 vector by a fixed random projection seeded by a stable hash of the model id. It is *not* a pretrained model:
-every output that uses it says ``weights="placeholder"``.
+every output that uses it says ``weights="placeholder"`` and carries :data:`PLACEHOLDER_NOTE`, the one text
+that explains what the placeholder is (:func:`placeholder_notice` is the terminal line of a CLI).
 """
 
 from __future__ import annotations
@@ -12,7 +13,44 @@ from functools import lru_cache
 
 import numpy as np
 
-__all__ = ["placeholder_features", "stable_seed"]
+__all__ = [
+    "PLACEHOLDER_NOTE",
+    "PLACEHOLDER_STAND_IN",
+    "PLACEHOLDER_WEIGHTS",
+    "is_placeholder",
+    "placeholder_features",
+    "placeholder_notice",
+    "stable_seed",
+]
+
+PLACEHOLDER_WEIGHTS = "placeholder"
+#: What every output says about the placeholder (terminal, report.html, tables.md, results.json, describe()).
+PLACEHOLDER_NOTE = (
+    "The placeholder is not a model: each 16×16 patch's pixels go through a fixed random projection (seeded by "
+    "SHA-256 of the model id), with no network and no learned weights, so scores from it say nothing about "
+    "DINOv3. Put real weights on this machine (see `neuros-cv backbones`) to measure DINOv3."
+)
+#: ``describe()["stand_in"]`` of every placeholder backbone: backbones sharing it are one and the same stand-in
+#: (a random linear map of the same patch pixels), whatever model id they were asked for.
+PLACEHOLDER_STAND_IN = "random projection of patch pixels"
+
+
+def is_placeholder(weights: object) -> bool:
+    """True when ``weights`` (a backbone's ``weights`` string or a ``describe()`` record) is the placeholder."""
+    if isinstance(weights, dict):
+        weights = weights.get("weights")
+    return weights == PLACEHOLDER_WEIGHTS
+
+
+def placeholder_notice(name: str) -> str:
+    """One terminal line for a backbone ``name`` that runs the placeholder.
+
+    Examples
+    --------
+    >>> placeholder_notice("vit-large").startswith("vit-large: weights = placeholder. The placeholder is not")
+    True
+    """
+    return f"{name}: weights = placeholder. {PLACEHOLDER_NOTE}"
 
 
 def stable_seed(text: str) -> int:

@@ -9,6 +9,7 @@ from rich.console import Console
 from rich.markup import escape
 from rich.table import Table
 
+from ..backbones.placeholder import is_placeholder, placeholder_notice
 from ..experiments.pipeline import FeatureStore
 from ..experiments.suite import SuiteConfig, builtin_suites, load_suite, run_suite, suite_steps
 from ..report.examples import collect_examples
@@ -16,7 +17,16 @@ from ..report.figures import report_figures, save_figures
 from ..report.html import write_html
 from ..report.output import atomic_output_dir, check_output_dir, dumps_json
 from ..report.provenance import provenance
-from ..report.tables import table1, table2, table3, tables_markdown, to_csv
+from ..report.tables import (
+    placeholder_notes,
+    placeholder_summary,
+    reading_notes,
+    table1,
+    table2,
+    table3,
+    tables_markdown,
+    to_csv,
+)
 from ._progress import progress_callback
 
 SCHEMA = "neuros-cv/bench/1"
@@ -92,21 +102,25 @@ def write_outputs(folder, config: SuiteConfig, results: dict, timings: dict, fig
         "backbones": results["backbones"],
         "results": {k: results[k] for k in ("segmentation", "crossmodal", "registration")},
         "notes": results["notes"],
+        "placeholder": placeholder_summary(results),
+        "reading_notes": reading_notes(results),
         "provenance": provenance(timings),
     }
     (folder / "results.json").write_text(dumps_json(doc), encoding="utf-8")
     (folder / "tables.md").write_text(tables_markdown(results), encoding="utf-8")
     base = ["backbone", "weights"]
-    score = ["head", "accuracy", "f1", "n_train_patches", "n_train_positive"]
+    score = ["head", "accuracy", "f1", "pixel_dice", "n_train_patches", "n_train_positive"]
     score += ["n_test_patches", "n_test_positive", "note"]
     (folder / "segmentation.csv").write_text(to_csv(results["segmentation"], [*base, "modality", *score]))
     (folder / "crossmodal.csv").write_text(to_csv(results["crossmodal"], [*base, "train", "test", *score]))
     reg_rows = [
-        {"backbone": r["backbone"], "weights": r["weights"], "modality": r["modality"], **s}
+        {"backbone": r["backbone"], "weights": r["weights"], "modality": r["modality"],
+         "min_overlap_patches": r.get("min_overlap_patches"), **s}
         for r in results["registration"]
         for s in r["shifts"]
     ]
-    (folder / "registration.csv").write_text(to_csv(reg_rows, [*base, "modality", "true", "estimated", "error"]))
+    reg_cols = [*base, "modality", "min_overlap_patches", "true", "estimated", "error"]
+    (folder / "registration.csv").write_text(to_csv(reg_rows, reg_cols))
     if figures is not None:
         save_figures(figures, folder / "figures")
         write_html(folder / "report.html", doc, figures)
@@ -127,9 +141,14 @@ def run(args: argparse.Namespace) -> int:
     timings["figures"] = time.perf_counter() - t0
     console = Console()
     console.print("Weights used: " + ", ".join(f"{b['name']} = {b['weights']}" for b in results["backbones"]))
+    for b in results["backbones"]:
+        if is_placeholder(b):
+            console.print(escape(placeholder_notice(b["name"])), soft_wrap=True)
     console.print(_rich("Table 1: Segmentation performance per modality.", table1(results)))
     console.print(_rich("Table 2: Cross-modality segmentation results (accuracy/F1).", table2(results)))
     console.print(_rich("Table 3: Mean absolute shift error (in patches) for registration.", table3(results)))
+    for note in [*placeholder_notes(results)[1:], *reading_notes(results)]:
+        console.print(escape(note), soft_wrap=True)
     for note in results["notes"]:
         console.print(f"* {note}", soft_wrap=True)
     with atomic_output_dir(out, overwrite=args.overwrite) as tmp:

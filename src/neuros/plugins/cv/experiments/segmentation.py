@@ -8,7 +8,7 @@ from typing import Any
 import numpy as np
 
 from ..backbones.base import Backbone
-from .pipeline import FeatureStore, PatchTable, patch_table, score_head
+from .pipeline import FeatureStore, PatchTable, patch_table, pixel_dice, score_head
 
 __all__ = ["SegmentationData", "explain_single_class", "run_crossmodal", "run_segmentation", "same_modality"]
 
@@ -67,8 +67,10 @@ def run_crossmodal(
 ) -> list[dict[str, Any]]:
     """Train one head per training modality and score it on each test modality's test set.
 
-    Returns one record per (train, test) pair with accuracy, F1, counts, the head actually fitted and, when
-    F1 is meaningless, a ``note`` explaining why.
+    Returns one record per (train, test) pair with the patch-level accuracy and F1 (majority labels), counts,
+    the pixel Dice of the same patch predictions painted onto pixels (:func:`~.pipeline.pixel_dice`), the head
+    actually fitted (``"majority"`` when the training set has a single class) and, when F1 is meaningless, a
+    ``note`` explaining why.
     """
     records = []
     for tr in train_modalities:
@@ -76,15 +78,18 @@ def run_crossmodal(
         model, fitted = store.head(backbone, f"{tr}/train/{rule}", train, head, seed)
         for te in test_modalities:
             _, test = _tables(backbone, data, store, te, rule)
+            te_images, te_masks = data[te]["test"]
             rec: dict[str, Any] = {
                 "backbone": backbone.name,
                 "weights": backbone.weights,
                 "train": tr,
                 "test": te,
                 "head": fitted,
+                "label_rule": rule,
                 "n_train_patches": int(train.y.size),
                 "n_train_positive": train.n_positive,
                 **score_head(model, test),
+                "pixel_dice": pixel_dice(model, store.get(backbone, f"{te}/test", te_images), te_masks),
             }
             rec["note"] = explain_single_class(tr, te, train, test, protocol)
             records.append(rec)

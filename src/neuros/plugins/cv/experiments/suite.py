@@ -29,7 +29,7 @@ import numpy as np
 from ..backbones.base import Backbone, UnknownBackboneError, get_backbone, lookup
 from ..datasets.synthetic import MODALITIES, PROTOCOLS, make_dataset, make_image
 from .pipeline import FeatureStore
-from .registration import run_registration
+from .registration import MIN_OVERLAP, min_overlap_patches, run_registration, shift_overlap
 from .segmentation import run_crossmodal, same_modality
 
 __all__ = [
@@ -69,6 +69,7 @@ class SuiteConfig:
     head: str = "logistic"
     label_rule: str = "majority"
     shifts: tuple[tuple[int, int], ...] = REPORT_SHIFTS
+    min_overlap: float = MIN_OVERLAP
     backbone_options: dict[str, dict[str, Any]] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
@@ -110,6 +111,16 @@ class SuiteConfig:
                 raise bad("shifts", f"each shift must be two integers (dy, dx) in patches, got {s!r}")
             if max(abs(int(v)) for v in s) * 16 >= self.size:
                 raise bad("shifts", f"shift {tuple(s)} (patches) does not fit a {self.size}-pixel image")
+        mo = self.min_overlap
+        if isinstance(mo, bool) or not isinstance(mo, (int, float, np.integer, np.floating)) or not 0 <= mo <= 1:
+            raise bad("min_overlap", f"must be a fraction of the grid's patches in [0, 1], got {mo!r}")
+        grid = (-(-self.size // 16),) * 2  # the 16-pixel patch grid of every backbone of the suite
+        need = min_overlap_patches(grid, float(mo))
+        for s in self.shifts:
+            if shift_overlap(grid, s) < need:
+                raise bad("shifts", f"shift {tuple(s)} keeps {shift_overlap(grid, s)} of {grid[0] * grid[1]} patches "
+                          f"overlapping, fewer than min_overlap = {mo} ({need} patches); use a smaller shift, a "
+                          "larger size or a smaller min_overlap")
 
     @classmethod
     def from_dict(cls, data: Mapping[str, Any]) -> SuiteConfig:
@@ -248,7 +259,7 @@ def run_suite(
         tick(f"segmentation {name}")
         for m in config.modalities:
             image, _ = make_image(m, config.size, seed=2 * config.seed, protocol=config.protocol, index=0)
-            results["registration"].append(run_registration(bb, m, image, config.shifts))
+            results["registration"].append(run_registration(bb, m, image, config.shifts, config.min_overlap))
             tick(f"registration {name} · {m}")
         timings[f"backbone:{name}"] = time.perf_counter() - t0
     results["notes"] = sorted({r["note"] for r in results["crossmodal"] if r.get("note")})

@@ -23,6 +23,7 @@ from typing import Any
 
 import numpy as np
 
+from ..backbones.placeholder import PLACEHOLDER_NOTE, PLACEHOLDER_WEIGHTS
 from ..features import FeatureMap
 from ..labels import RULES, class_balance_weights, encode_masks, patch_fractions, patch_targets
 from ..report.output import atomic_output_dir, dumps_json
@@ -253,6 +254,7 @@ class SegmentationHead:
             "preprocessing": self.preprocessing_,
             "backbone_options": dict(getattr(self, "backbone_options_", {})),
             "n_train_patches": int(self.n_train_patches_),
+            **({"placeholder": PLACEHOLDER_NOTE} if self.weights_ == PLACEHOLDER_WEIGHTS else {}),
         }
 
     def save(self, folder: str | Path, overwrite: bool = False, inputs: Iterable[str | Path] = ()) -> Path:

@@ -11,9 +11,11 @@ from typing import Any
 
 import numpy as np
 
-from ..experiments.pipeline import FeatureStore, patch_table
+from ..experiments.pipeline import FeatureStore, paint_patches, patch_table, predict_patches
 from ..experiments.suite import SuiteConfig, build_backbone, suite_datasets
 from ..features import FeatureMap
+from ..labels import patch_labels
+from ..metrics import binary_f1
 
 __all__ = ["collect_examples", "pca_rgb"]
 
@@ -59,9 +61,11 @@ def collect_examples(
     -------
     dict
         ``{"overlays": [...], "pca": [...]}``. An overlay has ``backbone``, ``weights``, ``modality``,
-        ``head``, ``image``, ``mask`` (ground truth) and ``prediction`` (the head's patch predictions
-        upsampled to pixels, bool). A PCA entry has ``backbone``, ``weights``, ``modality``, ``image`` and
-        ``rgb`` (h, w, 3).
+        ``head``, ``image``, ``mask`` (pixel ground truth, bool), ``patch_labels`` (the (h, w) labels the
+        tables score, by the suite's label rule), ``patch_prediction`` (the head's (h, w) predictions — the
+        ones the tables score), ``prediction`` (those predictions painted onto their pixels, bool),
+        ``stride``, and this image's ``patch_f1`` and ``pixel_dice``. A PCA entry has ``backbone``,
+        ``weights``, ``modality``, ``image`` and ``rgb`` (h, w, 3).
     """
     if not 0 <= index < config.n_test:
         raise ValueError(f"index must be in [0, {config.n_test}), got {index}")
@@ -79,7 +83,10 @@ def collect_examples(
             train = patch_table(store.get(bb, f"{m}/train", tr_images), tr_masks, config.label_rule)
             model, fitted = store.head(bb, f"{m}/train/{config.label_rule}", train, config.head, config.seed)
             fm = store.get(bb, f"{m}/test", te_images)[index]
-            grid = np.asarray(model.predict(fm.flat())).reshape(fm.grid_shape).astype(np.float32)
+            grid = predict_patches(model, fm) > 0
+            labels = patch_labels(te_masks[index], round(fm.stride), rule=config.label_rule) > 0
+            mask = np.asarray(te_masks[index]) > 0
+            painted = paint_patches(grid, fm)
             overlays.append(
                 {
                     "backbone": bb.name,
@@ -87,8 +94,13 @@ def collect_examples(
                     "modality": m,
                     "head": fitted,
                     "image": np.asarray(te_images[index]),
-                    "mask": np.asarray(te_masks[index]) > 0,
-                    "prediction": fm.to_pixels(grid) > 0.5,
+                    "mask": mask,
+                    "patch_labels": labels,
+                    "patch_prediction": grid,
+                    "prediction": painted,
+                    "stride": float(fm.stride),
+                    "patch_f1": binary_f1(labels.astype(np.int64), grid.astype(np.int64)),
+                    "pixel_dice": binary_f1(mask.astype(np.int64), painted.astype(np.int64)),
                 }
             )
             if m == pca_modality:

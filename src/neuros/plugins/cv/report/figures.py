@@ -34,9 +34,13 @@ CAPTIONS = {
     "crossmodal": "Cross-modality segmentation: accuracy and F1 of a head trained on one modality (rows) and "
     "tested on each modality (columns), per backbone.",
     "registration": "Registration: absolute shift error (patches) per modality and backbone — bar = mean over "
-    "the suite's shifts, whisker = standard deviation, dots = single shifts.",
-    "overlays": "Example test image per modality with its ground truth and the head's prediction (patch "
-    "predictions upsampled to pixels).",
+    "the suite's shifts (its value printed above it; \"exact\" when every shift was recovered), whisker = "
+    "standard deviation, dots = single shifts.",
+    "overlays": "Example test image per modality. Ground truth: pixel mask (green) with the patch labels the "
+    "tables score outlined (a patch is foreground when more than half its pixels are). Prediction: the head's "
+    "patch predictions — the ones Table 1 scores — painted onto their pixels (yellow). Under each row: this "
+    "image's patch F1 and the pixel Dice of the same predictions; small objects that no patch label covers "
+    "lower the pixel Dice, not the patch F1. Head \"majority\": one class in training, background everywhere.",
     "pca": "What the features see: the first three principal components of each backbone's feature map on the "
     "same image, shown as RGB.",
 }
@@ -99,33 +103,49 @@ def crossmodal_heatmaps(results: Mapping[str, Any]) -> Figure:
 
 
 def registration_errors(results: Mapping[str, Any]) -> Figure:
-    """Grouped bars of the registration error per modality and backbone, with error bars and single shifts."""
+    """Grouped bars of the registration error per modality and backbone, with error bars and single shifts.
+
+    The mean of every bar is printed above it ("0.00 exact" when every shift was recovered) and every single
+    shift is a dot in the backbone's colour drawn over the axis, so errors of 0 are as visible as large ones;
+    the axis always spans at least one patch.
+    """
     reg = results["registration"]
     if not reg:
         raise ValueError("results have no registration records to draw")
     bbs = list(dict.fromkeys(r["backbone"] for r in reg))
     mods = list(dict.fromkeys(r["modality"] for r in reg))
-    fig = _new(1.2 + 1.3 * len(mods) * max(1, len(bbs)) / 2 + 2.0, 3.2)
+    fig = _new(max(4.5, 1.2 + 1.3 * len(mods) * max(1, len(bbs)) / 2 + 2.0), 3.4 + 0.25 * -(-len(bbs) // 3))
     ax = fig.subplots()
     width = 0.8 / len(bbs)
     x = np.arange(len(mods), dtype=float)
+    top = max([1.0, *(float(s["error"]) for r in reg for s in r["shifts"])])
     for k, bb in enumerate(bbs):
         by = {r["modality"]: r for r in reg if r["backbone"] == bb}
         errs = [np.array([s["error"] for s in by[m]["shifts"]], dtype=float) for m in mods]
         xs = x - 0.4 + width * (k + 0.5)
         means = [by[m]["mean_error"] for m in mods]
-        ax.bar(xs, means, width * 0.9, yerr=[e.std() for e in errs], capsize=4,
-               label=f"{display_name(bb)} [{by[mods[0]]['weights']}]")
+        bars = ax.bar(xs, means, width * 0.9, yerr=[e.std() for e in errs], capsize=4,
+                      label=f"{display_name(bb)} [{by[mods[0]]['weights']}]")
+        colour = bars.patches[0].get_facecolor()
         px = np.concatenate([np.full(e.size, xx) for e, xx in zip(errs, xs, strict=True)])
-        ax.plot(px, np.concatenate(errs), "o", color="black", markersize=3, alpha=0.6)
-        for xx, mean in zip(xs, means, strict=True):  # values, so that a zero error is visible as "0.00"
-            ax.annotate(f"{mean:.2f}", (xx, mean), textcoords="offset points", xytext=(0, 3), ha="center",
-                        fontsize=8)
+        ax.plot(px, np.concatenate(errs), "o", markerfacecolor=colour, markeredgecolor="black", markersize=6,
+                linestyle="none", clip_on=False, zorder=5)
+        for xx, mean, e in zip(xs, means, errs, strict=True):  # the value, so that a zero error reads "0.00"
+            label = f"{mean:.2f}" + ("\nexact" if not e.any() else "")
+            above = max(mean + float(e.std()), float(e.max()))  # over the whisker and the dots
+            ax.annotate(label, (xx, above), textcoords="offset points", xytext=(0, 6), ha="center", va="bottom",
+                        fontsize=8, color="black")
+    if all(s["error"] == 0 for r in reg for s in r["shifts"]):
+        n = sum(len(r["shifts"]) for r in reg)
+        what = "the one shift" if n == 1 else f"all {n} shifts"
+        ax.text(0.5, 0.62, f"{what} recovered exactly\n(error 0.00 patches)", transform=ax.transAxes,
+                ha="center", va="center", fontsize=9,
+                bbox={"boxstyle": "round", "facecolor": "#e8f5e9", "edgecolor": "#2e7d32"})
     ax.set_xticks(x, [_mod(m) for m in mods])
     ax.set_ylabel("|Δdy| + |Δdx| (patches)")
-    ax.set_ylim(bottom=0)
+    ax.set_ylim(0, top * 1.3)
     ax.set_title("Registration error (lower is better)", fontsize=10)
-    ax.legend(fontsize=8)
+    fig.legend(fontsize=8, loc="outside lower center", ncols=min(len(bbs), 3))  # long names never squeeze the axes
     return fig
 
 
@@ -145,21 +165,46 @@ def _tint(ax: Any, mask: np.ndarray, colour: tuple[float, float, float]) -> None
     ax.imshow(rgba)
 
 
+def _outline_patches(ax: Any, grid: np.ndarray, stride: float, colour: str) -> None:
+    """Outline every True cell of a patch grid (the labels or predictions the tables score)."""
+    from matplotlib.collections import PatchCollection
+    from matplotlib.patches import Rectangle
+
+    cells = np.argwhere(np.asarray(grid, bool))
+    boxes = [Rectangle((j * stride - 0.5, i * stride - 0.5), stride, stride) for i, j in cells]
+    if boxes:
+        ax.add_collection(PatchCollection(boxes, facecolor="none", edgecolor=colour, linewidth=1.2))
+
+
 def overlay_figure(overlays: Sequence[Mapping[str, Any]]) -> Figure:
-    """One row per (backbone, modality): image, ground truth over the image, prediction over the image."""
+    """One row per (backbone, modality): image, ground truth, and the head's patch predictions.
+
+    The ground truth shows the pixel mask and outlines the patch labels the tables score; the prediction is
+    the patch predictions painted onto their pixels (exactly what Table 1 scores), with this image's patch F1
+    and pixel Dice under it. Overlays without patch grids (older callers) show the masks only.
+    """
     if not overlays:
         raise ValueError("no examples to draw")
-    fig = _new(7.0, 2.2 * len(overlays) + 0.2)
+    fig = _new(7.0, 2.6 * len(overlays) + 0.2)
     axes = fig.subplots(len(overlays), 3, squeeze=False)
     for row, ex in zip(axes, overlays, strict=True):
         for ax in row:
             _show(ax, ex["image"])
         _tint(row[1], np.asarray(ex["mask"], bool), (0.1, 0.9, 0.2))
         _tint(row[2], np.asarray(ex["prediction"], bool), (1.0, 0.85, 0.0))
+        if ex.get("patch_labels") is not None:
+            _outline_patches(row[1], ex["patch_labels"], ex["stride"], "white")
+            _outline_patches(row[2], ex["patch_prediction"], ex["stride"], "black")
         row[0].set_ylabel(f"{_mod(ex['modality'])}\n{display_name(ex['backbone'])}\n[{ex['weights']}]", fontsize=8)
         row[0].set_title("image", fontsize=9)
-        row[1].set_title("ground truth", fontsize=9)
-        row[2].set_title(f"prediction ({ex['head']})", fontsize=9)
+        n_lab = int(np.sum(ex["patch_labels"])) if ex.get("patch_labels") is not None else None
+        row[1].set_title("ground truth" + (f" ({n_lab} fg patches)" if n_lab is not None else ""), fontsize=9)
+        head = ex["head"]
+        row[2].set_title("prediction: majority class†" if head == "majority" else f"patch prediction ({head})",
+                         fontsize=9)
+        if ex.get("patch_f1") is not None:
+            f1 = f"{ex['patch_f1']:.2f}" if n_lab else "n/a (no fg patch)"
+            row[2].set_xlabel(f"patch F1 {f1}\npixel Dice {ex['pixel_dice']:.2f}", fontsize=8)
     return fig
 
 

@@ -17,7 +17,7 @@ from pathlib import Path
 from typing import Any
 
 from .figures import CAPTIONS
-from .tables import display_name, table1, table2, table3
+from .tables import display_name, placeholder_notes, reading_notes, table1, table2, table3
 
 __all__ = ["render_html", "write_html"]
 
@@ -31,7 +31,8 @@ th,td{border:1px solid #ccc;padding:.25rem .5rem;vertical-align:top}th{backgroun
 td.num{text-align:right;font-variant-numeric:tabular-nums}caption{text-align:left;font-weight:600;padding:.3rem 0}
 figure{margin:1rem 0}figure img{max-width:100%;height:auto;border:1px solid #eee}
 figcaption{font-size:.85rem;color:#555}pre{background:#f6f8fa;padding:.6rem;overflow:auto;font-size:.8rem}
-.weights{background:#fff8e1;border-left:4px solid #f0b400;padding:.4rem .8rem}.notes li{font-size:.88rem}
+.weights{background:#fff8e1;border-left:4px solid #f0b400;padding:.4rem .8rem}
+.placeholder{background:#fdecea;border-left:4px solid #c62828;padding:.4rem .8rem}.notes li{font-size:.88rem}
 details summary{cursor:pointer;font-weight:600;margin:.4rem 0}.scroll{overflow-x:auto;max-width:100%}
 caption{white-space:nowrap}
 """
@@ -175,6 +176,9 @@ def render_html(
     if doc.get("backbones"):
         used = ", ".join(f"{display_name(_bb_name(b))} = {b.get('weights', '?')}" for b in doc["backbones"])
         body.append(f'<p class="weights">Weights used: {escape(used)}</p>')
+    placeholder = placeholder_notes({"backbones": doc.get("backbones") or [], **results})
+    if placeholder:
+        body.append(f'<p class="placeholder" id="placeholder"><b>Placeholder.</b> {escape(placeholder[0])}</p>')
     body.append("<h2>Tables</h2>")
     known = []
     for key, caption, fn in _KNOWN_TABLES:
@@ -187,6 +191,15 @@ def render_html(
     for key, value in results.items():
         if key not in known:
             body.append(_generic(key, value))
+    if placeholder[1:]:
+        body.append('<p>Same stand-in:</p><ul class="notes" id="same-stand-in">')
+        body += [f"<li>{escape(n)}</li>" for n in placeholder[1:]]
+        body.append("</ul>")
+    reading = reading_notes({k: results[k] for k in known}) if known else []
+    if reading:
+        body.append('<p>How to read the tables:</p><ul class="notes" id="how-to-read">')
+        body += [f"<li>{escape(n)}</li>" for n in reading]
+        body.append("</ul>")
     if doc.get("notes"):
         body.append('<p>Notes (cells marked *):</p><ul class="notes">')
         body += [f"<li>{escape(str(n))}</li>" for n in doc["notes"]]

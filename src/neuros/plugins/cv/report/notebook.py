@@ -17,6 +17,7 @@ from typing import Any
 import nbformat
 from nbformat.v4 import new_code_cell, new_markdown_cell, new_notebook
 
+from ..backbones.placeholder import PLACEHOLDER_NOTE
 from .output import atomic_write_text
 
 __all__ = ["DEFAULT_NAME", "build_notebook", "execute_notebook", "write_notebook"]
@@ -58,7 +59,7 @@ def _cells(suite: str, overrides: Mapping[str, Any], out_dir: str | None) -> lis
             "import neuros.plugins.cv as cv\n"
             "from neuros.plugins.cv import estimate_translation, list_backbones, patch_correlation\n"
             "from neuros.plugins.cv.experiments.pipeline import FeatureStore, fit_head, patch_table, score_head\n"
-            "from neuros.plugins.cv.experiments.registration import shift_zero_fill\n"
+            "from neuros.plugins.cv.experiments.registration import min_overlap_patches, shift_zero_fill\n"
             "from neuros.plugins.cv.experiments.suite import build_backbone, load_suite, run_suite, suite_datasets\n"
             "from neuros.plugins.cv.report.examples import collect_examples\n"
             "from neuros.plugins.cv.report.figures import CAPTIONS, report_figures\n"
@@ -75,7 +76,7 @@ def _cells(suite: str, overrides: Mapping[str, Any], out_dir: str | None) -> lis
             "`\"pretrained\"` (real weights from a local folder or the Hugging Face cache), `\"random\"` (the "
             "real architecture, randomly initialised: a control), `\"placeholder\"` (the report's deterministic "
             "stand-in) or `\"auto\"` (pretrained when present, else placeholder). Every output names the weights "
-            "actually used."
+            f"actually used. {PLACEHOLDER_NOTE}"
         ),
         code(
             "print(list_backbones())\n"
@@ -112,7 +113,9 @@ def _cells(suite: str, overrides: Mapping[str, Any], out_dir: str | None) -> lis
         md(
             "## 5. Segmentation, one step at a time\n\n"
             "Each patch gets a label (majority of its pixels) and a head is fitted on the training patches; "
-            "with a single class in training it falls back to the majority class, as the report does."
+            "with a single class in training it falls back to the majority class (head `\"majority\"`: that "
+            "class for every patch), as the report does. Accuracy and F1 are patch-level; the suite's Table 1 "
+            "adds the pixel Dice of the same predictions painted onto pixels."
         ),
         code(
             "store = FeatureStore()\n"
@@ -128,8 +131,9 @@ def _cells(suite: str, overrides: Mapping[str, Any], out_dir: str | None) -> lis
             "## 6. Registration, one step at a time\n\n"
             "The image is shifted by whole patches (wrapped rows and columns zeroed), both are embedded, "
             "`patch_correlation` gives the cosine similarity of every patch pair and `estimate_translation` "
-            "picks the shift whose diagonal has the highest mean similarity. Convention: `(dy, dx)` such that "
-            "`image_b ≈ np.roll(image_a, (dy, dx), axis=(0, 1))`."
+            "picks the shift whose diagonal has the highest mean similarity, among the shifts that keep at least "
+            "`min_overlap` of the grid overlapping (a diagonal of one corner patch is noise, not evidence). "
+            "Convention: `(dy, dx)` such that `image_b ≈ np.roll(image_a, (dy, dx), axis=(0, 1))`."
         ),
         code(
             "dy, dx = config.shifts[0]\n"
@@ -137,8 +141,9 @@ def _cells(suite: str, overrides: Mapping[str, Any], out_dir: str | None) -> lis
             "moved = shift_zero_fill(image, (dy * p, dx * p))\n"
             "fa, fb = bb.extract(image), bb.extract(moved)\n"
             "similarity = patch_correlation(fa.flat(), fb.flat())\n"
+            "need = min_overlap_patches(fa.grid_shape, config.min_overlap)\n"
             "print('similarity', similarity.shape, 'true', (dy, dx), 'estimated',\n"
-            "      estimate_translation(similarity, grid_shape=fa.grid_shape))"
+            "      estimate_translation(similarity, grid_shape=fa.grid_shape, min_overlap=need))"
         ),
         md(
             "## 7. The whole suite\n\n"
