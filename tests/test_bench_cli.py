@@ -93,8 +93,15 @@ def test_refuses_to_clobber_and_overwrites_when_asked(tmp_path, capsys):
     assert main(["bench", "--backbones", "vit-small", "--out", str(out)]) == 2
     assert "--overwrite" in capsys.readouterr().err
     assert (out / "keep.txt").read_text() == "mine"
+    # A folder neuros-cv did not write is never replaced, even with --overwrite.
+    assert main(["bench", "--backbones", "vit-small", "--out", str(out), "--overwrite"]) == 2
+    assert "did not write" in capsys.readouterr().err and (out / "keep.txt").read_text() == "mine"
+    # Our own earlier output is replaced; a file the user added beside it stays.
+    (out / "keep.txt").unlink()
+    assert main(["bench", "--backbones", "vit-small", "--out", str(out)]) == 0
+    (out / "keep.txt").write_text("mine")
     assert main(["bench", "--backbones", "vit-small", "--out", str(out), "--overwrite"]) == 0
-    assert (out / "results.json").exists() and not (out / "keep.txt").exists()
+    assert (out / "results.json").exists() and (out / "keep.txt").read_text() == "mine"
 
 
 @pytest.mark.parametrize(

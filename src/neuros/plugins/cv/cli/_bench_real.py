@@ -65,7 +65,7 @@ def write_real_outputs(folder, config: RealSuiteConfig, results: dict, timings: 
 def run_real(args: argparse.Namespace) -> int:
     """Run the real suite from CLI arguments (``--backbones``, ``--seed``, ``--out``, ``--overwrite``)."""
     config = _config(args)
-    inputs = [c for c in (getattr(args, "config", None),) if c]
+    inputs = [c for c in (getattr(args, "config", None),) if c and Path(c).expanduser().exists()]  # a TOML file
     out = check_output_dir(args.out, args.overwrite, inputs)  # fail before computing anything
     with progress_callback(real_suite_steps(config), f"bench[{config.name}]") as tick:
         results, timings = run_real_suite(config, progress=tick)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import time
+from pathlib import Path
 
 from rich.console import Console
 from rich.markup import escape
@@ -132,7 +133,8 @@ def run(args: argparse.Namespace) -> int:
 
         return run_real(args)
     config = _config(args)
-    out = check_output_dir(args.out, args.overwrite)  # fail before computing anything
+    inputs = [args.config] if args.config and Path(args.config).expanduser().exists() else []  # a TOML file
+    out = check_output_dir(args.out, args.overwrite, inputs)  # fail before computing anything
     store = FeatureStore()
     with progress_callback(suite_steps(config), f"bench[{config.name}]") as tick:
         results, timings = run_suite(config, progress=tick, store=store)
@@ -151,7 +153,7 @@ def run(args: argparse.Namespace) -> int:
         console.print(escape(note), soft_wrap=True)
     for note in results["notes"]:
         console.print(f"* {note}", soft_wrap=True)
-    with atomic_output_dir(out, overwrite=args.overwrite) as tmp:
+    with atomic_output_dir(out, overwrite=args.overwrite, inputs=inputs, command="bench") as tmp:
         write_outputs(tmp, config, results, timings, figures)
     console.print(f"Wrote results.json, tables.md, CSVs, figures/ and report.html to {out}")
     return 0
