@@ -157,12 +157,18 @@ def _backbone_for(head, args: argparse.Namespace):
     return get_backbone(head.backbone_, **head.backbone_options_, **download_kwargs(args, head.backbone_))
 
 
+def _checked_slices(image: np.ndarray, axis: int | None) -> list[np.ndarray]:
+    """2-D slices of an input, each checked for NaN/inf and emptiness (``Batch`` puts the file name first)."""
+    slices = image_slices(image, axis=axis)
+    for k, sl in enumerate(slices):
+        as_image(sl, "image" if len(slices) == 1 else f"slice {k}")
+    return slices
+
+
 def _predict_one(p: Path, name: str, tmp: Path, head, bb, args: argparse.Namespace) -> list[str]:
     """Predict one input and write its files into ``tmp``; the names written (none left on failure)."""
     image = read_array(p, key=args.key)
-    slices = image_slices(image, axis=args.axis)
-    for k, sl in enumerate(slices):  # NaN/inf, empty: one line naming the file (Batch adds the path)
-        as_image(sl, "image" if len(slices) == 1 else f"slice {k}")
+    slices = _checked_slices(image, args.axis)
     labels, probas = [], []
     for fm in bb.extract_batch(slices):
         proba = head.predict_proba(fm)
@@ -235,7 +241,7 @@ def _encode(mask: np.ndarray, classes: np.ndarray, mp: Path) -> np.ndarray:
 
 
 def _evaluate_pair(ip: Path, mp: Path, head, bb, args: argparse.Namespace) -> tuple[list, list]:
-    ims = image_slices(read_array(ip, key=args.key), axis=args.axis)
+    ims = _checked_slices(read_array(ip, key=args.key), args.axis)
     ms = image_slices(read_array(mp, key=args.mask_key), axis=args.axis)
     if len(ims) != len(ms):
         raise ValueError(f"{ip} has {len(ims)} slice(s) but its mask {mp} has {len(ms)}")
