@@ -4,6 +4,7 @@ probability maps, overlay previews, ``segment evaluate``, and NIfTI outputs of `
 from __future__ import annotations
 
 import json
+import os
 
 import imageio.v3 as iio
 import nibabel as nib
@@ -235,3 +236,15 @@ def test_missing_weights_message_names_the_cli_flag_and_the_flag_is_passed(tmp_p
     assert "could not download facebook/dinov3-vits16" in err  # download=True reached the backbone
     assert main(["register", str(tmp_path / "a.png"), str(tmp_path / "a.png"), "--download"]) == 2
     assert "--download applies to DINOv3 backbones" in capsys.readouterr().err
+
+
+def test_written_files_honour_the_umask(em, tmp_path):
+    old = os.umask(0o022)
+    try:
+        out = tmp_path / "pred"
+        assert main(["segment", "predict", "--head", str(em / "head"), str(em / "img3.png"), "--out", str(out),
+                     "--probabilities", "--preview"]) == 0
+        modes = {p.name: p.stat().st_mode & 0o777 for p in out.iterdir()}
+    finally:
+        os.umask(old)
+    assert modes == {"img3.png": 0o644, "img3_proba.tif": 0o644, "img3_preview.png": 0o644}

@@ -14,7 +14,9 @@ import tifffile
 
 from neuros.plugins.cv.backbones.base import get_backbone
 from neuros.plugins.cv.cli import main
-from neuros.plugins.cv.cli._progress import INTERVAL_ENV, progress_callback
+from neuros.plugins.cv.cli._progress import progress_callback
+
+INTERVAL_ENV = "NEUROS_CV_PROGRESS_INTERVAL"  # seconds between plain progress lines
 
 LINE = re.compile(r"^(?P<title>.+): (?P<done>\d+)/(?P<total>\d+) \(\d+%\) elapsed \d+:\d\d:\d\d ETA (\S+)")
 

@@ -15,6 +15,7 @@ from pathlib import Path
 
 import numpy as np
 
+from ..datasets.io import honour_umask
 from .register import add_download, add_registration_options, check_nifti_out, read_image, registration_kwargs
 
 IMAGE_SUFFIXES = (".tif", ".tiff", ".png", ".jpg", ".jpeg", ".npy")
@@ -139,6 +140,8 @@ def run(args: argparse.Namespace) -> int:
             writer = csv.DictWriter(fh, fieldnames=list(rows[0]))
             writer.writeheader()
             writer.writerows(rows)
+        for t in (tmp_out, tmp_tr):
+            honour_umask(t)
         os.replace(tmp_out, out)
         os.replace(tmp_tr, tr)
     finally:

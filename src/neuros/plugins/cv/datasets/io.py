@@ -31,6 +31,7 @@ __all__ = [
     "NIFTI_SUFFIXES",
     "expand_paths",
     "file_format",
+    "honour_umask",
     "image_slices",
     "is_single_image",
     "label_palette",
@@ -291,6 +292,13 @@ def label_palette() -> np.ndarray:
     return pal
 
 
+def honour_umask(path: str | os.PathLike[str]) -> None:
+    """Give a file made by ``tempfile.mkstemp`` (mode 0600) the mode a plain ``open`` would: 0666 & ~umask."""
+    mask = os.umask(0)
+    os.umask(mask)
+    os.chmod(path, 0o666 & ~mask)
+
+
 @contextlib.contextmanager
 def _atomic_file(path: Path) -> Iterator[Path]:
     """A temporary file beside ``path`` (same suffix) renamed onto it on success, removed on failure."""
@@ -299,6 +307,7 @@ def _atomic_file(path: Path) -> Iterator[Path]:
     os.close(fd)
     try:
         yield Path(tmp)
+        honour_umask(tmp)
         os.replace(tmp, path)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
