@@ -110,7 +110,7 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
         "or into the --json record.",
         epilog="example: neuros-cv register section00.tif section01.tif --json",
     )
-    p.add_argument("image_a", metavar="A", help="reference image (TIFF, PNG, JPEG or .npy)")
+    p.add_argument("image_a", metavar="A", help="reference (fixed) image: TIFF, PNG/JPEG, NIfTI, HDF5/zarr or .npy")
     p.add_argument("image_b", metavar="B", help="moving image, same height and width as A")
     add_registration_options(p)
     add_download(p)
