@@ -18,7 +18,7 @@ import numpy as np
 from rich.markup import escape
 
 from .._validation import as_image
-from ..backbones.base import get_backbone, lookup
+from ..backbones.base import Backbone, get_backbone, lookup
 from ..datasets.io import (
     expand_paths,
     file_format,
@@ -33,6 +33,7 @@ from ..datasets.io import (
     write_probabilities,
 )
 from ..heads import list_heads, load_head, make_head
+from ..heads.base import SegmentationHead
 from ..labels import RULES
 from ..report.output import atomic_output_dir, atomic_write_text, check_output_dir, check_output_file, dumps_json
 from ._batch import Batch, add_skip_errors
@@ -153,7 +154,7 @@ def _train(args: argparse.Namespace) -> int:
     return 0
 
 
-def _backbone_for(head, args: argparse.Namespace):
+def _backbone_for(head: SegmentationHead, args: argparse.Namespace) -> Backbone:
     return get_backbone(head.backbone_, **head.backbone_options_, **download_kwargs(args, head.backbone_))
 
 
@@ -165,7 +166,8 @@ def _checked_slices(image: np.ndarray, axis: int | None) -> list[np.ndarray]:
     return slices
 
 
-def _predict_one(p: Path, name: str, tmp: Path, head, bb, args: argparse.Namespace) -> list[str]:
+def _predict_one(p: Path, name: str, tmp: Path, head: SegmentationHead, bb: Backbone,
+                 args: argparse.Namespace) -> list[str]:
     """Predict one input and write its files into ``tmp``; the names written (none left on failure)."""
     image = read_array(p, key=args.key)
     slices = _checked_slices(image, args.axis)
@@ -230,6 +232,8 @@ def _encode(mask: np.ndarray, classes: np.ndarray, mp: Path) -> np.ndarray:
     m = np.asarray(mask)
     if m.dtype == bool:
         m = m.astype(np.uint8)
+    if np.issubdtype(m.dtype, np.floating) and np.isfinite(m).all() and np.all(m == np.round(m)):
+        m = m.astype(np.int64)  # 0.0/1.0 float masks: integer labels stored as floats
     if not np.issubdtype(m.dtype, np.integer):
         raise ValueError(f"mask {mp} holds non-integer values ({m.dtype}); masks hold class labels")
     values = np.unique(m)
@@ -240,7 +244,8 @@ def _encode(mask: np.ndarray, classes: np.ndarray, mp: Path) -> np.ndarray:
     return np.searchsorted(classes, m)
 
 
-def _evaluate_pair(ip: Path, mp: Path, head, bb, args: argparse.Namespace) -> tuple[list, list]:
+def _evaluate_pair(ip: Path, mp: Path, head: SegmentationHead, bb: Backbone,
+                   args: argparse.Namespace) -> tuple[list[np.ndarray], list[np.ndarray]]:
     ims = _checked_slices(read_array(ip, key=args.key), args.axis)
     ms = image_slices(read_array(mp, key=args.mask_key), axis=args.axis)
     if len(ims) != len(ms):
@@ -253,7 +258,7 @@ def _evaluate_pair(ip: Path, mp: Path, head, bb, args: argparse.Namespace) -> tu
     return truth, pred
 
 
-def _finite(obj):
+def _finite(obj: object) -> object:
     """NaN (a class absent from an image) → None, so the JSON is standard."""
     if isinstance(obj, float):
         return obj if np.isfinite(obj) else None
