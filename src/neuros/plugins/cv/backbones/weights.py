@@ -200,7 +200,8 @@ def missing_weights_message(model_id: str, hub_id: str, timm_id: str | None) -> 
         f"Hugging Face cache). The repo is gated: accept the DINOv3 licence at https://huggingface.co/{hub_id}, "
         f"run `hf auth login`, then `hf download {hub_id}` (or let neuros-cv fetch it: --download on the "
         f"command line, download=True in Python); or download the folder elsewhere and pass "
-        f"weights='pretrained:/path/to/folder' or set {WEIGHTS_ENV}{mirror}"
+        f"--weights pretrained:/path/to/folder (weights='pretrained:/path/to/folder' in Python) or set "
+        f"{WEIGHTS_ENV}{mirror}"
     )
 
 
