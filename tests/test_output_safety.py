@@ -178,9 +178,9 @@ def test_align_on_a_full_disk_says_so_in_one_line(tmp_path, small_disk, capsys):
     tifffile.imwrite(stack, rng.random((4, 384, 384)).astype(np.float32), photometric="minisblack")
     code = main(["align", str(stack), "--backbone", "filterbank", "--out", str(small_disk / "aligned.tif"),
                  "--transforms", str(tmp_path / "t.csv")])
-    err = capsys.readouterr().err.strip().splitlines()
-    assert code == 2 and len(err) == 1
-    assert "disk full while writing" in err[0] and str(small_disk / "aligned.tif") in err[0]
+    err = _one_error(capsys)
+    assert code == 2 and err.startswith("neuros-cv align: error: disk full while writing")
+    assert str(small_disk / "aligned.tif") in err
     assert list(small_disk.iterdir()) == [] and not (tmp_path / "t.csv").exists()
 
 

@@ -20,6 +20,7 @@ their outputs into feature grids.
 from __future__ import annotations
 
 import re
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -28,7 +29,7 @@ import numpy as np
 
 from .._validation import as_image_list, check_positive_int
 from ..features import FeatureMap
-from ..preprocess import IMAGENET_MEAN, IMAGENET_STD, SAT493M_MEAN, SAT493M_STD, prepare
+from ..preprocess import IMAGENET_MEAN, IMAGENET_STD, SAT493M_MEAN, SAT493M_STD, prepare, scaled_shape
 from ..tiling import batched, stitch, tiles
 from . import weights as W
 from .base import Backbone, register_backbone, register_resolver
@@ -364,6 +365,8 @@ class DINOv3Backbone(Backbone):
             mean, std = IMAGENET_MEAN, IMAGENET_STD
         self._mean, self._std = mean, std
         self.model: Any = None
+        # Called with the number of tiles after each batch of tiles of a tiled image (progress bars).
+        self.progress: Callable[[int], None] | None = None
         self._load(mode, wseed if wseed is not None else int(seed), source, bool(download))
         self.feature_dim = self._feature_dim()
 
@@ -511,7 +514,20 @@ class DINOv3Backbone(Backbone):
             grids = self._forward(np.stack([padded[t.y0 : t.y1, t.x0 : t.x1] for t in group]))
             for t, g in zip(group, grids, strict=True):
                 stitch(out, t, g, self._stride)
+            if self.progress is not None:
+                self.progress(len(group))
         return out
+
+    def n_tiles(self, shape: tuple[int, ...]) -> int:
+        """How many tiles an image of ``shape`` (H, W[, C]) is cut into: 1 when it is not tiled.
+
+        A tiled image reports each batch of its tiles to :attr:`progress` while it is extracted.
+        """
+        h, w = scaled_shape(int(shape[0]), int(shape[1]), self.scale)
+        padded = (-(-h // self._pad) * self._pad, -(-w // self._pad) * self._pad)
+        if not self._needs_tiling(padded):
+            return 1
+        return len(tiles(padded, int(self.tile), self.overlap, self._pad))
 
     def _needs_tiling(self, shape: tuple[int, ...]) -> bool:
         return self.tile is not None and (shape[0] > self.tile or shape[1] > self.tile)

@@ -1,4 +1,8 @@
-"""``neuros-cv align STACK``: align a serial-section stack by translations → aligned TIFF + transforms CSV."""
+"""``neuros-cv align STACK``: align a serial-section stack by translations → aligned stack + transforms CSV.
+
+The aligned stack has the input's shape and axis order. A NIfTI stack gives a NIfTI output carrying the input's
+affine and header (``--out`` must then end in .nii/.nii.gz); anything else gives a TIFF.
+"""
 
 from __future__ import annotations
 
@@ -11,7 +15,9 @@ from pathlib import Path
 
 import numpy as np
 
-from .register import add_registration_options, read_image, registration_kwargs
+from ..datasets.io import honour_umask
+from ..report.output import check_output_file, disk_full_error, is_disk_full
+from .register import add_download, add_registration_options, check_nifti_out, read_image, registration_kwargs
 
 IMAGE_SUFFIXES = (".tif", ".tiff", ".png", ".jpg", ".jpeg", ".npy")
 
@@ -31,19 +37,8 @@ def read_stack(path: str | Path) -> np.ndarray:
     return read_image(p, "stack")
 
 
-def _check_out(path: Path, overwrite: bool, flag: str) -> None:
-    if path.is_dir():
-        raise IsADirectoryError(f"{flag} {path} is a folder; give a file name")
-    if path.exists() and not overwrite:
-        raise FileExistsError(f"{flag} {path} exists; pass --overwrite to replace it")
-    if not path.parent.is_dir():
-        raise FileNotFoundError(f"{flag}: folder {path.parent} does not exist")
-    if not os.access(path.parent, os.W_OK):
-        raise PermissionError(f"{flag}: cannot write to folder {path.parent}")
-
-
-def _temp_beside(path: Path) -> Path:
-    fd, name = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+def _temp_beside(path: Path, suffix: str = ".tmp") -> Path:
+    fd, name = tempfile.mkstemp(prefix=f".{path.name}.", suffix=suffix, dir=path.parent)
     os.close(fd)
     return Path(name)
 
@@ -56,13 +51,18 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
         "the translations, and write the aligned stack as a TIFF and the transforms as CSV (one row per "
         "section: dy, dx of the section relative to section 0 — the aligned section is the input moved by "
         "-dy, -dx — the pairwise registration, its score, and the backbone and weights used). Both files "
-        "appear together when everything succeeded, or not at all.",
+        "appear together when everything succeeded, or not at all. A NIfTI stack (cut along --axis, e.g. 2 "
+        "for axial MRI slices) is written back as NIfTI with its affine and header, in its own axis order.",
         epilog="example: neuros-cv align stack.tif --out aligned.tif --transforms transforms.csv",
     )
-    p.add_argument("stack", metavar="STACK", help="multi-page TIFF, 3-D .npy, or a folder of 2-D images")
-    p.add_argument("--out", required=True, help="aligned stack (TIFF)")
+    p.add_argument("stack", metavar="STACK",
+                   help="multi-page TIFF, NIfTI, HDF5/zarr, 3-D .npy, or a folder of 2-D images")
+    p.add_argument("--out", required=True, help="aligned stack: .tif, or .nii/.nii.gz (required for NIfTI input)")
+    p.add_argument("--axis", type=int, default=0,
+                   help="the section axis of a 3-D stack (default 0; the slice axis of a NIfTI, e.g. 2)")
     p.add_argument("--transforms", required=True, help="transforms (CSV)")
     add_registration_options(p)
+    add_download(p)
     p.add_argument(
         "--reference",
         choices=("previous", "running"),
@@ -74,49 +74,73 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p.set_defaults(func=run)
 
 
-def run(args: argparse.Namespace) -> int:
+def _write_aligned(tmp_out: Path, out: Path, aligned: np.ndarray, source: str, meta: dict) -> None:
+    from ..datasets.io import file_format_or_none, write_image
+
+    like = source if file_format_or_none(Path(source)) == "nifti" else None
+    if file_format_or_none(out) == "nifti":
+        write_image(tmp_out, aligned, like=like, description="neuros-cv align")
+        return
     import tifffile
 
+    photometric = "rgb" if aligned.ndim == 4 and aligned.shape[-1] in (3, 4) else "minisblack"
+    tifffile.imwrite(tmp_out, aligned, photometric=photometric, description=json.dumps(meta), metadata=None)
+
+
+def run(args: argparse.Namespace) -> int:
     from ..registration import align_stack
     from ._progress import progress_callback
 
     out, tr = Path(args.out).expanduser(), Path(args.transforms).expanduser()
     if out.resolve() == tr.resolve():
         raise ValueError("--out and --transforms must be different files")
-    _check_out(out, args.overwrite, "--out")
-    _check_out(tr, args.overwrite, "--transforms")
+    out = check_output_file(out, args.overwrite, [args.stack])
+    tr = check_output_file(tr, args.overwrite, [args.stack])
+    check_nifti_out(out, args.stack)
     kw = registration_kwargs(args)
     vol = read_stack(args.stack)
     if vol.ndim not in (3, 4):
         raise ValueError(f"STACK {args.stack} has shape {vol.shape}; expected (sections, H, W[, C])")
-    if vol.shape[0] < 2:
-        raise ValueError(f"STACK {args.stack} has {vol.shape[0]} section; a stack needs at least two to align")
-    with progress_callback(vol.shape[0], "align") as advance:
+    if not -vol.ndim <= args.axis < min(vol.ndim, 3):
+        raise ValueError(f"--axis {args.axis} is out of range for STACK {args.stack} of shape {vol.shape}")
+    sections = np.moveaxis(vol, args.axis, 0)
+    if sections.shape[0] < 2:
+        raise ValueError(f"STACK {args.stack} has {sections.shape[0]} section along axis {args.axis}; a stack needs "
+                         "at least two to align")
+    with progress_callback(sections.shape[0], "align") as advance:
         aligned, transforms = align_stack(
-            vol, reference=args.reference, order=args.order, progress=advance, **kw
+            sections, reference=args.reference, order=args.order, progress=advance, **kw
         )
+    aligned = np.moveaxis(aligned, 0, args.axis)  # the input's axis order
     meta = {
         "neuros_cv": "align",
         "source": str(args.stack),
+        "axis": args.axis,
         "backbone": transforms.backbone,
         "weights": transforms.weights,
         "reference": transforms.reference,
         "shifts": transforms.shifts.tolist(),
     }
-    tmp_out, tmp_tr = _temp_beside(out), _temp_beside(tr)
+    suffix = ".nii.gz" if out.name.lower().endswith(".nii.gz") else out.suffix
+    tmp_out, tmp_tr = _temp_beside(out, suffix), _temp_beside(tr)
     try:
-        photometric = "rgb" if aligned.ndim == 4 and aligned.shape[-1] in (3, 4) else "minisblack"
-        tifffile.imwrite(tmp_out, aligned, photometric=photometric, description=json.dumps(meta), metadata=None)
+        _write_aligned(tmp_out, out, aligned, str(args.stack), meta)
         rows = transforms.rows()
         with open(tmp_tr, "w", newline="") as fh:
             writer = csv.DictWriter(fh, fieldnames=list(rows[0]))
             writer.writeheader()
             writer.writerows(rows)
+        for t in (tmp_out, tmp_tr):
+            honour_umask(t)
         os.replace(tmp_out, out)
         os.replace(tmp_tr, tr)
+    except OSError as e:
+        if is_disk_full(e):
+            raise disk_full_error(out) from None
+        raise
     finally:
         for t in (tmp_out, tmp_tr):
             t.unlink(missing_ok=True)
-    print(f"aligned {vol.shape[0]} sections → {out}; transforms → {tr} (backbone={transforms.backbone}, "
+    print(f"aligned {sections.shape[0]} sections → {out}; transforms → {tr} (backbone={transforms.backbone}, "
           f"weights={transforms.weights})")
     return 0

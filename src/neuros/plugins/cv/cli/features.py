@@ -1,8 +1,13 @@
 """``neuros-cv features IMAGE... --backbone ID --out DIR``: dense features of images, saved with metadata.
 
 Writes one ``<stem>.npz`` (``features`` (h, w, C) float32, ``stride``, ``image_shape``) or ``<stem>.npy``
-per image and a ``features.json`` naming the backbone, the weights actually used and the preprocessing — all
+per input and a ``features.json`` naming the backbone, the weights actually used and the preprocessing — all
 into ``--out`` at once (nothing half-written on error).
+
+3-D inputs follow the rule of every command (``datasets.io.image_slices``): an (H, W, 3|4) array is one colour
+image, any other 3-D stack is cut into 2-D slices along ``--axis`` (default 0). A stack gives one file whose
+``features`` is (n_slices, h, w, C), slice k being the k-th index along ``--axis``; its ``.npz`` also holds
+``slice_axis`` and ``input_shape``.
 """
 
 from __future__ import annotations
@@ -14,10 +19,13 @@ from typing import Any
 import numpy as np
 from rich.markup import escape
 
+from .._validation import as_image
 from ..backbones.base import get_backbone, lookup
+from ..datasets.io import expand_paths, image_slices, is_single_image, read_array
 from ..report.output import atomic_output_dir, check_output_dir, dumps_json
+from ._batch import Batch, add_skip_errors
 from ._progress import progress_callback, stderr_console
-from .register import read_image
+from .register import add_download, download_kwargs
 
 SCHEMA = "neuros-cv/features/1"
 
@@ -27,12 +35,18 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
         "features",
         help="extract dense backbone features of images into .npz/.npy files",
         description=(
-            "Extract dense patch features of each IMAGE (TIFF, PNG/JPEG or .npy; 2-D or channel-last) with a "
-            "backbone and write them into --out with a features.json naming the weights actually used. "
+            "Extract dense patch features of each IMAGE (TIFF, PNG/JPEG, NIfTI, HDF5/zarr or .npy; 2-D, "
+            "channel-last, or a 3-D stack cut into slices along --axis) with a backbone and write them into --out "
+            "with a features.json naming the weights actually used. A stack gives one file with features of shape "
+            "(n_slices, h, w, C). "
             "Example: neuros-cv features em/*.tif --backbone vit-small --weights auto --out feats/"
         ),
     )
-    p.add_argument("images", nargs="+", metavar="IMAGE", help="image files")
+    p.add_argument("images", nargs="+", metavar="IMAGE", help="image files or folders")
+    p.add_argument("--key", help="dataset inside HDF5/zarr inputs")
+    p.add_argument("--axis", type=int,
+                   help="cut 3-D inputs into slices along this axis (default: RGB when the last axis is 3 or 4, "
+                   "else 0)")
     p.add_argument("--backbone", default="vit-small", help="registered id, hub id or local folder (default vit-small)")
     p.add_argument("--weights", default="auto",
                    help="auto (default), placeholder, random, random(seed=N), pretrained or pretrained:<path>")
@@ -50,15 +64,19 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--l2", action="store_true", help="L2-normalise every feature vector")
     p.add_argument("--no-norm", action="store_true", help="skip the model's final LayerNorm")
     p.add_argument("--overwrite", action="store_true", help="replace --out if it exists")
+    add_skip_errors(p)
+    add_download(p)
     p.set_defaults(func=run)
 
 
 def _options(args: argparse.Namespace) -> dict[str, Any]:
     if lookup(args.backbone).family != "dinov3":
+        download_kwargs(args, args.backbone)  # --download with a non-DINOv3 backbone: one-line error
         return {}
     return dict(weights=args.weights, layers=args.layers, layer_reduce=args.layer_reduce, stage=args.stage,
                 scale=args.scale, tile=args.tile, overlap=args.overlap, batch_size=args.batch_size,
-                device=args.device, dtype=args.dtype, l2=args.l2, norm=not args.no_norm)
+                device=args.device, dtype=args.dtype, l2=args.l2, norm=not args.no_norm,
+                **download_kwargs(args, args.backbone))
 
 
 def _stems(paths: list[Path]) -> list[str]:
@@ -72,32 +90,97 @@ def _stems(paths: list[Path]) -> list[str]:
     return out
 
 
+def _read(path: Path, args: argparse.Namespace) -> tuple[tuple[int, ...], list[np.ndarray]]:
+    """The input's shape and its 2-D slices, each checked (NaN/inf, size) before any model loads."""
+    array = read_array(path, key=args.key)
+    slices = image_slices(array, axis=args.axis)
+    for k, sl in enumerate(slices):
+        as_image(sl, "image" if len(slices) == 1 else f"slice {k}")
+    return tuple(array.shape), slices
+
+
+def _tiles(backbone: Any, shape: tuple[int, ...]) -> int:
+    n_tiles = getattr(backbone, "n_tiles", None)
+    return int(n_tiles(shape)) if n_tiles is not None else 1
+
+
+def _extract(backbone: Any, slices: list[np.ndarray], counts: list[int], batch_size: int,
+             tick: Any, label: str) -> list[Any]:
+    """Features of the slices, batched; the progress advances per tile (tiled images) or per image."""
+    done = [0]
+
+    def on_tiles(n: int) -> None:
+        done[0] += n
+        tick(escape(f"{label} (tiles)"), n)
+
+    if hasattr(backbone, "progress"):
+        backbone.progress = on_tiles
+    try:
+        maps: list[Any] = []
+        for i in range(0, len(slices), batch_size):
+            maps += backbone.extract_batch(slices[i : i + batch_size])
+            whole = sum(c for c in counts[i : i + batch_size] if c == 1)
+            done[0] += whole
+            tick(escape(label), whole)
+        return maps
+    except BaseException:
+        tick(escape(f"skipped {label}"), sum(counts) - done[0])  # keep the total honest
+        raise
+    finally:
+        if hasattr(backbone, "progress"):
+            backbone.progress = None
+
+
+def _record(path: Path, file: str, shape: tuple[int, ...], maps: list[Any], axis: int | None) -> dict[str, Any]:
+    fm = maps[0]
+    rec = {"image": str(path), "file": file, "image_shape": list(fm.image_shape), "grid_shape": list(fm.grid_shape),
+           "feature_dim": fm.feature_dim, "stride": fm.stride, "weights": fm.weights, "meta": fm.meta}
+    if not is_single_image(shape, axis):
+        rec.update(input_shape=list(shape), slice_axis=0 if axis is None else int(axis) % 3, n_slices=len(maps))
+    return rec
+
+
+def _save(tmp: Path, stem: str, fmt: str, maps: list[Any], rec: dict[str, Any]) -> None:
+    stack = "n_slices" in rec
+    feats = np.stack([fm.features for fm in maps]) if stack else maps[0].features
+    if fmt == "npy":
+        np.save(tmp / f"{stem}.npy", feats)
+        return
+    extra = {"slice_axis": np.int64(rec["slice_axis"]), "input_shape": np.asarray(rec["input_shape"])} if stack else {}
+    np.savez(tmp / f"{stem}.npz", features=feats, stride=np.float32(maps[0].stride),
+             image_shape=np.asarray(maps[0].image_shape), **extra)
+
+
 def run(args: argparse.Namespace) -> int:
-    out = check_output_dir(args.out, args.overwrite)  # fail before computing anything
-    paths = [Path(p) for p in args.images]
-    images = [read_image(p) for p in paths]  # read everything first: a bad file fails before the model loads
+    out = check_output_dir(args.out, args.overwrite, args.images)  # fail before computing anything
+    paths = expand_paths(args.images)
+    batch = Batch(args.skip_errors)
+    inputs = []
+    for path, stem in zip(paths, _stems(paths), strict=True):  # read everything before the model loads
+        ok, res = batch.run(path, _read, path, args)
+        if ok and res is not None:
+            inputs.append((path, stem, *res))
+    batch.check_some_left(len(inputs), "features")
     backbone = get_backbone(args.backbone, **_options(args))
     info = backbone.describe()
     stderr_console.print(escape(f"backbone {backbone.name}: weights = {backbone.weights}"), soft_wrap=True)
+    counts = [[_tiles(backbone, sl.shape) for sl in slices] for _, _, _, slices in inputs]
     records, arrays = [], []
-    with progress_callback(len(images), escape(f"features[{backbone.name}]")) as tick:
-        for path, stem, image in zip(paths, _stems(paths), images, strict=True):
-            fm = backbone.extract(image)
-            arrays.append((stem, fm))
-            records.append({
-                "image": str(path), "file": f"{stem}.{args.format}", "image_shape": list(fm.image_shape),
-                "grid_shape": list(fm.grid_shape), "feature_dim": fm.feature_dim, "stride": fm.stride,
-                "weights": fm.weights, "meta": fm.meta,
-            })
-            tick(escape(path.name))
-    with atomic_output_dir(out, overwrite=args.overwrite) as tmp:
-        for stem, fm in arrays:
-            if args.format == "npz":
-                np.savez(tmp / f"{stem}.npz", features=fm.features, stride=np.float32(fm.stride),
-                         image_shape=np.asarray(fm.image_shape))
-            else:
-                np.save(tmp / f"{stem}.npy", fm.features)
-        doc = {"schema": SCHEMA, "backbone": info, "weights": backbone.weights, "images": records}
+    with progress_callback(sum(map(sum, counts)), escape(f"features[{backbone.name}]")) as tick:
+        for (path, stem, shape, slices), cnt in zip(inputs, counts, strict=True):
+            ok, maps = batch.run(path, _extract, backbone, slices, cnt, args.batch_size, tick, path.name)
+            if ok and maps:
+                rec = _record(path, f"{stem}.{args.format}", shape, maps, args.axis)
+                records.append(rec)
+                arrays.append((stem, maps, rec))
+    batch.check_some_left(len(records), "features")
+    with atomic_output_dir(out, overwrite=args.overwrite, inputs=args.images, command="features") as tmp:
+        for stem, maps, rec in arrays:
+            _save(tmp, stem, args.format, maps, rec)
+        doc = {"schema": SCHEMA, "backbone": info, "weights": backbone.weights, "images": records,
+               "skipped": [{"file": f, "reason": r} for f, r in batch.skipped]}
         (tmp / "features.json").write_text(dumps_json(doc), encoding="utf-8")
-    print(f"wrote features of {len(records)} image(s) to {out} (weights: {backbone.weights})")
-    return 0
+    status = batch.finish("features")
+    n_maps = sum(len(m) for _, m, _ in arrays)
+    print(f"wrote features of {len(records)} input(s) ({n_maps} image(s)) to {out} (weights: {backbone.weights})")
+    return status

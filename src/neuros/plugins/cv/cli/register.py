@@ -1,4 +1,8 @@
-"""``neuros-cv register A B``: the translation between two images, in pixels, with a confidence score."""
+"""``neuros-cv register A B``: the translation between two images, in pixels, with a confidence score.
+
+With ``--out FILE`` it also writes B moved onto A. A NIfTI A gives a NIfTI output with A's affine and header,
+so the result overlays on A in FSLeyes / ITK-SNAP / 3D Slicer.
+"""
 
 from __future__ import annotations
 
@@ -20,6 +24,27 @@ def read_image(path: str | Path, what: str = "image") -> np.ndarray:
     if not p.exists():
         raise FileNotFoundError(f"{what} {p} does not exist or is not a file")
     return read_array(p)
+
+
+def add_download(p: argparse.ArgumentParser) -> None:
+    """``--download``: let a DINOv3 backbone fetch missing pretrained weights from the Hugging Face Hub."""
+    p.add_argument(
+        "--download",
+        action="store_true",
+        help="DINOv3 backbones: download missing pretrained weights from the Hugging Face Hub (the repos are "
+        "gated: accept the licence and run `hf auth login` first); default: never use the network",
+    )
+
+
+def download_kwargs(args: argparse.Namespace, backbone: str | None) -> dict:
+    """``{"download": True}`` for a DINOv3 ``backbone`` when ``--download`` was given, else ``{}``."""
+    if not getattr(args, "download", False):
+        return {}
+    from ..backbones.base import lookup
+
+    if backbone is None or lookup(backbone).family != "dinov3":
+        raise ValueError(f"--download applies to DINOv3 backbones, not {backbone or 'the default features'!r}")
+    return {"download": True}
 
 
 def add_registration_options(p: argparse.ArgumentParser) -> None:
@@ -44,16 +69,35 @@ def add_registration_options(p: argparse.ArgumentParser) -> None:
 
 
 def registration_kwargs(args: argparse.Namespace) -> dict:
-    """Keyword arguments of register_translation/align_stack from the shared options."""
+    """Keyword arguments of register_translation/align_stack from the shared options.
+
+    With ``--download`` the DINOv3 backbone is built here (allowed to download its weights) and passed on.
+    """
     if args.weights is not None and args.backbone is None:
         raise ValueError("--weights needs --backbone (e.g. --backbone vit-small --weights random)")
+    backbone, weights = args.backbone, args.weights
+    dl = download_kwargs(args, args.backbone)
+    if dl:
+        from ..backbones.base import get_backbone
+
+        backbone = get_backbone(args.backbone, **({"weights": weights} if weights else {}), **dl)
+        weights = None
     return {
-        "backbone": args.backbone,
-        "weights": args.weights,
+        "backbone": backbone,
+        "weights": weights,
         "max_shift": args.max_shift,
         "min_overlap": args.min_overlap,
         "fine": args.fine,
     }
+
+
+def check_nifti_out(out: Path, source: str | Path, flag: str = "--out") -> None:
+    """A NIfTI ``source`` must give a NIfTI ``out`` (a TIFF would lose its affine): one-line error otherwise."""
+    from ..datasets.io import file_format, file_format_or_none
+
+    if file_format_or_none(Path(source)) == "nifti" and file_format(out) != "nifti":
+        raise ValueError(f"{source} is NIfTI: name {flag} .nii.gz (not {out.name}) so the output keeps its "
+                         "affine and header")
 
 
 def add_parser(sub: argparse._SubParsersAction) -> None:
@@ -66,26 +110,52 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
         "or into the --json record.",
         epilog="example: neuros-cv register section00.tif section01.tif --json",
     )
-    p.add_argument("image_a", metavar="A", help="reference image (TIFF, PNG, JPEG or .npy)")
+    p.add_argument("image_a", metavar="A", help="reference (fixed) image: TIFF, PNG/JPEG, NIfTI, HDF5/zarr or .npy")
     p.add_argument("image_b", metavar="B", help="moving image, same height and width as A")
     add_registration_options(p)
+    add_download(p)
     p.add_argument("--json", action="store_true", help="print one JSON record instead of `dy dx score`")
+    p.add_argument("--out", help="also write B moved onto A to this file (.nii/.nii.gz keeps A's affine and "
+                   "header when A is NIfTI; .tif, .png or .npy otherwise)")
+    p.add_argument("--order", type=int, default=1, choices=(0, 1, 3),
+                   help="interpolation order of --out (default 1; 0 for label images)")
+    p.add_argument("--overwrite", action="store_true", help="replace the --out file if it exists")
     p.set_defaults(func=run)
 
 
 def run(args: argparse.Namespace) -> int:
     import sys
 
-    from ..registration import register_translation
+    from ..datasets.io import file_format_or_none, write_image
+    from ..registration import register_translation, shift_image
+    from ..report.output import check_output_file
 
-    kw = registration_kwargs(args)
+    out = None
+    if args.out:
+        out = check_output_file(args.out, args.overwrite, [args.image_a, args.image_b])
+        check_nifti_out(out, args.image_a)
+        if file_format_or_none(out) not in ("nifti", "tiff", "png", "npy"):
+            raise ValueError(f"--out {out}: write the moved image as .nii.gz, .tif, .png or .npy")
     a = read_image(args.image_a, "A")
     b = read_image(args.image_b, "B")
+    kw = registration_kwargs(args)
     t = register_translation(a, b, **kw)
+    if out is not None:
+        moved = shift_image(b, (-t.dy, -t.dx), order=args.order)
+        if np.issubdtype(b.dtype, np.integer):  # keep the input's dtype (labels stay labels)
+            info = np.iinfo(b.dtype)
+            moved = np.clip(np.round(moved), info.min, info.max).astype(b.dtype)
+        nifti_a = file_format_or_none(Path(args.image_a)) == "nifti"
+        desc = json.dumps({"neuros_cv": "register", "moved": str(args.image_b), "onto": str(args.image_a),
+                           "dy": t.dy, "dx": t.dx})
+        write_image(out, moved, like=args.image_a if nifti_a else None, description=desc[:79] if
+                    file_format_or_none(out) == "nifti" else desc)
     if args.json:
         rec = {"a": str(args.image_a), "b": str(args.image_b), **t.as_dict()}
         print(json.dumps(rec))
     else:
         print(f"{t.dy:.4f} {t.dx:.4f} {t.score:.4f}")
         print(f"neuros-cv register: backbone={t.backbone} weights={t.weights} method={t.method}", file=sys.stderr)
+    if out is not None:
+        print(f"neuros-cv register: B moved onto A written to {out}", file=sys.stderr)
     return 0

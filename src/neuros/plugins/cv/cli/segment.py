@@ -2,9 +2,11 @@
 
 ``segment train --images ... --masks ... --backbone NAME --head KIND --out head/`` extracts features, fits the
 head and saves it (weights + head.json naming the backbone and weights). ``segment predict --head head/
-INPUT... --out masks/`` rebuilds that backbone, predicts a pixel mask per input and writes them all at once
-(PNG for 2-D images, TIFF for stacks). Inputs: TIFF (stacks are cut into slices), PNG/JPEG, NIfTI, HDF5 and
-zarr (``--key`` names the dataset).
+INPUT... --out masks/`` rebuilds that backbone, predicts a pixel mask per input and writes them all at once:
+a palette PNG for a 2-D image (values = class values, classes visible in any viewer), a TIFF for a stack and
+a NIfTI with the input's affine and header for a NIfTI input — volumes in the input's axis order.
+``segment evaluate --head head/ --images ... --masks ...`` prints pixel Dice/IoU per class with bootstrap
+CIs. Inputs: TIFF (stacks are cut into slices), PNG/JPEG, NIfTI, HDF5 and zarr (``--key`` names the dataset).
 """
 
 from __future__ import annotations
@@ -13,13 +15,31 @@ import argparse
 from pathlib import Path
 
 import numpy as np
+from rich.markup import escape
 
-from ..backbones.base import get_backbone, lookup
-from ..datasets.io import expand_paths, image_slices, read_array, read_mask, write_mask
+from .._validation import as_image
+from ..backbones.base import Backbone, get_backbone, lookup
+from ..datasets.io import (
+    expand_paths,
+    file_format,
+    image_slices,
+    nifti_suffix,
+    output_name,
+    overlay_preview,
+    read_array,
+    read_mask,
+    stack_slices,
+    write_image,
+    write_mask,
+    write_probabilities,
+)
 from ..heads import DEFAULT_HEAD, head_class, list_heads, load_head, make_head
+from ..heads.base import SegmentationHead
 from ..labels import DEFAULT_MAX_CLASSES, RULES, check_training_masks
-from ..report.output import atomic_output_dir, check_output_dir
+from ..report.output import atomic_output_dir, atomic_write_text, check_output_dir, check_output_file, dumps_json
+from ._batch import Batch, add_skip_errors
 from ._progress import progress_callback
+from .register import add_download, download_kwargs
 
 __all__ = ["add_parser", "run"]
 
@@ -57,13 +77,52 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     t.add_argument("--out", required=True, help="folder for the trained head")
     t.add_argument("--overwrite", action="store_true", help="replace --out if it exists")
     t.add_argument("--seed", type=int, default=0, help="random seed of the head")
-    q = actions.add_parser("predict", help="predict pixel masks with a saved head")
+    q = actions.add_parser(
+        "predict", help="predict pixel masks with a saved head",
+        description="Predict a pixel mask per INPUT with a saved head and write them all into --out at once: "
+        "<name>.png for a 2-D image (a palette PNG: values are the class values, class 0 black, others in "
+        "bright colours), <name>.tif for a stack and <name>.nii.gz for a NIfTI input (the input's affine and "
+        "header); volumes keep the input's axis order whatever --axis cut them along.",
+        epilog="example: neuros-cv segment predict --head head/ scans/*.nii.gz --axis 2 --out masks/ "
+        "--probabilities --preview")
     q.add_argument("--head", required=True, help="folder written by `segment train`")
     q.add_argument("inputs", nargs="+", metavar="INPUT", help="image files or folders")
     q.add_argument("--key", help="dataset inside HDF5/zarr inputs")
     q.add_argument("--axis", type=int, help=AXIS_HELP)
     q.add_argument("--out", required=True, help="folder for the masks")
     q.add_argument("--overwrite", action="store_true", help="replace --out if it exists")
+    q.add_argument("--probabilities", action="store_true",
+                   help="also write <name>_proba.tif: float32 class probabilities per pixel, one channel per "
+                   "class (ImageJ hyperstack); <name>_proba.nii.gz with classes as the 4th axis for NIfTI inputs")
+    q.add_argument("--preview", action="store_true",
+                   help="also write <name>_preview.png: the image with the mask overlaid (volumes: middle slice)")
+    add_skip_errors(q)
+    add_download(q)
+    e = actions.add_parser(
+        "evaluate", help="score a saved head on images with known masks (pixel Dice/IoU with CIs)",
+        description="Predict each image with a saved head and compare with its mask: pixel Dice and IoU per "
+        "foreground class, mean foreground Dice (F1) and accuracy, pooled over all images, with percentile "
+        "bootstrap 95 percent CIs over images (each slice of a stack counts as one image). Mask values must be "
+        "classes the head knows.",
+        epilog="example: neuros-cv segment evaluate --head head/ --images test/raw --masks test/labels "
+        "--out scores.json")
+    e.add_argument("--head", required=True, help="folder written by `segment train`")
+    e.add_argument("--images", nargs="+", required=True, metavar="PATH", help="image files or folders")
+    e.add_argument("--masks", nargs="+", required=True, metavar="PATH", help="mask files or folders (same order)")
+    e.add_argument("--key", help="dataset inside HDF5/zarr image files")
+    e.add_argument("--mask-key", help="dataset inside HDF5/zarr mask files")
+    e.add_argument("--axis", type=int, help=AXIS_HELP)
+    e.add_argument("--out", help="also write the scores (per class, per image, CIs) to this JSON file")
+    e.add_argument("--overwrite", action="store_true", help="replace the --out file if it exists")
+    ebin = e.add_mutually_exclusive_group()
+    ebin.add_argument("--threshold", type=float, metavar="T",
+                      help="binarise masks as `segment train --threshold T` did: foreground where mask > T")
+    ebin.add_argument("--classes", type=int, nargs="+", metavar="V",
+                      help="keep these mask values as `segment train --classes` did; others become 0")
+    e.add_argument("--n-boot", type=int, default=1000, help="bootstrap replicates (default 1000)")
+    e.add_argument("--seed", type=int, default=0, help="seed of the bootstrap (default 0)")
+    add_skip_errors(e)
+    add_download(e)
     p.set_defaults(func=run)
 
 
@@ -134,29 +193,173 @@ def _class_weight(kind: str, balanced: bool | None) -> str | None:
     return "balanced" if balanced else None
 
 
+def _backbone_for(head: SegmentationHead, args: argparse.Namespace) -> Backbone:
+    return get_backbone(head.backbone_, **head.backbone_options_, **download_kwargs(args, head.backbone_))
+
+
+def _checked_slices(image: np.ndarray, axis: int | None) -> list[np.ndarray]:
+    """2-D slices of an input, each checked for NaN/inf and emptiness (``Batch`` puts the file name first)."""
+    slices = image_slices(image, axis=axis)
+    for k, sl in enumerate(slices):
+        as_image(sl, "image" if len(slices) == 1 else f"slice {k}")
+    return slices
+
+
+def _predict_one(p: Path, name: str, tmp: Path, head: SegmentationHead, bb: Backbone,
+                 args: argparse.Namespace) -> list[str]:
+    """Predict one input and write its files into ``tmp``; the names written (none left on failure)."""
+    image = read_array(p, key=args.key)
+    slices = _checked_slices(image, args.axis)
+    labels, probas = [], []
+    for fm in bb.extract_batch(slices):
+        proba = head.predict_proba(fm)
+        labels.append(head.classes_[proba.argmax(axis=2)])
+        if args.probabilities:
+            probas.append(proba)
+    mask = stack_slices(labels, args.axis, image.shape)
+    nifti = file_format(p) == "nifti"
+    if nifti:
+        mask_file = f"{name}{nifti_suffix(p)}"
+    else:
+        mask_file = f"{name}.png" if mask.ndim == 2 and mask.max() < 256 else f"{name}.tif"
+    jobs = [(mask_file, lambda f: write_mask(f, mask, like=p if nifti else None))]
+    if args.probabilities:
+        proba_file = f"{name}_proba{nifti_suffix(p) if nifti else '.tif'}"
+        stacked = stack_slices(probas, args.axis, image.shape)
+        jobs.append((proba_file, lambda f: write_probabilities(f, stacked, like=p if nifti else None,
+                                                               classes=head.classes_.tolist())))
+    if args.preview:
+        mid = len(slices) // 2
+        jobs.append((f"{name}_preview.png", lambda f: write_image(f, overlay_preview(slices[mid], labels[mid]))))
+    written: list[str] = []
+    try:
+        for fname, write in jobs:
+            write(tmp / fname)
+            written.append(fname)
+    except BaseException:
+        for fname in written:
+            (tmp / fname).unlink(missing_ok=True)
+        raise
+    return written
+
+
 def _predict(args: argparse.Namespace) -> int:
     head = load_head(args.head)
-    out = check_output_dir(args.out, args.overwrite)
+    inputs = [*args.inputs, args.head]
+    out = check_output_dir(args.out, args.overwrite, inputs)
     paths = expand_paths(args.inputs)
-    names = [p.name.split(".")[0] for p in paths]
+    names = [output_name(p) for p in paths]
     dup = sorted({n for n in names if names.count(n) > 1})
     if dup:
         raise ValueError(f"inputs share output name(s) {', '.join(dup)}; predict them into separate folders")
-    bb = get_backbone(head.backbone_, **head.backbone_options_)
-    with progress_callback(len(paths), "segment predict") as tick, atomic_output_dir(out, args.overwrite) as tmp:
+    bb = _backbone_for(head, args)
+    batch, n_files, n_ok = Batch(args.skip_errors), 0, 0
+    with (progress_callback(len(paths), "segment predict") as tick,
+          atomic_output_dir(out, args.overwrite, inputs, "segment predict") as tmp):
         for p, name in zip(paths, names, strict=True):
-            slices = image_slices(read_array(p, key=args.key), axis=args.axis)
-            labels = head.predict(bb.extract_batch(slices))
-            stack = np.stack(labels)
-            if len(slices) == 1 and stack.max() < 256:
-                write_mask(tmp / f"{name}.png", stack[0])
-            else:
-                # Slices are stacked on axis 0 whatever --axis cut them from.
-                write_mask(tmp / f"{name}.tif", stack if len(slices) > 1 else stack[0])
-            tick(f"predicted {p.name}")
-    print(f"Wrote {len(paths)} mask file(s) to {out} ({head.kind} head, {head.backbone_} [{head.weights_}])")
-    return 0
+            ok, files = batch.run(p, _predict_one, p, name, tmp, head, bb, args)
+            n_ok += ok
+            n_files += len(files or [])
+            tick(escape(f"{'predicted' if ok else 'skipped'} {p.name}"))
+        batch.check_some_left(n_ok, "segment predict")
+    status = batch.finish("segment predict")
+    print(f"Wrote {n_files} file(s) for {n_ok} input(s) to {out} ({head.kind} head, {head.backbone_} "
+          f"[{head.weights_}])")
+    return status
+
+
+def _encode(mask: np.ndarray, classes: np.ndarray, mp: Path) -> np.ndarray:
+    """Mask values → class indices 0..K-1 of the head; values it does not know are a one-line error."""
+    m = np.asarray(mask)
+    if m.dtype == bool:
+        m = m.astype(np.uint8)
+    if np.issubdtype(m.dtype, np.floating) and np.isfinite(m).all() and np.all(m == np.round(m)):
+        m = m.astype(np.int64)  # 0.0/1.0 float masks: integer labels stored as floats
+    if not np.issubdtype(m.dtype, np.integer):
+        raise ValueError(f"mask {mp} holds non-integer values ({m.dtype}); masks hold class labels")
+    values = np.unique(m)
+    unknown = np.setdiff1d(values, classes)
+    if unknown.size:
+        raise ValueError(f"mask {mp} holds value(s) {unknown[:5].tolist()} that the head does not know (its "
+                         f"classes: {classes.tolist()}); give masks with the values the head was trained on")
+    return np.searchsorted(classes, m)
+
+
+def _evaluate_pair(ip: Path, mp: Path, head: SegmentationHead, bb: Backbone,
+                   args: argparse.Namespace) -> tuple[list[np.ndarray], list[np.ndarray]]:
+    ims = _checked_slices(read_array(ip, key=args.key), args.axis)
+    ms = image_slices(read_mask(mp, key=args.mask_key), axis=args.axis)
+    if args.threshold is not None or args.classes:  # the same rule segment train applied to its masks
+        ms = check_training_masks(ms, [f"{mp.name}[{k}]" for k in range(len(ms))], threshold=args.threshold,
+                                  classes=args.classes, cli=True)
+    if len(ims) != len(ms):
+        raise ValueError(f"{ip} has {len(ims)} slice(s) but its mask {mp} has {len(ms)}")
+    for k, (im, m) in enumerate(zip(ims, ms, strict=True)):
+        if m.shape != im.shape[:2]:
+            raise ValueError(f"mask {mp}[{k}] shape {m.shape} does not match image {ip} shape {im.shape[:2]}")
+    truth = [_encode(m, head.classes_, mp) for m in ms]
+    pred = [np.searchsorted(head.classes_, lab) for lab in head.predict(bb.extract_batch(ims))]
+    return truth, pred
+
+
+def _finite(obj: object) -> object:
+    """NaN (a class absent from an image) → None, so the JSON is standard."""
+    if isinstance(obj, float):
+        return obj if np.isfinite(obj) else None
+    if isinstance(obj, dict):
+        return {k: _finite(v) for k, v in obj.items()}
+    if isinstance(obj, list):
+        return [_finite(v) for v in obj]
+    return obj
+
+
+def _ci(v: list[float]) -> str:
+    return f"[{v[0]:.3f}, {v[1]:.3f}]"
+
+
+def _evaluate(args: argparse.Namespace) -> int:
+    from ..metrics import score_images
+
+    head = load_head(args.head)
+    inputs = [*args.images, *args.masks, args.head]
+    if args.out:
+        check_output_file(args.out, args.overwrite, inputs)  # fail before computing anything
+    img_paths, mask_paths = expand_paths(args.images), expand_paths(args.masks)
+    if len(img_paths) != len(mask_paths):
+        raise ValueError(f"{len(img_paths)} image files but {len(mask_paths)} mask files; give one mask per image")
+    if args.n_boot < 1:
+        raise ValueError(f"--n-boot must be at least 1, got {args.n_boot}")
+    bb = _backbone_for(head, args)
+    batch, truths, preds, used = Batch(args.skip_errors), [], [], []
+    with progress_callback(len(img_paths), "segment evaluate") as tick:
+        for ip, mp in zip(img_paths, mask_paths, strict=True):
+            ok, res = batch.run(ip, _evaluate_pair, ip, mp, head, bb, args)
+            if ok and res is not None:
+                truths += res[0]
+                preds += res[1]
+                used.append({"image": str(ip), "mask": str(mp), "n_slices": len(res[0])})
+            tick(escape(f"{'scored' if ok else 'skipped'} {ip.name}"))
+    batch.check_some_left(len(used), "segment evaluate")
+    classes = head.classes_
+    scores = score_images(truths, preds, len(classes), class_names=[str(c) for c in classes],
+                          n_boot=args.n_boot, seed=args.seed)
+    print(f"{len(used)} image file(s), {scores['n_images']} image(s) scored with {head.kind} head on "
+          f"{head.backbone_} [{head.weights_}]; 95% bootstrap CIs over images")
+    for name, c in scores["classes"].items():
+        print(f"class {name}: Dice {c['dice']:.3f} {_ci(c['dice_ci'])}  IoU {c['iou']:.3f} {_ci(c['iou_ci'])}  "
+              f"({c['n_pixels']} pixels)")
+    print(f"mean foreground Dice (F1) {scores['f1']:.3f} {_ci(scores['f1_ci'])}; pixel accuracy "
+          f"{scores['accuracy']:.3f} {_ci(scores['accuracy_ci'])}")
+    status = batch.finish("segment evaluate")
+    if args.out:
+        doc = {"schema": "neuros-cv/evaluate/1", "head": str(args.head), "kind": head.kind,
+               "backbone": head.backbone_, "weights": head.weights_, "classes": classes.tolist(),
+               "n_boot": args.n_boot, "seed": args.seed, "inputs": used,
+               "skipped": [{"file": f, "reason": r} for f, r in batch.skipped], **scores}
+        atomic_write_text(args.out, dumps_json(_finite(doc)), overwrite=args.overwrite, inputs=inputs)
+        print(f"scores written to {args.out}")
+    return status
 
 
 def run(args: argparse.Namespace) -> int:
-    return _train(args) if args.action == "train" else _predict(args)
+    return {"train": _train, "predict": _predict, "evaluate": _evaluate}[args.action](args)

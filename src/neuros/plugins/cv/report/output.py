@@ -35,7 +35,9 @@ __all__ = [
     "check_not_input",
     "check_output_dir",
     "check_output_file",
+    "disk_full_error",
     "dumps_json",
+    "is_disk_full",
     "owned_files",
 ]
 
@@ -83,7 +85,8 @@ def _apply_umask(root: Path) -> None:
                 os.chmod(p, file_mode | (mode & 0o100 and 0o111 & ~mask))
 
 
-def _is_disk_full(e: BaseException) -> bool:
+def is_disk_full(e: BaseException) -> bool:
+    """Whether ``e`` says the disk (or the quota) is full, including numpy's errno-less short-write error."""
     if isinstance(e, OSError) and e.errno in (errno.ENOSPC, errno.EDQUOT):
         return True
     # numpy's ndarray.tofile (used by tifffile) raises OSError("N requested and M written") with no errno.
@@ -91,15 +94,18 @@ def _is_disk_full(e: BaseException) -> bool:
     return isinstance(e, OSError) and "requested and" in text and "written" in text
 
 
-def _disk_full_error(target: Path) -> OSError:
+def disk_full_error(target: Path) -> OSError:
+    """A one-line ENOSPC error naming ``target`` and the space left."""
     where = target if target.exists() else target.parent
     try:
         free = shutil.disk_usage(where).free
         free_txt = f" ({free / 2**20:.1f} MiB free)"
     except OSError:
         free_txt = ""
-    return OSError(errno.ENOSPC, f"disk full while writing {target}{free_txt}: nothing was written; free some "
-                   "space or choose an output on another disk")
+    err = OSError(f"disk full while writing {target}{free_txt}: nothing was written; free some space or choose "
+                  "an output on another disk")
+    err.errno = errno.ENOSPC  # set after construction so that str(err) stays one plain sentence
+    return err
 
 
 def check_not_input(out: PathLike, inputs: Iterable[PathLike] = ()) -> Path:
@@ -315,8 +321,8 @@ def atomic_output_dir(
         _commit(tmp, path, command)
     except BaseException as e:
         shutil.rmtree(tmp, ignore_errors=True)
-        if _is_disk_full(e):
-            raise _disk_full_error(path) from None
+        if is_disk_full(e):
+            raise disk_full_error(path) from None
         raise
     finally:
         if tmp.exists() and tmp != path:
@@ -351,8 +357,8 @@ def atomic_output_file(out: PathLike, overwrite: bool = False, inputs: Iterable[
     except BaseException as e:
         with contextlib.suppress(OSError):
             tmp.unlink()
-        if _is_disk_full(e):
-            raise _disk_full_error(path) from None
+        if is_disk_full(e):
+            raise disk_full_error(path) from None
         raise
 
 

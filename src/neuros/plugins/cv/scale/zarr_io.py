@@ -146,11 +146,13 @@ def write_ome_zarr(
 def _tiff_sections(src: Path) -> tuple[tuple[int, int, int], Any, Callable[[], Iterator[np.ndarray]]]:
     import tifffile
 
+    from ..datasets.io import open_tiff
+
     if src.is_dir():
         files = sorted(f for f in src.iterdir() if f.suffix.lower() in TIFF_SUFFIXES)
         if not files:
             raise ValueError(f"folder {src} holds no TIFF files")
-        with tifffile.TiffFile(files[0]) as tf:
+        with open_tiff(files[0]) as tf:  # a bad file: one line naming it
             page = tf.pages[0]
             h, w, dtype = page.shape[0], page.shape[1], page.dtype
 
@@ -162,7 +164,7 @@ def _tiff_sections(src: Path) -> tuple[tuple[int, int, int], Any, Callable[[], I
                 yield sec
 
         return (len(files), h, w), dtype, it
-    with tifffile.TiffFile(src) as tf:
+    with open_tiff(src) as tf:  # a bad file: one line naming it
         series = tf.series[0]
         shape, dtype = series.shape, series.dtype
     if len(shape) == 2:
