@@ -17,6 +17,7 @@ import time
 from collections.abc import Callable, Iterator
 
 from rich.console import Console
+from rich.markup import escape
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.text import Text
 
@@ -110,3 +111,11 @@ def progress_callback(total: int, title: str) -> Iterator[Callable[..., None]]:
             prog.update(task, advance=n, description=message)
 
         yield advance
+
+
+def note_placeholder(name: str, weights: object) -> None:
+    """Say on stderr, in one line, when ``name`` ran the placeholder rather than a network (never silently)."""
+    from ..backbones.placeholder import is_placeholder, placeholder_notice
+
+    if is_placeholder(weights):
+        stderr_console.print(escape(placeholder_notice(name)), soft_wrap=True, style="yellow")

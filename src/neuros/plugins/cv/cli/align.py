@@ -89,7 +89,7 @@ def _write_aligned(tmp_out: Path, out: Path, aligned: np.ndarray, source: str, m
 
 def run(args: argparse.Namespace) -> int:
     from ..registration import align_stack
-    from ._progress import progress_callback
+    from ._progress import note_placeholder, progress_callback
 
     out, tr = Path(args.out).expanduser(), Path(args.transforms).expanduser()
     if out.resolve() == tr.resolve():
@@ -112,6 +112,7 @@ def run(args: argparse.Namespace) -> int:
             sections, reference=args.reference, order=args.order, progress=advance, **kw
         )
     aligned = np.moveaxis(aligned, 0, args.axis)  # the input's axis order
+    note_placeholder(str(transforms.backbone), transforms.weights)
     meta = {
         "neuros_cv": "align",
         "source": str(args.stack),

@@ -24,7 +24,7 @@ from ..backbones.base import get_backbone, lookup
 from ..datasets.io import expand_paths, image_slices, is_single_image, read_array
 from ..report.output import atomic_output_dir, check_output_dir, dumps_json
 from ._batch import Batch, add_skip_errors
-from ._progress import progress_callback, stderr_console
+from ._progress import note_placeholder, progress_callback, stderr_console
 from .register import add_download, download_kwargs
 
 SCHEMA = "neuros-cv/features/1"
@@ -164,6 +164,7 @@ def run(args: argparse.Namespace) -> int:
     backbone = get_backbone(args.backbone, **_options(args))
     info = backbone.describe()
     stderr_console.print(escape(f"backbone {backbone.name}: weights = {backbone.weights}"), soft_wrap=True)
+    note_placeholder(backbone.name, backbone.weights)
     counts = [[_tiles(backbone, sl.shape) for sl in slices] for _, _, _, slices in inputs]
     records, arrays = [], []
     with progress_callback(sum(map(sum, counts)), escape(f"features[{backbone.name}]")) as tick:

@@ -140,6 +140,9 @@ def run(args: argparse.Namespace) -> int:
     b = read_image(args.image_b, "B")
     kw = registration_kwargs(args)
     t = register_translation(a, b, **kw)
+    from ._progress import note_placeholder
+
+    note_placeholder(str(t.backbone), t.weights)
     if out is not None:
         moved = shift_image(b, (-t.dy, -t.dx), order=args.order)
         if np.issubdtype(b.dtype, np.integer):  # keep the input's dtype (labels stay labels)

@@ -38,7 +38,7 @@ from ..heads.base import SegmentationHead
 from ..labels import DEFAULT_MAX_CLASSES, RULES, check_training_masks
 from ..report.output import atomic_output_dir, atomic_write_text, check_output_dir, check_output_file, dumps_json
 from ._batch import Batch, add_skip_errors
-from ._progress import progress_callback
+from ._progress import note_placeholder, progress_callback
 from .register import add_download, download_kwargs
 
 __all__ = ["add_parser", "run"]
@@ -147,6 +147,7 @@ def _train(args: argparse.Namespace) -> int:
         raise ValueError(f"{len(img_paths)} image files but {len(mask_paths)} mask files; give one mask per image")
     class_weight = _class_weight(args.head, args.balanced)
     bb = get_backbone(args.backbone, **opts)
+    note_placeholder(bb.name, bb.weights)
     steps = 2 * len(img_paths) + len(img_paths) + 1
     with progress_callback(steps, "segment train") as tick:
         images = _read_slices(img_paths, args.key, args.axis, tick)
@@ -194,7 +195,9 @@ def _class_weight(kind: str, balanced: bool | None) -> str | None:
 
 
 def _backbone_for(head: SegmentationHead, args: argparse.Namespace) -> Backbone:
-    return get_backbone(head.backbone_, **head.backbone_options_, **download_kwargs(args, head.backbone_))
+    bb = get_backbone(head.backbone_, **head.backbone_options_, **download_kwargs(args, head.backbone_))
+    note_placeholder(bb.name, bb.weights)
+    return bb
 
 
 def _checked_slices(image: np.ndarray, axis: int | None) -> list[np.ndarray]:
