@@ -29,6 +29,16 @@ def _chunks(text: str) -> tuple[int, int, int]:
     return parts[0], parts[1], parts[2]
 
 
+def _positive(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        value = float("nan")
+    if not value > 0:
+        raise argparse.ArgumentTypeError(f"expected a positive number of seconds, got {text!r}")
+    return value
+
+
 def _common(p: argparse.ArgumentParser) -> None:
     p.add_argument("input", metavar="INPUT.zarr", help="zarr array or OME-Zarr group holding a (z, y, x) volume")
     p.add_argument("--out", required=True, metavar="OUTPUT.zarr", help="output zarr group (resumed if it holds "
@@ -36,7 +46,9 @@ def _common(p: argparse.ArgumentParser) -> None:
     p.add_argument("--scheduler", default=None, metavar="ADDRESS",
                    help="a running Dask scheduler (tcp://host:8786); default: a LocalCluster on 127.0.0.1")
     p.add_argument("--workers", type=int, default=2, help="LocalCluster worker processes (default 2)")
-    p.add_argument("--timeout", type=float, default=10.0, help="seconds to wait for --scheduler (default 10)")
+    p.add_argument("--timeout", type=_positive, default=10.0,
+                   help="seconds to wait for --scheduler to answer, and for a lost scheduler or workers mid-run "
+                   "before giving up (default 10)")
     p.add_argument("--block", type=_block, default=None, metavar="Y,X",
                    help="block size in pixels, multiples of 16 (default: the input chunk rounded up to 16)")
     p.add_argument("--component", default=None, help="array inside a zarr group (default: OME-Zarr level 0)")
@@ -96,6 +108,26 @@ def _raise_interrupt(signum, frame):  # SIGTERM (e.g. a batch system's time limi
     raise KeyboardInterrupt
 
 
+LEDGERS = {"features": "features", "segment": "labels", "align": "aligned"}
+
+
+def _interrupted(cmd: str, out: str) -> str:
+    """What an interrupted run leaves behind, truthfully: finished blocks in ``out``, or nothing."""
+    from ..scale.resume import done_indices
+
+    path = Path(out).expanduser()
+    prefix = f"neuros-cv volume {cmd}: interrupted; "
+    if not path.exists():
+        return prefix + f"nothing was written ({path} was not created)"
+    try:
+        n = len(done_indices(path, LEDGERS[cmd]))
+    except Exception:  # not (yet) an output of this command: say so, never claim blocks
+        return prefix + f"no finished blocks were written to {path}"
+    if n == 0:
+        return prefix + f"no block had finished; {path} holds no results yet (re-run the same command to start)"
+    return prefix + f"{n} finished block{'s' * (n != 1)} kept in {path} — re-run the same command to resume"
+
+
 def run(args: argparse.Namespace) -> int:
     from ._progress import progress_callback
 
@@ -110,13 +142,16 @@ def run(args: argparse.Namespace) -> int:
         return 0
 
     from ..scale import dask_client, volume_align, volume_features, volume_segment
+    from ..scale.cluster import probe_scheduler, quiet_distributed
     from ..scale.features import plan_blocks
     from ..scale.models import worker_backbone, worker_head
     from ..scale.segment import head_backbone
     from ..scale.zarr_io import open_volume
 
-    # Bad input fails here, before a cluster starts.
+    # Bad input and an unreachable --scheduler fail here, before models are built or a cluster starts.
     arr = open_volume(args.input, getattr(args, "level", 0), args.component)
+    if args.scheduler:
+        probe_scheduler(args.scheduler, args.timeout)
     if cmd == "features":
         plan_blocks(arr, worker_backbone(args.backbone, args.weights), args.block, args.halo)
     elif cmd == "segment":
@@ -125,9 +160,10 @@ def run(args: argparse.Namespace) -> int:
         raise ValueError(f"--retries must be >= 0, got {args.retries}")
     old = signal.signal(signal.SIGTERM, _raise_interrupt)
     try:
-        with dask_client(args.scheduler, n_workers=args.workers, timeout=args.timeout) as client:
+        with quiet_distributed(), dask_client(args.scheduler, n_workers=args.workers,
+                                              timeout=args.timeout) as client:
             common = dict(block=args.block, component=args.component, retries=args.retries,
-                          overwrite=args.overwrite, progress=progress_callback)
+                          overwrite=args.overwrite, progress=progress_callback, timeout=args.timeout)
             if cmd == "features":
                 rec = volume_features(args.input, args.out, client, backbone=args.backbone, weights=args.weights,
                                       halo=args.halo, scaling=args.scaling, level=args.level, **common)
@@ -140,8 +176,7 @@ def run(args: argparse.Namespace) -> int:
                 rec = volume_align(args.input, args.out, client, backbone=backbone, weights=weights,
                                    register_level=args.register_level, order=args.order, **kw, **common)
     except KeyboardInterrupt:
-        print(f"neuros-cv volume {cmd}: interrupted; finished blocks are kept in {args.out} — re-run the same "
-              "command to resume", file=sys.stderr)
+        print(_interrupted(cmd, args.out), file=sys.stderr)
         return 130
     finally:
         signal.signal(signal.SIGTERM, old)

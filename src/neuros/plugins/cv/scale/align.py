@@ -28,7 +28,7 @@ import scipy.ndimage as ndi
 from .blocks import Block, iter_blocks, n_blocks
 from .features import pending_blocks, resolve_block
 from .models import PATCH, worker_backbone
-from .resume import ProgressFactory, finish_output, mark_done, open_output, run_blocks
+from .resume import DEFAULT_TIMEOUT, ProgressFactory, finish_output, mark_done, open_output, run_blocks
 from .zarr_io import open_volume
 
 __all__ = ["accumulate_shifts", "read_extent", "shift_region", "volume_align"]
@@ -128,6 +128,7 @@ def volume_align(
     retries: int = 2,
     overwrite: bool = False,
     progress: ProgressFactory | None = None,
+    timeout: float = DEFAULT_TIMEOUT,
     **register_kw: Any,
 ) -> dict[str, Any]:
     """Align the sections of a zarr volume by translations, on a Dask cluster, into ``out``.
@@ -187,7 +188,8 @@ def volume_align(
     if "shifts" not in meta:
         pair = dask.delayed(_pair_task, pure=False)
         tasks = [((k, 0, 0), pair(xl[k - 1], xl[k], bname, weights, factor, register_kw)) for k in range(1, z)]
-        rep = run_blocks(client, tasks, total=z - 1, retries=retries, progress=progress, title="register pairs")
+        rep = run_blocks(client, tasks, total=z - 1, retries=retries, progress=progress, title="register pairs",
+                        timeout=timeout)
         res = [rep.results[(k, 0, 0)] for k in range(1, z)]
         pairwise = np.array([[0.0, 0.0]] + [[r[0], r[1]] for r in res])
         meta.update(
@@ -207,7 +209,8 @@ def volume_align(
         ry, rx = read_extent(b.core_y, sy, h), read_extent(b.core_x, sx, w)
         region = x[b.z, slice(*ry), slice(*rx)] if ry[0] < ry[1] and rx[0] < rx[1] else None
         tasks.append((b.index, fn(region, b, (ry[0], rx[0]), (sy, sx), task)))
-    report = run_blocks(client, tasks, total=len(blocks), retries=retries, progress=progress, title="shift")
+    report = run_blocks(client, tasks, total=len(blocks), retries=retries, progress=progress, title="shift",
+                        timeout=timeout)
     finish_output(group, blocks=report.as_dict())
     return {**run, "output": str(out), "resumed": resumed, "shifts": shifts.tolist(),
             "scores": meta["scores"], "registration": meta["registration"], **report.as_dict()}

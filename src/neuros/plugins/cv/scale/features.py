@@ -18,7 +18,7 @@ import numpy as np
 
 from .blocks import Block, check_geometry, iter_blocks, n_blocks
 from .models import PATCH, default_halo, worker_backbone
-from .resume import ProgressFactory, done_indices, finish_output, mark_done, open_output, run_blocks
+from .resume import DEFAULT_TIMEOUT, ProgressFactory, done_indices, finish_output, mark_done, open_output, run_blocks
 from .zarr_io import open_volume
 
 __all__ = [
@@ -141,6 +141,7 @@ def volume_features(
     retries: int = 2,
     overwrite: bool = False,
     progress: ProgressFactory | None = None,
+    timeout: float = DEFAULT_TIMEOUT,
 ) -> dict[str, Any]:
     """Dense features of every section of a zarr volume, blockwise on a Dask cluster, into ``out``.
 
@@ -204,7 +205,8 @@ def volume_features(
 
     fn = dask.delayed(_features_block, pure=False)
     tasks = [(b.index, fn(x[b.z, slice(*b.read_y), slice(*b.read_x)], b, task)) for b in todo]
-    report = run_blocks(client, tasks, total=len(blocks), retries=retries, progress=progress, title="features")
+    report = run_blocks(client, tasks, total=len(blocks), retries=retries, progress=progress, title="features",
+                        timeout=timeout)
     record = {**run, "output": str(out), "features_shape": [z, gh, gw, dim], "resumed": resumed, **report.as_dict()}
     finish_output(group, blocks=report.as_dict())
     return record

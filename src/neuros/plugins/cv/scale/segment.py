@@ -19,7 +19,7 @@ import numpy as np
 from .blocks import Block, iter_blocks, n_blocks
 from .features import intensity_range, pending_blocks, plan_blocks, scale_intensity
 from .models import PATCH, worker_backbone, worker_head
-from .resume import ProgressFactory, finish_output, open_output, run_blocks
+from .resume import DEFAULT_TIMEOUT, ProgressFactory, finish_output, open_output, run_blocks
 from .zarr_io import open_volume
 
 __all__ = ["head_backbone", "section_probabilities", "volume_segment"]
@@ -92,6 +92,7 @@ def volume_segment(
     retries: int = 2,
     overwrite: bool = False,
     progress: ProgressFactory | None = None,
+    timeout: float = DEFAULT_TIMEOUT,
 ) -> dict[str, Any]:
     """Segment every section of a zarr volume with a saved head, blockwise on a Dask cluster.
 
@@ -142,6 +143,7 @@ def volume_segment(
                         bool(save_proba))
     fn = dask.delayed(_segment_block, pure=False)
     tasks = [(b.index, fn(x[b.z, slice(*b.read_y), slice(*b.read_x)], b, task)) for b in todo]
-    report = run_blocks(client, tasks, total=len(blocks), retries=retries, progress=progress, title="segment")
+    report = run_blocks(client, tasks, total=len(blocks), retries=retries, progress=progress, title="segment",
+                        timeout=timeout)
     finish_output(group, blocks=report.as_dict())
     return {**run, "output": str(out), "resumed": resumed, **report.as_dict()}
