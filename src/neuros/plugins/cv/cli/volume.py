@@ -39,6 +39,14 @@ def _positive(text: str) -> float:
     return value
 
 
+def _voxel_opts(p: argparse.ArgumentParser, default: str) -> None:
+    p.add_argument("--voxel-size", type=float, nargs=3, default=None, metavar=("Z", "Y", "X"),
+                   help=f"voxel size of the input (e.g. 50 4.6 4.6 for ssTEM); default: {default}")
+    p.add_argument("--voxel-unit", default=None, metavar="UNIT",
+                   help="unit of --voxel-size: nanometer (nm), micrometer (um), millimeter (mm), … "
+                   "(default: the input's)")
+
+
 def _common(p: argparse.ArgumentParser) -> None:
     p.add_argument("input", metavar="INPUT.zarr", help="zarr array or OME-Zarr group holding a (z, y, x) volume")
     p.add_argument("--out", required=True, metavar="OUTPUT.zarr", help="output zarr group (resumed if it holds "
@@ -54,6 +62,7 @@ def _common(p: argparse.ArgumentParser) -> None:
     p.add_argument("--component", default=None, help="array inside a zarr group (default: OME-Zarr level 0)")
     p.add_argument("--retries", type=int, default=2, help="extra attempts for a failing block (default 2)")
     p.add_argument("--overwrite", action="store_true", help="replace OUTPUT.zarr instead of resuming it")
+    _voxel_opts(p, "the input's OME-Zarr metadata (a plain zarr array: 1 voxel, no unit)")
 
 
 def _feature_opts(p: argparse.ArgumentParser) -> None:
@@ -101,6 +110,7 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     c.add_argument("--chunks", type=_chunks, default=(1, 512, 512), metavar="Z,Y,X", help="default 1,512,512")
     c.add_argument("--levels", type=int, default=1, help="resolution levels, each halving y and x (default 1)")
     c.add_argument("--overwrite", action="store_true", help="replace OUTPUT.zarr")
+    _voxel_opts(c, "the NIfTI header's, or a TIFF's ImageJ/resolution tags; else 1 voxel, no unit")
     p.set_defaults(func=run)
 
 
@@ -137,19 +147,27 @@ def run(args: argparse.Namespace) -> int:
 
         if args.levels < 1:
             raise ValueError(f"--levels must be >= 1, got {args.levels}")
-        out = convert_to_zarr(args.input, args.out, chunks=args.chunks, levels=args.levels, overwrite=args.overwrite)
-        print(f"converted {args.input} → {out}")
+        from ..scale.ome import read_geometry
+
+        out = convert_to_zarr(args.input, args.out, chunks=args.chunks, levels=args.levels, overwrite=args.overwrite,
+                              voxel_size=args.voxel_size, voxel_unit=args.voxel_unit)
+        geo = read_geometry(out)
+        note = "" if any(geo.units) else " (no physical size known: pass --voxel-size Z Y X --voxel-unit UNIT)"
+        print(f"converted {args.input} → {out} (OME-Zarr; voxel size z × y × x = {geo.describe()}){note}")
         return 0
 
     from ..scale import dask_client, volume_align, volume_features, volume_segment
     from ..scale.cluster import probe_scheduler, quiet_distributed
     from ..scale.features import plan_blocks
     from ..scale.models import worker_backbone, worker_head
+    from ..scale.ome import read_geometry
     from ..scale.segment import head_backbone
     from ..scale.zarr_io import open_volume
 
     # Bad input and an unreachable --scheduler fail here, before models are built or a cluster starts.
     arr = open_volume(args.input, getattr(args, "level", 0), args.component)
+    read_geometry(args.input, getattr(args, "level", 0), args.component).with_voxel_size(args.voxel_size,
+                                                                                           args.voxel_unit)
     if args.scheduler:
         probe_scheduler(args.scheduler, args.timeout)
     if cmd == "features":
@@ -163,7 +181,8 @@ def run(args: argparse.Namespace) -> int:
         with quiet_distributed(), dask_client(args.scheduler, n_workers=args.workers,
                                               timeout=args.timeout) as client:
             common = dict(block=args.block, component=args.component, retries=args.retries,
-                          overwrite=args.overwrite, progress=progress_callback, timeout=args.timeout)
+                          overwrite=args.overwrite, progress=progress_callback, timeout=args.timeout,
+                          voxel_size=args.voxel_size, voxel_unit=args.voxel_unit)
             if cmd == "features":
                 rec = volume_features(args.input, args.out, client, backbone=args.backbone, weights=args.weights,
                                       halo=args.halo, scaling=args.scaling, level=args.level, **common)
@@ -180,6 +199,7 @@ def run(args: argparse.Namespace) -> int:
         return 130
     finally:
         signal.signal(signal.SIGTERM, old)
-    summary = {k: rec[k] for k in ("backbone", "weights", "total", "computed", "skipped") if k in rec}
+    summary = {k: rec[k] for k in ("backbone", "weights", "total", "computed", "skipped", "voxel_size", "voxel_unit")
+               if k in rec}
     print(f"volume {cmd} → {Path(args.out)}: {json.dumps(summary)}")
     return 0

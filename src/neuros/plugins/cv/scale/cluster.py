@@ -25,6 +25,7 @@ _ADDRESS = re.compile(r"^(tcp|tls|inproc|ucx|ws|wss)://\S+$|^[\w.\-\[\]:]+:\d+$"
 # A Dask handshake is a few dozen bytes; anything claiming more than this is not one (an HTTP reply's
 # "HTTP/1.0" read as a frame length is 3 EiB, which is what made Dask itself try to allocate 3.07 EiB).
 _MAX_HANDSHAKE = 1 << 16
+_RESUME = "re-run the same command to resume (finished blocks are kept)"
 _HINT = "check the address and that a Dask scheduler runs there (`dask scheduler`), or leave out --scheduler"
 
 
@@ -301,7 +302,15 @@ class SchedulerWatch:
     def lost(self) -> SchedulerError:
         """The error for a connection the client has given up on."""
         return SchedulerError(self.address, f"the connection to the scheduler was lost {self._where()}",
-                              hint="finished blocks are kept: re-run the same command to resume")
+                              hint=_RESUME)
+
+    def broken(self, error: BaseException) -> SchedulerError:
+        """The error for a scheduler call that failed or timed out (``error``) mid-run."""
+        if isinstance(error, TimeoutError):
+            reason = f"the scheduler stopped answering {self._where()}: no reply within {self.timeout:g} s"
+        else:
+            reason = f"the connection to the scheduler was lost {self._where()} ({type(error).__name__})"
+        return SchedulerError(self.address, reason, hint=_RESUME)
 
     def check(self) -> None:
         """Raise :class:`SchedulerError` if the scheduler or every worker has been gone for ``timeout`` s."""
@@ -315,10 +324,7 @@ class SchedulerWatch:
         try:
             workers = self.client.sync(self.client.scheduler.ncores, callback_timeout=self.timeout)
         except Exception as e:  # TimeoutError, CommClosedError, OSError: the scheduler is gone
-            kind = "stopped answering" if isinstance(e, TimeoutError) else f"failed ({type(e).__name__})"
-            raise SchedulerError(self.address, f"the scheduler {kind} {self._where()}; no reply within "
-                                 f"{self.timeout:g} s", hint="finished blocks are kept: re-run the same command "
-                                 "to resume") from None
+            raise self.broken(e) from None
         now = time.monotonic()
         self.last_ok, self.next_ping = now, now + self.interval
         if workers:

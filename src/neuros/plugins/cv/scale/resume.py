@@ -208,6 +208,8 @@ def run_blocks(
     BlockFailures
         After every other block finished, if some still failed; the message names them by index.
     """
+    from concurrent.futures import CancelledError
+
     from distributed import as_completed
 
     from .cluster import SchedulerWatch
@@ -232,17 +234,21 @@ def run_blocks(
                     if fut.status == "cancelled":  # the client lost the scheduler and cancelled everything
                         raise watch.lost()
                     idx = by_key[fut.key]
-                    if fut.status == "finished":
-                        results[idx] = fut.result(timeout=watch.timeout)
+                    ok = fut.status == "finished"
+                    try:
+                        value = fut.result(timeout=watch.timeout) if ok else fut.exception(timeout=watch.timeout)
+                    except (OSError, TimeoutError, CancelledError) as e:  # the scheduler went away meanwhile
+                        raise watch.broken(e) from None
+                    if ok:
+                        results[idx] = value
                         watch.progress()
                         if advance is not None:
                             advance(f"block {idx}")
+                        fut.release()
                     else:
-                        failed.append((idx, fut.key, fut.exception(timeout=watch.timeout)))
+                        failed.append((idx, fut.key, value))  # kept until the scheduler says how often it ran
                         if advance is not None:
                             advance(f"block {idx} FAILED")
-                        continue  # kept until the scheduler is asked how often it was tried
-                    fut.release()
         failed.sort(key=lambda t: t[0])
         attempts = _attempts(client, [k for _, k, _ in failed]) if failed else []
     finally:
