@@ -73,7 +73,7 @@ def _dead_port() -> int:
 def test_scheduler_that_does_not_answer_fails_within_timeout(tmp_path, capsys):
     addr = f"tcp://127.0.0.1:{_dead_port()}"
     t0 = time.perf_counter()
-    with pytest.raises(ConnectionError, match="cannot reach a Dask scheduler at .*: connection refused"):
+    with pytest.raises(ConnectionError, match=r"cannot reach a Dask scheduler at .*: connection refused"):
         connect(addr, timeout=1.5)
     assert time.perf_counter() - t0 < 15
     z = zarr.create_array(str(tmp_path / "in.zarr"), shape=(1, 32, 32), chunks=(1, 32, 32), dtype="uint8")

@@ -19,7 +19,7 @@ import threading
 import time
 from pathlib import Path
 
-import distributed.comm.addressing  # noqa: F401 - imported up front: the timings below are the probe's own
+import distributed.comm.addressing  # imported up front: the timings below are the probe's own
 import distributed.protocol  # noqa: F401
 import numpy as np
 import pytest

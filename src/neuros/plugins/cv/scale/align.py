@@ -198,7 +198,7 @@ def volume_align(
         pair = dask.delayed(_pair_task, pure=False)
         tasks = [((k, 0, 0), pair(xl[k - 1], xl[k], bname, weights, factor, register_kw)) for k in range(1, z)]
         rep = run_blocks(client, tasks, total=z - 1, retries=retries, progress=progress, title="register pairs",
-                        timeout=timeout)
+                        timeout=timeout, gather=True)
         res = [rep.results[(k, 0, 0)] for k in range(1, z)]
         pairwise = np.array([[0.0, 0.0]] + [[r[0], r[1]] for r in res])
         meta.update(

@@ -178,7 +178,8 @@ def connect(address: str, timeout: float = 10.0):
 
 
 _LOGGERS = ("distributed", "distributed.client", "distributed.nanny", "distributed.worker", "distributed.scheduler",
-            "distributed.core", "distributed.comm", "distributed.deploy", "distributed.process")
+            "distributed.core", "distributed.comm", "distributed.deploy", "distributed.process",
+            "asyncio")  # asyncio: "Task exception was never retrieved" of Dask's abandoned gathers
 
 
 @contextlib.contextmanager
@@ -312,14 +313,17 @@ class SchedulerWatch:
             reason = f"the connection to the scheduler was lost {self._where()} ({type(error).__name__})"
         return SchedulerError(self.address, reason, hint=_RESUME)
 
-    def check(self) -> None:
-        """Raise :class:`SchedulerError` if the scheduler or every worker has been gone for ``timeout`` s."""
+    def check(self, force: bool = False) -> None:
+        """Raise :class:`SchedulerError` if the scheduler or every worker has been gone for ``timeout`` s.
+
+        Pings the scheduler if ``force`` or if the last ping is ``timeout / 3`` s old.
+        """
         now = time.monotonic()
         if self.client.status != "running":
             if self.client.status in ("closed", "closing") or now - self.last_ok > self.timeout:
                 raise self.lost()
             return
-        if now < self.next_ping:
+        if now < self.next_ping and not force:
             return
         try:
             workers = self.client.sync(self.client.scheduler.ncores, callback_timeout=self.timeout)

@@ -183,6 +183,7 @@ def run_blocks(
     progress: ProgressFactory | None = None,
     title: str = "blocks",
     timeout: float = DEFAULT_TIMEOUT,
+    gather: bool = False,
 ) -> RunReport:
     """Compute delayed block tasks on ``client`` (each writes its block and marker); results by index.
 
@@ -199,6 +200,9 @@ def run_blocks(
         ``progress(n, title)`` -> context manager yielding ``advance(message)`` (``cli._progress``'s shape).
     timeout : float
         Seconds the scheduler may be unreachable, silent or without workers before the run stops.
+    gather : bool
+        Fetch each task's return value into ``RunReport.results`` (default: only count the blocks; their
+        results are in the output already).
 
     Raises
     ------
@@ -236,8 +240,15 @@ def run_blocks(
                     idx = by_key[fut.key]
                     ok = fut.status == "finished"
                     try:
-                        value = fut.result(timeout=watch.timeout) if ok else fut.exception(timeout=watch.timeout)
-                    except (OSError, TimeoutError, CancelledError) as e:  # the scheduler went away meanwhile
+                        if ok:
+                            value = fut.result(timeout=watch.timeout) if gather else None
+                        else:
+                            value = fut.exception(timeout=watch.timeout)
+                    except TimeoutError:  # its worker died with the result (Dask recomputes it) or all is gone
+                        watch.check(force=True)
+                        pending.add(fut)
+                        continue
+                    except (OSError, CancelledError) as e:  # the scheduler went away meanwhile
                         raise watch.broken(e) from None
                     if ok:
                         results[idx] = value
