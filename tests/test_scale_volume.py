@@ -111,7 +111,7 @@ def test_segment_with_saved_head_equals_whole_sections(client, tmp_path):
     lo, hi = rec["intensity_range"]
     ref = np.stack([section_probabilities(s, bb, hd, lo, hi) for s in vol])
     np.testing.assert_allclose(np.moveaxis(g["probabilities/0"][...], 0, -1), ref, rtol=0, atol=1e-6)
-    np.testing.assert_array_equal(g["labels"][...], hd.classes_[ref.argmax(axis=-1)])
+    np.testing.assert_array_equal(g["0"][...], hd.classes_[ref.argmax(axis=-1)])  # OME-Zarr label image, level 0
     assert g.attrs["neuros_cv"]["complete"] is True
 
 

@@ -90,7 +90,7 @@ class VoxelGeometry:
         pre = [1.0] if channels else []
         out: list[dict[str, Any]] = [{"type": "scale", "scale": pre + [float(v) for v in self.scale]}]
         if any(self.translation):
-            out.append({"type": "translation", "translation": pre + [float(v) for v in self.translation]})
+            out.append({"type": "translation", "translation": [0.0] * len(pre) + [float(v) for v in self.translation]})
         return out
 
     def axes(self, channels: bool = False) -> list[dict[str, str]]:

@@ -25,6 +25,7 @@ from .zarr_io import open_volume
 
 __all__ = ["head_backbone", "section_probabilities", "volume_segment"]
 
+LABELS = "0"  # the label image's level 0 ("labels" is the name NGFF reserves for a group of label images)
 PROBA = "probabilities/0"  # an OME-Zarr image of its own inside the label image's group
 
 
@@ -64,7 +65,7 @@ def _segment_block(region: np.ndarray, block: Block, task: _SegmentTask) -> tupl
     core = proba[block.inner()]
     group = zarr.open_group(task.out, mode="r+")
     sl = (block.z, slice(*block.core_y), slice(*block.core_x))
-    labels = group["labels"]
+    labels = group[LABELS]
     labels[sl] = np.asarray(head.classes_)[core.argmax(axis=2)].astype(labels.dtype)
     if task.save_proba:  # (K, z, y, x): OME-NGFF axis order
         group[PROBA][(slice(None), *sl)] = np.moveaxis(core, -1, 0).astype(np.float32)
@@ -105,8 +106,8 @@ def volume_segment(
     ----------
     src, out, client
         As in :func:`~neuros.plugins.cv.scale.features.volume_features`; ``out`` is an OME-Zarr label image
-        (``image-label`` metadata, ``source`` pointing to the input): ``labels`` (z, y, x) with the head's class
-        values at the input's voxel size and, with ``save_proba``, an OME-Zarr image ``probabilities`` whose
+        (``image-label`` metadata, ``source`` pointing to the input): array ``0`` (z, y, x) holds the head's
+        class values at the input's voxel size and, with ``save_proba``, an OME-Zarr image ``probabilities`` whose
         array ``probabilities/0`` is (K, z, y, x) float32 (axes c, z, y, x).
     head : path-like
         A folder written by ``SegmentationHead.save``; its backbone and weights are used for the features.
@@ -137,9 +138,9 @@ def volume_segment(
         "task": "segment", "input": str(Path(src).expanduser().resolve()), "component": arr.path, "shape": [z, h, w],
         "head": str(head_dir), "head_kind": getattr(hd, "kind", type(hd).__name__), "classes": classes.tolist(),
         "backbone": bb.name, "weights": bb.weights, "block": [by, bx], "halo": halo, "intensity_range": [lo, hi],
-        "probabilities": bool(save_proba), "layout": "czyx",
+        "probabilities": bool(save_proba), "layout": "ome-0.5",
     }
-    arrays = {"labels": {"shape": (z, h, w), "chunks": (1, by, bx), "dtype": _label_dtype(classes), "fill_value": 0,
+    arrays = {LABELS: {"shape": (z, h, w), "chunks": (1, by, bx), "dtype": _label_dtype(classes), "fill_value": 0,
                          "dimension_names": ("z", "y", "x")}}
     if save_proba:
         k = len(classes)
@@ -147,7 +148,7 @@ def volume_segment(
                          "dimension_names": ("c", "z", "y", "x")}
     group, resumed = open_output(out, run, arrays, {"labels": n_blocks(arr.shape, (by, bx))}, overwrite)
     name = ome_name(out)
-    write_image_metadata(group, name, [("labels", geometry)])
+    write_image_metadata(group, name, [(LABELS, geometry)])
     write_label_metadata(group, classes.tolist(), relative_source(src, out))
     if save_proba:
         write_image_metadata(group["probabilities"], f"{name} probabilities", [("0", geometry)], channels=True)
