@@ -78,27 +78,32 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
         "volume",
         help="whole volumes on Dask: blockwise features, segmentation, alignment; TIFF/NIfTI → zarr",
         description="Process a zarr / OME-Zarr volume block by block on dask.distributed (a LocalCluster on "
-        "this machine, or --scheduler ADDRESS), writing results to zarr. Each block is marked done after its "
-        "data is written: re-running the same command after an interruption computes only the missing blocks. "
-        "A block that still fails after its retries is reported by its (z, iy, ix) index.",
-        epilog="examples:\n  neuros-cv volume convert stack.tif --out em.zarr --levels 3\n"
+        "this machine, or --scheduler ADDRESS), writing results to OME-Zarr (axes, units and voxel sizes that "
+        "napari, Fiji and ome-zarr read). Each block is marked done after its data is written: re-running the "
+        "same command after an interruption computes only the missing blocks. A block that still fails after "
+        "its retries is reported by its (z, iy, ix) index; a scheduler that cannot be reached, or is lost "
+        "mid-run, is one error line within --timeout.",
+        epilog="examples:\n  neuros-cv volume convert stack.tif --out em.zarr --levels 3 --voxel-size 50 4.6 4.6 "
+        "--voxel-unit nm\n"
         "  neuros-cv volume features em.zarr --out feats.zarr --backbone filterbank\n"
         "  neuros-cv volume segment em.zarr --head myhead/ --out labels.zarr\n"
         "  neuros-cv volume align em.zarr --out aligned.zarr --scheduler tcp://10.0.0.5:8786",
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     vs = p.add_subparsers(dest="volume_command", metavar="ACTION", required=True)
-    f = vs.add_parser("features", help="dense patch features of every section → zarr (z, y/16, x/16, C)")
+    f = vs.add_parser("features", help="dense patch features of every section → OME-Zarr image (c, z, y/16, x/16)")
     _common(f)
     _feature_opts(f)
     f.add_argument("--backbone", default="vit-small", help="registered backbone (default vit-small)")
     f.add_argument("--weights", default=None, help="backbone weights: placeholder, random, pretrained, auto")
-    s = vs.add_parser("segment", help="apply a saved segmentation head blockwise → zarr labels (z, y, x)")
+    s = vs.add_parser("segment", help="apply a saved segmentation head blockwise → OME-Zarr label image (z, y, x)")
     _common(s)
     _feature_opts(s)
     s.add_argument("--head", required=True, help="folder of a saved head (its backbone and weights are used)")
-    s.add_argument("--probabilities", action="store_true", help="also write probabilities (z, y, x, K)")
-    a = vs.add_parser("align", help="align sections by translations (pairs in parallel, blockwise shift) → zarr")
+    s.add_argument("--probabilities", action="store_true",
+                   help="also write probabilities: OME-Zarr image probabilities/0 (K, z, y, x)")
+    a = vs.add_parser("align",
+                      help="align sections by translations (pairs in parallel, blockwise shift) → OME-Zarr image")
     _common(a)
     add_registration_options(a)
     a.add_argument("--register-level", type=int, default=0,
