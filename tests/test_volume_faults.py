@@ -11,6 +11,7 @@ import contextlib
 import http.server
 import json
 import os
+import re
 import signal
 import socket
 import subprocess
@@ -85,8 +86,10 @@ def _markers(out: Path) -> int:
 
 
 def _error_lines(stderr: str) -> list[str]:
-    """stderr without progress lines (the bar / periodic lines start with the run's title)."""
-    return [ln for ln in stderr.splitlines() if ln.strip() and not ln.lstrip().startswith(("features", "blocks"))]
+    """stderr without progress lines (a bar or periodic line: "features … 12/256 …")."""
+    progress = re.compile(r"\b\d+\s*/\s*\d+\b")
+    return [ln for ln in stderr.splitlines()
+            if ln.strip() and (ln.startswith("neuros-cv") or not progress.search(ln))]
 
 
 # --- before the run: wrong addresses -------------------------------------------------------------------------
