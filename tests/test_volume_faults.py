@@ -154,11 +154,6 @@ def test_http_reply_is_recognised_not_read_as_a_frame_length():
             probe_scheduler(f"tcp://127.0.0.1:{s.getsockname()[1]}", timeout=TIMEOUT)
 
 
-def test_unresolvable_host_is_one_line():
-    with pytest.raises(SchedulerError, match=r"cannot resolve host 'no-such-host\.invalid'"):
-        probe_scheduler("tcp://no-such-host.invalid:8786", timeout=TIMEOUT)
-
-
 def test_probe_accepts_a_real_scheduler():
     from distributed import LocalCluster
 
@@ -210,7 +205,7 @@ def _reference(vol: np.ndarray) -> np.ndarray:
 
 
 @pytest.mark.timeout(300)
-@pytest.mark.parametrize("victim", ["worker", "scheduler"])
+@pytest.mark.parametrize("victim", ["worker", "scheduler", pytest.param("stopped", marks=pytest.mark.slow)])
 def test_losing_the_worker_or_the_scheduler_mid_run_is_one_line_then_resumes(victim, tmp_path):
     src, vol = _volume(tmp_path / "in.zarr")
     out = tmp_path / "f.zarr"
@@ -220,7 +215,10 @@ def test_losing_the_worker_or_the_scheduler_mid_run_is_one_line_then_resumes(vic
             cmd = _cli("features", str(src), "--out", str(out), "--weights", "placeholder", "--scheduler", address,
                        "--timeout", str(TIMEOUT))
             proc = _run_until_markers(cmd, out, 3)
-            (worker if victim == "worker" else sched).kill()
+            if victim == "stopped":  # alive but silent: the connection stays open, nothing answers
+                sched.send_signal(signal.SIGSTOP)
+            else:
+                (worker if victim == "worker" else sched).kill()
             t0 = time.monotonic()
             _, err = proc.communicate(timeout=60)
             elapsed = time.monotonic() - t0
@@ -230,7 +228,8 @@ def test_losing_the_worker_or_the_scheduler_mid_run_is_one_line_then_resumes(vic
     lines = _error_lines(err)
     assert proc.returncode == 2 and len(lines) == 1 and "Traceback" not in err, err[-3000:]
     assert lines[0].startswith(f"neuros-cv volume: error: cannot reach a Dask scheduler at {address}: ")
-    reason = "has had no workers for 3 s mid-run" if victim == "worker" else "was lost mid-run"
+    reason = {"worker": "has had no workers for 3 s mid-run", "scheduler": "was lost mid-run",
+              "stopped": "stopped answering mid-run"}[victim]
     assert reason in lines[0] and "blocks finished" in lines[0]
     assert elapsed < TIMEOUT + 15, elapsed  # the watchdog's timeout, the ping interval, and the shutdown
     done = _markers(out)
