@@ -134,3 +134,21 @@ def test_tiff_with_sections_as_planes_of_one_page(tmp_path):
     tifffile.imwrite(tmp_path / "rgbish.tif", vol, photometric="rgb", planarconfig="separate")
     convert_to_zarr(tmp_path / "rgbish.tif", tmp_path / "r.zarr")
     np.testing.assert_array_equal(open_volume(tmp_path / "r.zarr")[...], vol)
+
+
+@pytest.mark.parametrize("content", [b"\x00\x01garbage" * 50, b"II*\x00" + b"\xff" * 8])
+def test_convert_names_a_damaged_tiff_in_one_line(content, tmp_path, capsys):
+    bad = tmp_path / "corrupt.tif"
+    bad.write_bytes(content)
+    assert main(["volume", "convert", str(bad), "--out", str(tmp_path / "c.zarr")]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith(f"neuros-cv volume: error: {bad} is not a valid TIFF") and err.count("\n") == 1
+    assert not (tmp_path / "c.zarr").exists()
+    folder = tmp_path / "sections"
+    folder.mkdir()
+    tifffile.imwrite(folder / "s00.tif", np.zeros((16, 16), dtype=np.uint8))
+    (folder / "s01.tif").write_bytes(content)
+    assert main(["volume", "convert", str(folder), "--out", str(tmp_path / "f.zarr")]) == 2
+    err = capsys.readouterr().err
+    assert f"{folder / 's01.tif'} is not a valid TIFF" in err and err.count("\n") == 1
+    assert not (tmp_path / "f.zarr").exists()

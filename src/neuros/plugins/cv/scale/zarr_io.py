@@ -144,6 +144,29 @@ def write_ome_zarr(
     write_image_metadata(root, name or ome_name(path), datasets)
 
 
+def _tiff_header(path: Path) -> tuple[tuple[int, ...], Any]:
+    """Shape and dtype of a TIFF's first series; ``ValueError`` naming the file if it is not a valid TIFF."""
+    import logging
+
+    import tifffile
+
+    log = logging.getLogger("tifffile")
+    level = log.level
+    log.setLevel(logging.ERROR)  # its warnings about a damaged file would be a second line; the error says it
+    try:
+        with tifffile.TiffFile(path) as tf:
+            if not tf.series:
+                raise ValueError("it holds no image")
+            return tuple(int(v) for v in tf.series[0].shape), tf.series[0].dtype
+    except Exception as e:  # tifffile raises several types for damaged files
+        if isinstance(e, (FileNotFoundError, PermissionError)):
+            raise
+        detail = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        raise ValueError(f"{path} is not a valid TIFF ({detail}); check the file or convert it again") from None
+    finally:
+        log.setLevel(level)
+
+
 def _tiff_sections(src: Path) -> tuple[tuple[int, int, int], Any, Callable[[], Iterator[np.ndarray]]]:
     import tifffile
 
@@ -151,25 +174,23 @@ def _tiff_sections(src: Path) -> tuple[tuple[int, int, int], Any, Callable[[], I
         files = sorted(f for f in src.iterdir() if f.suffix.lower() in TIFF_SUFFIXES)
         if not files:
             raise ValueError(f"folder {src} holds no TIFF files")
-        with tifffile.TiffFile(files[0]) as tf:
-            page = tf.pages[0]
-            h, w, dtype = page.shape[0], page.shape[1], page.dtype
+        first, dtype = _tiff_header(files[0])
+        h, w = first[-2:]
 
         def it() -> Iterator[np.ndarray]:
             for f in files:
+                _tiff_header(f)  # a damaged file is named, not a traceback
                 sec = tifffile.imread(f)
                 if sec.shape != (h, w):
                     raise ValueError(f"TIFF {f.name} has shape {sec.shape}, expected ({h}, {w}) like {files[0].name}")
                 yield sec
 
         return (len(files), h, w), dtype, it
-    with tifffile.TiffFile(src) as tf:
-        series = tf.series[0]
-        shape, dtype = series.shape, series.dtype
+    shape, dtype = _tiff_header(src)
     if len(shape) == 2:
         shape = (1, *shape)
     if len(shape) != 3:
-        raise ValueError(f"TIFF {src} has shape {series.shape}; expected a greyscale (z, y, x) stack")
+        raise ValueError(f"TIFF {src} has shape {shape}; expected a greyscale (z, y, x) stack")
 
     def it_pages() -> Iterator[np.ndarray]:
         with tifffile.TiffFile(src) as tf:
