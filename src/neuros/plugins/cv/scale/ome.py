@@ -197,7 +197,16 @@ def write_label_metadata(group, classes: Sequence[int] | None = None, source: st
 
 
 def relative_source(src: str | os.PathLike[str], out: str | os.PathLike[str]) -> str | None:
-    """``src`` relative to the group ``out`` (NGFF label ``source.image``), or None if on another drive."""
+    """``src`` relative to the group ``out`` (NGFF label ``source.image``); None if ``src`` is not an OME-Zarr
+    image (a plain zarr array) or lies on another drive."""
+    import zarr
+
+    try:
+        attrs = zarr.open_group(str(Path(src).expanduser()), mode="r").attrs.asdict()
+    except Exception:  # a plain array, or not zarr at all
+        return None
+    if not (attrs.get("ome", {}).get("multiscales") or attrs.get("multiscales")):
+        return None
     try:
         return Path(os.path.relpath(Path(src).expanduser().resolve(), Path(out).expanduser().resolve())).as_posix()
     except ValueError:
