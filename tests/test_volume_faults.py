@@ -204,6 +204,19 @@ def _reference(vol: np.ndarray) -> np.ndarray:
     return np.stack([section_features(s, bb, 0.0, 255.0) for s in vol])
 
 
+def _resume_and_check(src: Path, out: Path, vol: np.ndarray, done: int) -> None:
+    """A fresh (threaded) cluster finishes the rest, to the same features as an uninterrupted run."""
+    from distributed import Client, LocalCluster
+
+    with LocalCluster(n_workers=1, processes=False, threads_per_worker=1, dashboard_address=None) as cluster, \
+            Client(cluster, set_as_default=False) as client:
+        rec = volume_features(src, out, client, backbone="vit-small", weights="placeholder")
+    assert rec["resumed"] and rec["skipped"] >= done and rec["computed"] == 256 - rec["skipped"]
+    assert zarr.open_group(str(out), mode="r").attrs["neuros_cv"]["complete"] is True
+    np.testing.assert_array_equal(np.moveaxis(zarr.open_group(str(out), mode="r")["features"][...], 0, -1),
+                                  _reference(vol))
+
+
 @pytest.mark.timeout(300)
 @pytest.mark.parametrize("victim", ["worker", "scheduler", pytest.param("stopped", marks=pytest.mark.slow)])
 def test_losing_the_worker_or_the_scheduler_mid_run_is_one_line_then_resumes(victim, tmp_path):
@@ -234,15 +247,7 @@ def test_losing_the_worker_or_the_scheduler_mid_run_is_one_line_then_resumes(vic
     assert elapsed < TIMEOUT + 15, elapsed  # the watchdog's timeout, the ping interval, and the shutdown
     done = _markers(out)
     assert 3 <= done < 256
-    # A fresh cluster finishes the rest, to the same features as an uninterrupted run.
-    from distributed import Client, LocalCluster
-
-    with LocalCluster(n_workers=1, processes=False, threads_per_worker=1, dashboard_address=None) as cluster, \
-            Client(cluster, set_as_default=False) as client:
-        rec = volume_features(src, out, client, backbone="vit-small", weights="placeholder")
-    assert rec["resumed"] and rec["skipped"] >= done and rec["computed"] == 256 - rec["skipped"]
-    np.testing.assert_array_equal(np.moveaxis(zarr.open_group(str(out), mode="r")["features"][...], 0, -1),
-                                  _reference(vol))
+    _resume_and_check(src, out, vol, done)
 
 
 # --- Ctrl-C ---------------------------------------------------------------------------------------------------
@@ -262,12 +267,7 @@ def test_ctrl_c_with_a_local_cluster_is_one_line_exit_130_and_resumes(tmp_path):
     done = _markers(out)
     assert lines[0].startswith("neuros-cv volume features: interrupted; ")
     assert f"finished blocks kept in {out}" in lines[0] and int(lines[0].split("; ")[1].split()[0]) <= done
-    rc = main(["volume", "features", str(src), "--out", str(out), "--weights", "placeholder", "--workers", "1"])
-    assert rc == 0
-    meta = zarr.open_group(str(out), mode="r").attrs["neuros_cv"]
-    assert meta["complete"] is True and meta["blocks"]["skipped"] >= done
-    np.testing.assert_array_equal(np.moveaxis(zarr.open_group(str(out), mode="r")["features"][...], 0, -1),
-                                  _reference(vol))
+    _resume_and_check(src, out, vol, done)
 
 
 def test_interrupt_message_tells_the_truth(tmp_path):
