@@ -251,7 +251,8 @@ def run_blocks(
                     except (OSError, CancelledError) as e:  # the scheduler went away meanwhile
                         raise watch.broken(e) from None
                     if ok:
-                        results[idx] = value
+                        if gather:
+                            results[idx] = value
                         watch.progress()
                         if advance is not None:
                             advance(f"block {idx}")
