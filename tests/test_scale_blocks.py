@@ -73,14 +73,16 @@ def _dead_port() -> int:
 def test_scheduler_that_does_not_answer_fails_within_timeout(tmp_path, capsys):
     addr = f"tcp://127.0.0.1:{_dead_port()}"
     t0 = time.perf_counter()
-    with pytest.raises(ConnectionError, match="no Dask scheduler answered"):
+    with pytest.raises(ConnectionError, match=r"cannot reach a Dask scheduler at .*: connection refused"):
         connect(addr, timeout=1.5)
     assert time.perf_counter() - t0 < 15
     z = zarr.create_array(str(tmp_path / "in.zarr"), shape=(1, 32, 32), chunks=(1, 32, 32), dtype="uint8")
     z[:] = 0
     rc = main(["volume", "features", str(tmp_path / "in.zarr"), "--out", str(tmp_path / "o.zarr"),
                "--scheduler", addr, "--timeout", "1"])
-    assert rc == 2 and "no Dask scheduler answered" in capsys.readouterr().err
+    err = capsys.readouterr().err
+    assert rc == 2 and err.startswith(f"neuros-cv volume: error: cannot reach a Dask scheduler at {addr}: ")
+    assert err.count("\n") == 1
     with pytest.raises(ValueError, match="not an address"):
         connect("not a scheduler", timeout=1)
 
@@ -132,3 +134,22 @@ def test_tiff_with_sections_as_planes_of_one_page(tmp_path):
     tifffile.imwrite(tmp_path / "rgbish.tif", vol, photometric="rgb", planarconfig="separate")
     convert_to_zarr(tmp_path / "rgbish.tif", tmp_path / "r.zarr")
     np.testing.assert_array_equal(open_volume(tmp_path / "r.zarr")[...], vol)
+
+
+@pytest.mark.parametrize("content", [b"\x00\x01garbage" * 50, b"II*\x00" + b"\xff" * 8])
+def test_convert_names_a_damaged_tiff_in_one_line(content, tmp_path, capsys):
+    bad = tmp_path / "corrupt.tif"
+    bad.write_bytes(content)
+    assert main(["volume", "convert", str(bad), "--out", str(tmp_path / "c.zarr")]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("neuros-cv volume: error: ") and err.count("\n") == 1
+    assert str(bad) in err and "not a valid TIFF" in err
+    assert not (tmp_path / "c.zarr").exists()
+    folder = tmp_path / "sections"
+    folder.mkdir()
+    tifffile.imwrite(folder / "s00.tif", np.zeros((16, 16), dtype=np.uint8))
+    (folder / "s01.tif").write_bytes(content)
+    assert main(["volume", "convert", str(folder), "--out", str(tmp_path / "f.zarr")]) == 2
+    err = capsys.readouterr().err
+    assert str(folder / "s01.tif") in err and "not a valid TIFF" in err and err.count("\n") == 1
+    assert not (tmp_path / "f.zarr").exists()

@@ -41,6 +41,11 @@ def _zarr(path: Path, vol: np.ndarray, chunks=(1, 32, 32)) -> Path:
     return path
 
 
+def _features(out: Path) -> np.ndarray:
+    """The features of a volume output as (z, y, x, C) (stored as OME-NGFF (c, z, y, x))."""
+    return np.moveaxis(zarr.open_group(str(out), mode="r")["features"][...], 0, -1)
+
+
 def _em_volume(n: int, size: int, seed: int = 0) -> np.ndarray:
     images, _ = make_dataset("em", n, size=size, seed=seed)
     return np.stack([np.asarray(im, dtype=np.float32) for im in images])
@@ -51,7 +56,7 @@ def test_placeholder_features_blockwise_equal_whole_sections_and_resume_skips(cl
     src = _zarr(tmp_path / "in.zarr", vol)
     rec = volume_features(src, tmp_path / "f.zarr", client, backbone="vit-small", weights="placeholder")
     assert rec["weights"] == "placeholder" and rec["halo"] == 0 and rec["computed"] == rec["total"] == 2 * 4 * 4
-    got = zarr.open_group(str(tmp_path / "f.zarr"), mode="r")["features"][...]
+    got = _features(tmp_path / "f.zarr")
     bb = worker_backbone("vit-small", "placeholder")
     ref = np.stack([section_features(s, bb, 0.0, 255.0) for s in vol])
     np.testing.assert_array_equal(got, ref)
@@ -69,11 +74,11 @@ def test_filterbank_exact_where_halo_covers_receptive_field(client, tmp_path):
     ref = np.stack([section_features(s, bb, lo, hi) for s in vol])
     rec = volume_features(src, tmp_path / "f.zarr", client, backbone="filterbank", block=64)
     assert rec["halo"] == 64 and rec["weights"] == bb.weights
-    got = zarr.open_group(str(tmp_path / "f.zarr"), mode="r")["features"][...]
+    got = _features(tmp_path / "f.zarr")
     np.testing.assert_array_equal(got, ref)
     # Without a halo, blocks differ from whole sections — only within the receptive field of a block border.
     volume_features(src, tmp_path / "f0.zarr", client, backbone="filterbank", block=64, halo=0)
-    bad = np.abs(zarr.open_group(str(tmp_path / "f0.zarr"), mode="r")["features"][...] - ref).max(axis=(0, 3)) > 1e-5
+    bad = np.abs(_features(tmp_path / "f0.zarr") - ref).max(axis=(0, 3)) > 1e-5
     assert bad.any()
     gy, gx = np.nonzero(bad)
     border_dist = np.minimum(np.minimum(gy % 4, 3 - gy % 4), np.minimum(gx % 4, 3 - gx % 4))  # cells to a border
@@ -85,7 +90,7 @@ def test_vit_random_blockwise_only_approximates_whole_sections(client, tmp_path)
     vol = _em_volume(1, 192)
     src = _zarr(tmp_path / "in.zarr", vol, chunks=(1, 64, 64))
     rec = volume_features(src, tmp_path / "f.zarr", client, backbone="vit-small", weights="random", block=64)
-    got = zarr.open_group(str(tmp_path / "f.zarr"), mode="r")["features"][0]
+    got = _features(tmp_path / "f.zarr")[0]
     ref = section_features(vol[0], worker_backbone("vit-small", "random"), *rec["intensity_range"])
     cos = (got * ref).sum(-1) / (np.linalg.norm(got, axis=-1) * np.linalg.norm(ref, axis=-1))
     print(f"ViT-S random, block 64 + halo {rec['halo']}: cosine mean {cos.mean():.3f}, min {cos.min():.3f}")
@@ -105,8 +110,8 @@ def test_segment_with_saved_head_equals_whole_sections(client, tmp_path):
     hd = worker_head(str((tmp_path / "head").resolve()))
     lo, hi = rec["intensity_range"]
     ref = np.stack([section_probabilities(s, bb, hd, lo, hi) for s in vol])
-    np.testing.assert_allclose(g["probabilities"][...], ref, rtol=0, atol=1e-6)
-    np.testing.assert_array_equal(g["labels"][...], hd.classes_[ref.argmax(axis=-1)])
+    np.testing.assert_allclose(np.moveaxis(g["probabilities/0"][...], 0, -1), ref, rtol=0, atol=1e-6)
+    np.testing.assert_array_equal(g["0"][...], hd.classes_[ref.argmax(axis=-1)])  # OME-Zarr label image, level 0
     assert g.attrs["neuros_cv"]["complete"] is True
 
 
@@ -144,7 +149,7 @@ def test_failed_block_is_retried_then_reported_by_index(client, tmp_path):
     rec = volume_features(src, tmp_path / "f.zarr", client, **kw)
     assert (rec["computed"], rec["skipped"]) == (1, 7)
     ref = np.stack([section_features(s, worker_backbone("vit-small", "placeholder"), 0.0, 255.0) for s in vol])
-    np.testing.assert_array_equal(zarr.open_group(str(tmp_path / "f.zarr"), mode="r")["features"][...], ref)
+    np.testing.assert_array_equal(_features(tmp_path / "f.zarr"), ref)
 
 
 def _markers(out: Path) -> int:
@@ -175,7 +180,7 @@ def test_killed_cli_run_resumes_to_identical_output(client, tmp_path):
     assert rec["resumed"] and rec["skipped"] >= done and rec["computed"] == 256 - rec["skipped"]
     # Identical to an uninterrupted run, which equals whole-section features (first test).
     ref = np.stack([section_features(s, worker_backbone("vit-small", "placeholder"), 0.0, 255.0) for s in vol])
-    np.testing.assert_array_equal(zarr.open_group(str(out), mode="r")["features"][...], ref)
+    np.testing.assert_array_equal(_features(out), ref)
     assert zarr.open_group(str(out), mode="r").attrs["neuros_cv"]["complete"] is True
 
 

@@ -28,7 +28,8 @@ import scipy.ndimage as ndi
 from .blocks import Block, iter_blocks, n_blocks
 from .features import pending_blocks, resolve_block
 from .models import PATCH, worker_backbone
-from .resume import ProgressFactory, finish_output, mark_done, open_output, run_blocks
+from .ome import ome_name, read_geometry, write_image_metadata
+from .resume import DEFAULT_TIMEOUT, ProgressFactory, finish_output, mark_done, open_output, run_blocks
 from .zarr_io import open_volume
 
 __all__ = ["accumulate_shifts", "read_extent", "shift_region", "volume_align"]
@@ -128,6 +129,9 @@ def volume_align(
     retries: int = 2,
     overwrite: bool = False,
     progress: ProgressFactory | None = None,
+    timeout: float = DEFAULT_TIMEOUT,
+    voxel_size: tuple[float, float, float] | None = None,
+    voxel_unit: str | None = None,
     **register_kw: Any,
 ) -> dict[str, Any]:
     """Align the sections of a zarr volume by translations, on a Dask cluster, into ``out``.
@@ -135,8 +139,9 @@ def volume_align(
     Parameters
     ----------
     src, out, client
-        As in :func:`~neuros.plugins.cv.scale.features.volume_features`; ``out`` gets ``aligned`` (z, y, x) in
-        the input's dtype and, in ``attrs["neuros_cv"]``, the per-section ``shifts`` and pairwise registrations.
+        As in :func:`~neuros.plugins.cv.scale.features.volume_features`; ``out`` is an OME-Zarr image:
+        ``aligned`` (z, y, x) in the input's dtype and voxel size and, in ``attrs["neuros_cv"]``, the
+        per-section ``shifts`` and pairwise registrations.
     backbone, weights : str, optional
         Coarse-step features for ``register_translation`` (None: its built-in structure channels).
     register_level : int
@@ -147,6 +152,8 @@ def volume_align(
         Interpolation order of the shift.
     fill : float
         Value for pixels moved in from outside the section.
+    component, retries, overwrite, progress, timeout, voxel_size, voxel_unit
+        As in :func:`~neuros.plugins.cv.scale.features.volume_features`.
     **register_kw
         Passed to ``register_translation`` (``max_shift``, ``min_overlap``, ``upsample``, …).
 
@@ -161,6 +168,7 @@ def volume_align(
     if order not in ORDERS:
         raise ValueError(f"--order must be 0 or 1 for blockwise alignment, got {order}")
     arr = open_volume(src, 0, component)
+    geometry = read_geometry(src, 0, component).with_voxel_size(voxel_size, voxel_unit)
     z, h, w = arr.shape
     if z < 2:
         raise ValueError(f"input has {z} section(s); alignment needs at least two")
@@ -179,15 +187,18 @@ def volume_align(
         "register_kw": {k: (list(v) if isinstance(v, tuple) else v) for k, v in sorted(register_kw.items())},
     }
     group, resumed = open_output(
-        out, run, {"aligned": {"shape": (z, h, w), "chunks": (1, by, bx), "dtype": arr.dtype, "fill_value": 0}},
+        out, run, {"aligned": {"shape": (z, h, w), "chunks": (1, by, bx), "dtype": arr.dtype, "fill_value": 0,
+                               "dimension_names": ("z", "y", "x")}},
         {"aligned": n_blocks(arr.shape, (by, bx))}, overwrite, inputs=[src],
     )
+    write_image_metadata(group, ome_name(out), [("aligned", geometry)])
     meta = group.attrs.asdict()["neuros_cv"]
     xl = da.from_zarr(low)
     if "shifts" not in meta:
         pair = dask.delayed(_pair_task, pure=False)
         tasks = [((k, 0, 0), pair(xl[k - 1], xl[k], bname, weights, factor, register_kw)) for k in range(1, z)]
-        rep = run_blocks(client, tasks, total=z - 1, retries=retries, progress=progress, title="register pairs")
+        rep = run_blocks(client, tasks, total=z - 1, retries=retries, progress=progress, title="register pairs",
+                        timeout=timeout, gather=True)
         res = [rep.results[(k, 0, 0)] for k in range(1, z)]
         pairwise = np.array([[0.0, 0.0]] + [[r[0], r[1]] for r in res])
         meta.update(
@@ -207,7 +218,9 @@ def volume_align(
         ry, rx = read_extent(b.core_y, sy, h), read_extent(b.core_x, sx, w)
         region = x[b.z, slice(*ry), slice(*rx)] if ry[0] < ry[1] and rx[0] < rx[1] else None
         tasks.append((b.index, fn(region, b, (ry[0], rx[0]), (sy, sx), task)))
-    report = run_blocks(client, tasks, total=len(blocks), retries=retries, progress=progress, title="shift")
+    report = run_blocks(client, tasks, total=len(blocks), retries=retries, progress=progress, title="shift",
+                        timeout=timeout)
     finish_output(group, blocks=report.as_dict())
     return {**run, "output": str(out), "resumed": resumed, "shifts": shifts.tolist(),
+            "voxel_size": list(geometry.scale), "voxel_unit": geometry.units[-1],
             "scores": meta["scores"], "registration": meta["registration"], **report.as_dict()}

@@ -18,7 +18,8 @@ import numpy as np
 
 from .blocks import Block, check_geometry, iter_blocks, n_blocks
 from .models import PATCH, default_halo, worker_backbone
-from .resume import ProgressFactory, done_indices, finish_output, mark_done, open_output, run_blocks
+from .ome import ome_name, read_geometry, write_image_metadata
+from .resume import DEFAULT_TIMEOUT, ProgressFactory, done_indices, finish_output, mark_done, open_output, run_blocks
 from .zarr_io import open_volume
 
 __all__ = [
@@ -94,8 +95,8 @@ def _features_block(region: np.ndarray, block: Block, task: _FeatureTask) -> tup
 
     feats = section_features(region, worker_backbone(task.backbone, task.weights), task.lo, task.hi)
     gy, gx = block.out_grid(PATCH)
-    arr = zarr.open_array(str(Path(task.out) / "features"), mode="r+")
-    arr[block.z, gy, gx, :] = feats[block.inner_grid(PATCH)]
+    arr = zarr.open_array(str(Path(task.out) / "features"), mode="r+")  # (c, z, y, x): OME-NGFF axis order
+    arr[:, block.z, gy, gx] = np.moveaxis(feats[block.inner_grid(PATCH)], -1, 0)
     mark_done(task.out, "features", block.index)
     return block.index
 
@@ -141,6 +142,9 @@ def volume_features(
     retries: int = 2,
     overwrite: bool = False,
     progress: ProgressFactory | None = None,
+    timeout: float = DEFAULT_TIMEOUT,
+    voxel_size: tuple[float, float, float] | None = None,
+    voxel_unit: str | None = None,
 ) -> dict[str, Any]:
     """Dense features of every section of a zarr volume, blockwise on a Dask cluster, into ``out``.
 
@@ -149,8 +153,9 @@ def volume_features(
     src : path-like
         Input zarr array / OME-Zarr group holding a (z, y, x) volume.
     out : path-like
-        Output zarr group; gets ``features`` (z, ⌈y/16⌉, ⌈x/16⌉, C) float32, one chunk per block. An existing
-        output of the same run is resumed (finished blocks are skipped).
+        Output zarr group, an OME-Zarr image: ``features`` (C, z, ⌈y/16⌉, ⌈x/16⌉) float32 (axes c, z, y, x),
+        one chunk per block, with the input's voxel size × 16 in y and x (cells centred 7.5 input voxels in).
+        An existing output of the same run is resumed (finished blocks are skipped).
     client : distributed.Client
         Where the blocks run (see :func:`~neuros.plugins.cv.scale.cluster.dask_client`).
     backbone, weights : str
@@ -169,6 +174,12 @@ def volume_features(
         Replace an existing ``out`` instead of resuming it.
     progress : callable, optional
         Progress factory ``(total, title) -> context manager yielding advance(message)``.
+    timeout : float
+        Seconds the scheduler may be lost, silent or without workers mid-run before the run stops
+        (:class:`~neuros.plugins.cv.scale.cluster.SchedulerError`).
+    voxel_size, voxel_unit
+        Input voxel size (z, y, x) and unit (e.g. ``"nanometer"``) for the OME-Zarr metadata; default: the
+        input's OME-Zarr metadata (a plain zarr input: 1 voxel, no unit).
 
     Returns
     -------
@@ -178,6 +189,7 @@ def volume_features(
     import dask.array as da
 
     arr = open_volume(src, level, component)
+    geometry = read_geometry(src, level, component).with_voxel_size(voxel_size, voxel_unit)
     bb = worker_backbone(backbone, weights)  # validates the name here; workers build their own copy
     (by, bx), halo = plan_blocks(arr, bb, block, halo)
     x = da.from_zarr(arr)
@@ -188,16 +200,18 @@ def volume_features(
     run = {
         "task": "features", "input": str(Path(src).expanduser().resolve()), "component": arr.path, "shape": [z, h, w],
         "backbone": bb.name, "weights": bb.weights, "block": [by, bx], "halo": halo, "intensity_range": [lo, hi],
-        "stride": PATCH,
+        "stride": PATCH, "layout": "czyx",
     }
     group, resumed = open_output(
         out, run,
-        {"features": {"shape": (z, gh, gw, dim), "chunks": (1, by // PATCH, bx // PATCH, dim), "dtype": "float32",
-                      "fill_value": 0.0}},
+        {"features": {"shape": (dim, z, gh, gw), "chunks": (dim, 1, by // PATCH, bx // PATCH), "dtype": "float32",
+                      "fill_value": 0.0, "dimension_names": ("c", "z", "y", "x")}},
         {"features": n_blocks(arr.shape, (by, bx))},
         overwrite,
         inputs=[src],
     )
+    grid = geometry.strided(PATCH, PATCH)
+    write_image_metadata(group, ome_name(out), [("features", grid)], channels=True)
     blocks = list(iter_blocks(arr.shape, (by, bx), halo, PATCH))
     todo = pending_blocks(out, "features", blocks)
     task = _FeatureTask(str(Path(out).expanduser().resolve()), backbone, weights, lo, hi)
@@ -205,7 +219,9 @@ def volume_features(
 
     fn = dask.delayed(_features_block, pure=False)
     tasks = [(b.index, fn(x[b.z, slice(*b.read_y), slice(*b.read_x)], b, task)) for b in todo]
-    report = run_blocks(client, tasks, total=len(blocks), retries=retries, progress=progress, title="features")
-    record = {**run, "output": str(out), "features_shape": [z, gh, gw, dim], "resumed": resumed, **report.as_dict()}
+    report = run_blocks(client, tasks, total=len(blocks), retries=retries, progress=progress, title="features",
+                        timeout=timeout)
+    record = {**run, "output": str(out), "features_shape": [dim, z, gh, gw], "resumed": resumed,
+              "voxel_size": list(grid.scale), "voxel_unit": grid.units[-1], **report.as_dict()}
     finish_output(group, blocks=report.as_dict())
     return record

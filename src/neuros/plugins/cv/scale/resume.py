@@ -12,6 +12,7 @@ from __future__ import annotations
 import json
 import os
 import shutil
+import time
 from collections.abc import Callable, Sequence
 from contextlib import AbstractContextManager, nullcontext
 from dataclasses import dataclass, field
@@ -36,6 +37,8 @@ __all__ = [
 
 ProgressFactory = Callable[[int, str], AbstractContextManager[Callable[[str], None]]]
 LEDGER = "blocks_done"
+DEFAULT_TIMEOUT = 30.0  # seconds without a scheduler / workers before a run gives up
+POLL_S = 0.05
 
 
 class BlockFailures(RuntimeError):
@@ -217,6 +220,8 @@ def run_blocks(
     retries: int = 2,
     progress: ProgressFactory | None = None,
     title: str = "blocks",
+    timeout: float = DEFAULT_TIMEOUT,
+    gather: bool = False,
 ) -> RunReport:
     """Compute delayed block tasks on ``client`` (each writes its block and marker); results by index.
 
@@ -231,39 +236,75 @@ def run_blocks(
         Extra attempts per block before it counts as failed (distributed's ``retries``).
     progress : callable, optional
         ``progress(n, title)`` -> context manager yielding ``advance(message)`` (``cli._progress``'s shape).
+    timeout : float
+        Seconds the scheduler may be unreachable, silent or without workers before the run stops.
+    gather : bool
+        Fetch each task's return value into ``RunReport.results`` (default: only count the blocks; their
+        results are in the output already).
 
     Raises
     ------
+    SchedulerError
+        The scheduler was lost, stopped answering or had no workers for ``timeout`` seconds (blocks finished
+        so far stay marked done).
     BlockFailures
         After every other block finished, if some still failed; the message names them by index.
     """
+    from concurrent.futures import CancelledError
+
     from distributed import as_completed
+
+    from .cluster import SchedulerWatch
 
     indices = [tuple(i) for i, _ in tasks]
     futures = client.compute([d for _, d in tasks], retries=int(retries)) if tasks else []
     by_key = {f.key: i for f, i in zip(futures, indices, strict=True)}
     failed: list[tuple[tuple[int, ...], str, Any]] = []
     results: dict[tuple[int, ...], Any] = {}
+    watch = SchedulerWatch(client, timeout, done=total - len(futures), total=total)
     ctx = progress(len(futures), title) if progress is not None and futures else nullcontext(None)
     try:
         with ctx as advance:
-            for fut in as_completed(futures, loop=client.loop):
-                idx = by_key[fut.key]
-                if fut.status == "finished":
-                    results[idx] = fut.result()
-                    if advance is not None:
-                        advance(f"block {idx}")
-                else:
-                    failed.append((idx, fut.key, fut.exception()))
-                    if advance is not None:
-                        advance(f"block {idx} FAILED")
-                    continue  # kept until the scheduler is asked how often it was tried
-                fut.release()
+            pending = as_completed(futures, loop=client.loop)
+            while not pending.is_empty():
+                batch = pending.next_batch(block=False)
+                if not batch:
+                    watch.check()  # SchedulerError once the scheduler or all workers are gone for `timeout` s
+                    time.sleep(POLL_S)
+                    continue
+                for fut in batch:
+                    if fut.status == "cancelled":  # the client lost the scheduler and cancelled everything
+                        raise watch.lost()
+                    idx = by_key[fut.key]
+                    ok = fut.status == "finished"
+                    try:
+                        if ok:
+                            value = fut.result(timeout=watch.timeout) if gather else None
+                        else:
+                            value = fut.exception(timeout=watch.timeout)
+                    except TimeoutError:  # its worker died with the result (Dask recomputes it) or all is gone
+                        watch.check(force=True)
+                        pending.add(fut)
+                        continue
+                    except (OSError, CancelledError) as e:  # the scheduler went away meanwhile
+                        raise watch.broken(e) from None
+                    if ok:
+                        if gather:
+                            results[idx] = value
+                        watch.progress()
+                        if advance is not None:
+                            advance(f"block {idx}")
+                        fut.release()
+                    else:
+                        failed.append((idx, fut.key, value))  # kept until the scheduler says how often it ran
+                        if advance is not None:
+                            advance(f"block {idx} FAILED")
         failed.sort(key=lambda t: t[0])
         attempts = _attempts(client, [k for _, k, _ in failed]) if failed else []
     finally:
-        for f in futures:
-            f.release()
+        if client.status == "running":
+            for f in futures:
+                f.release()
     if failed:
         idx = [i for i, _, _ in failed]
         first = failed[0][2]

@@ -19,10 +19,14 @@ import numpy as np
 from .blocks import Block, iter_blocks, n_blocks
 from .features import intensity_range, pending_blocks, plan_blocks, scale_intensity
 from .models import PATCH, worker_backbone, worker_head
-from .resume import ProgressFactory, finish_output, open_output, run_blocks
+from .ome import ome_name, read_geometry, relative_source, write_image_metadata, write_label_metadata
+from .resume import DEFAULT_TIMEOUT, ProgressFactory, finish_output, open_output, run_blocks
 from .zarr_io import open_volume
 
 __all__ = ["head_backbone", "section_probabilities", "volume_segment"]
+
+LABELS = "0"  # the label image's level 0 ("labels" is the name NGFF reserves for a group of label images)
+PROBA = "probabilities/0"  # an OME-Zarr image of its own inside the label image's group
 
 
 def head_backbone(head: Any) -> tuple[str, str | None]:
@@ -61,10 +65,10 @@ def _segment_block(region: np.ndarray, block: Block, task: _SegmentTask) -> tupl
     core = proba[block.inner()]
     group = zarr.open_group(task.out, mode="r+")
     sl = (block.z, slice(*block.core_y), slice(*block.core_x))
-    labels = group["labels"]
+    labels = group[LABELS]
     labels[sl] = np.asarray(head.classes_)[core.argmax(axis=2)].astype(labels.dtype)
-    if task.save_proba:
-        group["probabilities"][(*sl, slice(None))] = core.astype(np.float32)
+    if task.save_proba:  # (K, z, y, x): OME-NGFF axis order
+        group[PROBA][(slice(None), *sl)] = np.moveaxis(core, -1, 0).astype(np.float32)
     mark_done(task.out, "labels", block.index)
     return block.index
 
@@ -92,17 +96,22 @@ def volume_segment(
     retries: int = 2,
     overwrite: bool = False,
     progress: ProgressFactory | None = None,
+    timeout: float = DEFAULT_TIMEOUT,
+    voxel_size: tuple[float, float, float] | None = None,
+    voxel_unit: str | None = None,
 ) -> dict[str, Any]:
     """Segment every section of a zarr volume with a saved head, blockwise on a Dask cluster.
 
     Parameters
     ----------
     src, out, client
-        As in :func:`~neuros.plugins.cv.scale.features.volume_features`; ``out`` gets ``labels`` (z, y, x)
-        with the head's class values and, with ``save_proba``, ``probabilities`` (z, y, x, K) float32.
+        As in :func:`~neuros.plugins.cv.scale.features.volume_features`; ``out`` is an OME-Zarr label image
+        (``image-label`` metadata, ``source`` pointing to the input): array ``0`` (z, y, x) holds the head's
+        class values at the input's voxel size and, with ``save_proba``, an OME-Zarr image ``probabilities`` whose
+        array ``probabilities/0`` is (K, z, y, x) float32 (axes c, z, y, x).
     head : path-like
         A folder written by ``SegmentationHead.save``; its backbone and weights are used for the features.
-    block, halo, scaling, level, component, retries, overwrite, progress
+    block, halo, scaling, level, component, retries, overwrite, progress, timeout, voxel_size, voxel_unit
         As in :func:`~neuros.plugins.cv.scale.features.volume_features`; the default halo is the backbone's
         plus one patch (for the bilinear upsampling of probabilities).
 
@@ -119,6 +128,7 @@ def volume_segment(
     bname, bweights = head_backbone(hd)
     bb = worker_backbone(bname, bweights)
     arr = open_volume(src, level, component)
+    geometry = read_geometry(src, level, component).with_voxel_size(voxel_size, voxel_unit)
     (by, bx), halo = plan_blocks(arr, bb, block, halo, extra=PATCH)
     x = da.from_zarr(arr)
     lo, hi = intensity_range(x, scaling)
@@ -128,21 +138,29 @@ def volume_segment(
         "task": "segment", "input": str(Path(src).expanduser().resolve()), "component": arr.path, "shape": [z, h, w],
         "head": str(head_dir), "head_kind": getattr(hd, "kind", type(hd).__name__), "classes": classes.tolist(),
         "backbone": bb.name, "weights": bb.weights, "block": [by, bx], "halo": halo, "intensity_range": [lo, hi],
-        "probabilities": bool(save_proba),
+        "probabilities": bool(save_proba), "layout": "ome-0.5",
     }
-    arrays = {"labels": {"shape": (z, h, w), "chunks": (1, by, bx), "dtype": _label_dtype(classes), "fill_value": 0}}
+    arrays = {LABELS: {"shape": (z, h, w), "chunks": (1, by, bx), "dtype": _label_dtype(classes), "fill_value": 0,
+                         "dimension_names": ("z", "y", "x")}}
     if save_proba:
         k = len(classes)
-        arrays["probabilities"] = {"shape": (z, h, w, k), "chunks": (1, by, bx, k), "dtype": "float32",
-                                   "fill_value": 0.0}
+        arrays[PROBA] = {"shape": (k, z, h, w), "chunks": (k, 1, by, bx), "dtype": "float32", "fill_value": 0.0,
+                         "dimension_names": ("c", "z", "y", "x")}
     group, resumed = open_output(out, run, arrays, {"labels": n_blocks(arr.shape, (by, bx))}, overwrite,
                                  inputs=[src, head_dir])
+    name = ome_name(out)
+    write_image_metadata(group, name, [(LABELS, geometry)])
+    write_label_metadata(group, classes.tolist(), relative_source(src, out))
+    if save_proba:
+        write_image_metadata(group["probabilities"], f"{name} probabilities", [("0", geometry)], channels=True)
     blocks = list(iter_blocks(arr.shape, (by, bx), halo, PATCH))
     todo = pending_blocks(out, "labels", blocks)
     task = _SegmentTask(str(Path(out).expanduser().resolve()), str(head_dir), bname, bweights, lo, hi,
                         bool(save_proba))
     fn = dask.delayed(_segment_block, pure=False)
     tasks = [(b.index, fn(x[b.z, slice(*b.read_y), slice(*b.read_x)], b, task)) for b in todo]
-    report = run_blocks(client, tasks, total=len(blocks), retries=retries, progress=progress, title="segment")
+    report = run_blocks(client, tasks, total=len(blocks), retries=retries, progress=progress, title="segment",
+                        timeout=timeout)
     finish_output(group, blocks=report.as_dict())
-    return {**run, "output": str(out), "resumed": resumed, **report.as_dict()}
+    return {**run, "output": str(out), "resumed": resumed, "voxel_size": list(geometry.scale),
+            "voxel_unit": geometry.units[-1], **report.as_dict()}
