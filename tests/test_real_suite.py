@@ -109,6 +109,6 @@ def test_cli_end_to_end_from_a_toml_config(sstem_dir, tmp_path, capsys):
     assert "Filterbank [none (classical filters)]" in printed and "nucleus" in printed
     doc = json.loads((out / "results.json").read_text())
     assert doc["config"]["backbones"] == ["filterbank"] and doc["config"]["nuclei_tile"] == 256
-    assert sorted(p.name for p in out.iterdir()) == ["crossmodal.csv", "report.html", "results.json",
-                                                      "segmentation.csv", "tables.md"]
+    assert sorted(p.name for p in out.iterdir()) == [".neuros-cv-output.json", "crossmodal.csv", "report.html",
+                                                      "results.json", "segmentation.csv", "tables.md"]
     assert "nucleus" in (out / "report.html").read_text(encoding="utf-8")  # the records, as generic tables
