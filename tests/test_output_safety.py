@@ -349,3 +349,17 @@ def test_converted_zarr_keeps_its_manifest_in_attributes_and_opens_without_warni
         warnings.simplefilter("error")
         group = zarr.open_group(str(out), mode="r")
         assert list(group.keys())
+
+
+def test_register_and_evaluate_outputs_may_not_replace_an_input(precious, tmp_path, capsys):
+    folder, snapshot = precious
+    before = snapshot()
+    section = folder / "section.tif"
+    assert main(["register", str(section), str(section), "--out", str(section), "--overwrite"]) == 2
+    assert "is the input" in _one_error(capsys)
+    head = _head(tmp_path, folder)
+    capsys.readouterr()
+    assert main(["segment", "evaluate", "--head", str(head), "--images", str(section), "--masks",
+                 str(folder / "mask.tif"), "--out", str(folder / "mask.tif"), "--overwrite"]) == 2
+    assert "is the input" in _one_error(capsys)
+    assert snapshot() == before
