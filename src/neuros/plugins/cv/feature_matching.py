@@ -20,6 +20,8 @@ from typing import Any
 import numpy as np
 import scipy.fft
 
+from .shifts import best_shift, crop_window, overlap_counts, overlap_mask, parse_max_shift, tie_tolerance
+
 __all__ = [
     "channel_cross_correlation",
     "diagonal_means",
@@ -106,9 +108,7 @@ def diagonal_means(similarity: Any, grid_shape: tuple[int, int]) -> tuple[np.nda
         ya = np.arange(max(0, -dy), min(h, h - dy))
         block = s4[ya, :, ya + dy, :].sum(axis=0)  # (w, w): [xa, xb]
         sums[dy + h - 1] = np.bincount(dx_key, weights=block.ravel(), minlength=2 * w - 1)
-    dys = np.arange(-(h - 1), h)
-    dxs = np.arange(-(w - 1), w)
-    counts = (h - np.abs(dys))[:, None] * (w - np.abs(dxs))[None, :]
+    counts = overlap_counts((h, w))
     return sums / counts, counts
 
 
@@ -123,8 +123,9 @@ def estimate_translation(
     """The whole-patch shift that maximises the mean similarity along the matching diagonal (the report's).
 
     For a candidate shift ``(dy, dx)`` the score is the mean of ``S[(y, x), (y + dy, x + dx)]`` over all
-    patches ``(y, x)`` whose partner lies inside the grid. Ties go to the smaller shift (|dy| + |dx|), then
-    to the first in row-major order.
+    patches ``(y, x)`` whose partner lies inside the grid. Scores within ``1e-6`` (relative) of the best are
+    ties, which go to the smaller shift (|dy| + |dx|), then to the first in row-major order (the tie rule of
+    :mod:`neuros.plugins.cv.shifts`).
 
     Parameters
     ----------
@@ -170,25 +171,13 @@ def _best_shift(
     max_shift: int | tuple[int, int] | None,
     min_overlap: int,
 ) -> tuple[int, int]:
-    """Arg-max over allowed shifts of a (2h-1, 2w-1) score table, ties to the smallest shift."""
-    h, w = grid_shape
-    dys = np.arange(-(h - 1), h)[:, None]
-    dxs = np.arange(-(w - 1), w)[None, :]
-    allowed = counts >= max(int(min_overlap), 1)
-    if max_shift is not None:
-        my, mx = (max_shift, max_shift) if np.isscalar(max_shift) else max_shift
-        if int(my) < 0 or int(mx) < 0:
-            raise ValueError(f"max_shift must be >= 0, got {max_shift}")
-        allowed &= (np.abs(dys) <= int(my)) & (np.abs(dxs) <= int(mx))
-    if not allowed.any():
-        raise ValueError(f"no shift satisfies max_shift={max_shift} and min_overlap={min_overlap}")
-    score = np.where(allowed, means, -np.inf)
-    best = score.max()
-    # Scores within 1e-6 of the best are ties (float32 similarities differ in the last bits).
-    ties = np.argwhere(score >= best - 1e-6 * max(1.0, abs(best)))
-    mag = np.abs(ties[:, 0] - (h - 1)) + np.abs(ties[:, 1] - (w - 1))
-    iy, ix = ties[np.argmin(mag)]
-    return int(iy - (h - 1)), int(ix - (w - 1))
+    """Best shift of a full (2h-1, 2w-1) score table within ``max_shift`` with ``min_overlap`` patches."""
+    window = parse_max_shift(max_shift, grid_shape)
+    allowed = overlap_mask(crop_window(counts, window), min_overlap)
+    try:
+        return best_shift(crop_window(means, window), allowed)
+    except ValueError:
+        raise ValueError(f"no shift satisfies max_shift={max_shift} and min_overlap={min_overlap}") from None
 
 
 # --- the fast path: FFT cross-correlation of feature maps ---------------------------------------------------
@@ -205,15 +194,6 @@ def _as_grid(x: Any, name: str) -> np.ndarray:
     if not np.isfinite(arr).all():
         raise ValueError(f"{name} contains NaN/inf")
     return arr.astype(np.float32, copy=False)
-
-
-def _max_shift_pair(max_shift: int | tuple[int, int] | None, h: int, w: int) -> tuple[int, int]:
-    if max_shift is None:
-        return h - 1, w - 1
-    my, mx = (max_shift, max_shift) if np.isscalar(max_shift) else max_shift
-    if int(my) < 0 or int(mx) < 0:
-        raise ValueError(f"max_shift must be >= 0, got {max_shift}")
-    return min(int(my), h - 1), min(int(mx), w - 1)
 
 
 def channel_cross_correlation(
@@ -261,7 +241,7 @@ def channel_cross_correlation(
         raise ValueError(f"feature maps differ in shape: {fa.shape} vs {fb.shape}")
     if precision not in ("double", "single"):
         raise ValueError(f"precision must be 'double' or 'single', got {precision!r}")
-    my, mx = _max_shift_pair(max_shift, fa.shape[0], fa.shape[1])
+    my, mx = parse_max_shift(max_shift, fa.shape[:2])
     return _xcorr(fa, fb, my, mx, int(chunk), return_spectrum, precision)
 
 
@@ -384,13 +364,11 @@ def _diagonal_table(
     if precision not in ("double", "single"):
         raise ValueError(f"precision must be 'double' or 'single', got {precision!r}")
     h, w = fa.shape[:2]
-    my, mx = _max_shift_pair(max_shift, h, w)
-    sums = _xcorr(fa, fb, my, mx, 64, False, precision)
-    dys = np.arange(-(h - 1), h)
-    dxs = np.arange(-(w - 1), w)
-    counts = (h - np.abs(dys))[:, None] * (w - np.abs(dxs))[None, :]
+    window = parse_max_shift(max_shift, (h, w))
+    sums = _xcorr(fa, fb, *window, 64, False, precision)
+    counts = overlap_counts((h, w))
     means = np.full((2 * h - 1, 2 * w - 1), np.nan)
-    means[h - 1 - my : h + my, w - 1 - mx : w + mx] = sums / counts[h - 1 - my : h + my, w - 1 - mx : w + mx]
+    crop_window(means, window)[...] = sums / crop_window(counts, window)
     return means, counts
 
 
@@ -454,16 +432,15 @@ def _rescore_near_best(
     ``max_candidates`` shifts qualify.
     """
     h, w = fa.shape[:2]
-    my, mx = _max_shift_pair(max_shift, h, w)
     bound = 1e-6 * h * w / np.maximum(counts, 1)
-    allowed = np.isfinite(means) & (counts >= max(int(min_overlap), 1))
+    allowed = np.isfinite(means) & overlap_mask(counts, min_overlap)
     if not allowed.any():
         return means
     best = means[allowed].max()
-    near = allowed & (means + bound >= best - bound.max() - 1e-6 * max(1.0, abs(best)))
+    near = allowed & (means + bound >= best - bound.max() - tie_tolerance(best))
     cand = np.argwhere(near)
     if len(cand) > max_candidates:
-        return _diagonal_table(fa, fb, (my, mx), "double")[0]
+        return _diagonal_table(fa, fb, max_shift, "double")[0]
     out = means.copy()
     for iy, ix in cand:  # a handful of shifts, each O(overlap · C)
         dy, dx = int(iy) - (h - 1), int(ix) - (w - 1)

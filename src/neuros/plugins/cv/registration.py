@@ -35,8 +35,9 @@ import scipy.ndimage as ndi
 
 from ._validation import as_image
 from .backbones.base import Backbone, get_backbone
-from .feature_matching import _best_shift, channel_cross_correlation, diagonal_scores, refine_peak
+from .feature_matching import channel_cross_correlation, diagonal_scores, refine_peak
 from .preprocess import to_float01
+from .shifts import best_shift, crop_window, min_overlap_count, overlap_counts, overlap_mask, parse_max_shift
 
 __all__ = [
     "StackTransforms",
@@ -145,12 +146,6 @@ def _channels(image: np.ndarray, fine: str, sigma: float, edge_floor: float) -> 
     return _intensity_channels(image)
 
 
-def _overlap_counts(h: int, w: int, my: int, mx: int) -> np.ndarray:
-    dys = np.arange(-my, my + 1)
-    dxs = np.arange(-mx, mx + 1)
-    return (h - np.abs(dys))[:, None] * (w - np.abs(dxs))[None, :]
-
-
 @dataclass
 class _Surface:
     """Normalised cross-correlation of two channel maps for every shift in a ±(my, mx) window."""
@@ -179,7 +174,7 @@ def _ncc_surface(fa: np.ndarray, fb: np.ndarray, my: int, mx: int) -> _Surface:
     denom = np.sqrt(energy_a * energy_b)
     tiny = 1e-9 * max(float(denom.max()), 1e-30)
     ncc = np.divide(corr, denom, out=np.zeros_like(corr), where=denom > tiny)
-    return _Surface(ncc, denom, _overlap_counts(h, w, my, mx), spec, shape, (my, mx))
+    return _Surface(ncc, denom, overlap_counts((h, w), (my, mx)), spec, shape, (my, mx))
 
 
 def _upsampled_correlation(
@@ -238,14 +233,15 @@ def _search(
     h, w = fa.shape[:2]
     my, mx = min(window[0], h - 1), min(window[1], w - 1)
     surf = _ncc_surface(fa, fb, my, mx)
-    allowed = surf.counts >= min_overlap * h * w
-    if not allowed.any():
-        raise ValueError(f"no shift within ±{window} keeps min_overlap={min_overlap:g} of the image overlapping")
-    score = np.where(allowed, surf.ncc, -np.inf)
-    # Ties (e.g. an all-zero surface from flat images) go to the smallest shift.
-    ties = np.argwhere(score >= score.max() - 1e-12)
-    iy, ix = ties[np.argmin(np.abs(ties[:, 0] - my) + np.abs(ties[:, 1] - mx))]
-    return _subpixel_peak(surf, int(iy), int(ix), upsample)
+    allowed = overlap_mask(surf.counts, min_overlap_count((h, w), min_overlap))
+    try:
+        # Ties (e.g. an all-zero surface from flat images) go to the smallest shift.
+        dy, dx = best_shift(surf.ncc, allowed)
+    except ValueError:
+        raise ValueError(
+            f"no shift within ±{window} keeps min_overlap={min_overlap:g} of the image overlapping"
+        ) from None
+    return _subpixel_peak(surf, dy + my, dx + mx, upsample)
 
 
 def _overlap_crops(
@@ -278,15 +274,6 @@ def _resolve_backbone(backbone: Backbone | str | None, weights: str | None) -> B
             return None
         return get_backbone(backbone, **({"weights": weights} if weights is not None else {}))
     raise TypeError(f"backbone must be a Backbone, a registered name or None, got {type(backbone).__name__}")
-
-
-def _max_shift_px(max_shift: Any, h: int, w: int) -> tuple[int, int]:
-    if max_shift is None:
-        return h - 1, w - 1
-    my, mx = (max_shift, max_shift) if np.isscalar(max_shift) else tuple(max_shift)
-    if not (np.isfinite(my) and np.isfinite(mx)) or my < 0 or mx < 0:
-        raise ValueError(f"max_shift must be >= 0 pixels, got {max_shift}")
-    return min(int(np.ceil(my)), h - 1), min(int(np.ceil(mx)), w - 1)
 
 
 # --- public API ----------------------------------------------------------------------------------------------
@@ -367,7 +354,7 @@ def register_translation(
     if isinstance(upsample, bool) or int(upsample) < 1:
         raise ValueError(f"upsample must be an integer >= 1, got {upsample}")
     h, w = a.shape[:2]
-    my, mx = _max_shift_px(max_shift, h, w)
+    my, mx = parse_max_shift(max_shift, (h, w), subpixel=True, unit="pixels")
     if not np.isfinite(sigma) or sigma <= 0:
         raise ValueError(f"sigma must be > 0 pixels, got {sigma}")
     if not np.isfinite(edge_floor) or edge_floor <= 0:
@@ -392,11 +379,11 @@ def register_translation(
         fa, fb = bb.extract(a), bb.extract(b)
         stride = float(fa.stride)
         gh, gw = fa.grid_shape
-        pmy, pmx = min(int(np.ceil(my / stride)), gh - 1), min(int(np.ceil(mx / stride)), gw - 1)
-        means, counts = diagonal_scores(fa, fb, max_shift=(pmy, pmx))
-        min_cells = max(1, int(np.ceil(min_overlap * gh * gw)))
+        window = parse_max_shift((my / stride, mx / stride), (gh, gw), subpixel=True)
+        means, counts = diagonal_scores(fa, fb, max_shift=window)
+        allowed = overlap_mask(crop_window(counts, window), min_overlap_count((gh, gw), min_overlap))
         try:
-            py, px = _best_shift(means, counts, (gh, gw), (pmy, pmx), min_cells)
+            py, px = best_shift(crop_window(means, window), allowed)
         except ValueError:
             raise ValueError(
                 f"no shift within max_shift={max_shift} keeps min_overlap={min_overlap:g} of a {gh}×{gw} grid"

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import math
 from collections.abc import Sequence
 from typing import Any
 
@@ -10,6 +9,7 @@ import numpy as np
 
 from ..backbones.base import Backbone
 from ..feature_matching import estimate_translation, patch_correlation
+from ..shifts import min_overlap_count, overlap_count
 
 __all__ = [
     "MIN_OVERLAP",
@@ -44,16 +44,12 @@ def shift_zero_fill(image: np.ndarray, shift: tuple[int, int]) -> np.ndarray:
 
 def shift_overlap(grid_shape: tuple[int, int], shift: tuple[int, int]) -> int:
     """Patches of an (h, w) grid that keep a partner inside the grid under a whole-patch ``shift``."""
-    h, w = grid_shape
-    return max(h - abs(int(shift[0])), 0) * max(w - abs(int(shift[1])), 0)
+    return overlap_count(grid_shape, shift)
 
 
 def min_overlap_patches(grid_shape: tuple[int, int], fraction: float = MIN_OVERLAP) -> int:
     """The fewest overlapping patches (at least 1) a candidate shift needs: ``ceil(fraction · h · w)``."""
-    if not 0.0 <= float(fraction) <= 1.0:
-        raise ValueError(f"min_overlap must be a fraction of the grid in [0, 1], got {fraction}")
-    h, w = grid_shape
-    return max(1, math.ceil(float(fraction) * h * w - 1e-9))
+    return min_overlap_count(grid_shape, fraction)
 
 
 def estimate_patch_shift(
