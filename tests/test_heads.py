@@ -2,15 +2,19 @@
 
 from __future__ import annotations
 
+import inspect
 import json
 
 import numpy as np
 import pytest
+from sklearn.base import clone
+from sklearn.model_selection import GridSearchCV
 
 from neuros.plugins.cv.backbones import get_backbone
 from neuros.plugins.cv.datasets.synthetic import make_dataset
 from neuros.plugins.cv.features import FeatureMap
 from neuros.plugins.cv.heads import (
+    HEADS,
     IncrementalLinearHead,
     MajorityClassifier,
     list_heads,
@@ -152,3 +156,57 @@ def test_load_head_errors(tmp_path):
     (tmp_path / "head.json").write_text("{not json")
     with pytest.raises(ValueError, match="cannot read"):
         load_head(tmp_path)
+
+
+# --------------------------------------------------------------------------- scikit-learn estimator protocol
+NON_DEFAULT = {
+    "logistic": {"C": 0.25, "max_iter": 50},
+    "sgd": {"alpha": 1e-3, "epochs": 2, "batch_size": 128},
+    "knn": {"n_neighbors": 3},
+    "rf": {"n_estimators": 7, "max_depth": None, "n_jobs": 1},
+    "mlp": {"hidden": 8, "epochs": 2, "batch_size": 64, "lr": 1e-2, "weight_decay": 0.0, "dropout": 0.0},
+}
+
+
+@pytest.mark.parametrize("kind", list(HEADS))
+def test_clone_gives_an_unfitted_head_with_the_same_parameters(em, kind):
+    cw = None if kind == "knn" else "balanced"
+    head = make_head(kind, seed=7, class_weight=cw, label_rule="fraction", threshold=0.25, **NON_DEFAULT[kind])
+    params = head.get_params()
+    assert list(params) == list(inspect.signature(type(head)).parameters)  # exactly the __init__ signature
+    assert params == {**NON_DEFAULT[kind], "label_rule": "fraction", "threshold": 0.25, "class_weight": cw,
+                      "seed": 7}
+    assert head.get_params(deep=True) == head.get_params(deep=False) == params
+    maps, masks = em
+    head.fit(maps[:6], masks[:6])
+    copy = clone(head)
+    assert type(copy) is type(head) and copy is not head
+    assert copy.get_params() == params
+    assert not hasattr(copy, "classes_")  # learned state is not cloned
+    np.testing.assert_array_equal(copy.fit(maps[:6], masks[:6]).predict(maps[6:7])[0],
+                                  head.predict(maps[6:7])[0])
+
+
+@pytest.mark.parametrize("kind", list(HEADS))
+def test_set_params_sets_known_names_and_refuses_unknown_ones(kind):
+    head = make_head(kind)
+    assert head.set_params(seed=11, threshold=0.75) is head
+    assert head.get_params()["seed"] == 11 and head.threshold == 0.75
+    with pytest.raises(ValueError, match=r"invalid parameter 'bogus' for \w+Head; valid parameters: .*seed"):
+        head.set_params(bogus=1)
+    with pytest.raises(ValueError, match="invalid parameter 'nope'"):
+        head.set_params(nope__deep=1)
+    assert head.set_params() is head
+
+
+def test_grid_search_over_head_parameters(em):
+    maps, masks = em
+
+    def pixel_accuracy(est, X, y):
+        return float(np.mean([np.mean(p == m) for p, m in zip(est.predict(X), y, strict=True)]))
+
+    search = GridSearchCV(make_head("logistic", max_iter=200), {"C": [1e-4, 1.0]}, cv=2, scoring=pixel_accuracy)
+    search.fit(maps[:6], masks[:6])
+    assert set(search.cv_results_["param_C"]) == {1e-4, 1.0}
+    assert search.best_estimator_.get_params()["C"] == search.best_params_["C"]
+    assert search.best_estimator_.predict(maps[6:7])[0].shape == (64, 64)

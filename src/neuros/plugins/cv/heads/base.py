@@ -22,6 +22,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+from sklearn.base import BaseEstimator
 
 from ..backbones.placeholder import PLACEHOLDER_NOTE, PLACEHOLDER_WEIGHTS
 from ..features import FeatureMap
@@ -46,8 +47,11 @@ def as_maps(maps: Any, name: str = "feature_maps") -> list[FeatureMap]:
     return list(maps)
 
 
-class SegmentationHead:
+class SegmentationHead(BaseEstimator):
     """Base class of all heads (see the module docstring for the contract).
+
+    A scikit-learn estimator (``sklearn.base.clone``, ``GridSearchCV`` over head parameters): the parameters are
+    exactly the ``__init__`` signature of each head class, stored unchanged.
 
     Parameters common to every head
     -------------------------------
@@ -73,11 +77,59 @@ class SegmentationHead:
         self.seed = seed
 
     # ----------------------------------------------------------------- parameters
-    def get_params(self) -> dict[str, Any]:
-        """The ``__init__`` parameters and their values (JSON-serialisable)."""
-        names = [p for c in type(self).__mro__ if c is not object
-                 for p in inspect.signature(c.__init__).parameters if p != "self"]
-        return {n: getattr(self, n) for n in dict.fromkeys(names) if hasattr(self, n)}
+    @classmethod
+    def _param_names(cls) -> list[str]:
+        """The parameters of ``cls.__init__`` in signature order (scikit-learn's rule: no ``*args``/``**kw``)."""
+        params = list(inspect.signature(cls.__init__).parameters.values())[1:]
+        if any(p.kind in (p.VAR_POSITIONAL, p.VAR_KEYWORD) for p in params):
+            raise TypeError(f"{cls.__name__}.__init__ must name every parameter explicitly (no *args or **kwargs)")
+        return [p.name for p in params]
+
+    def get_params(self, deep: bool = True) -> dict[str, Any]:
+        """The ``__init__`` parameters and their values, as scikit-learn's ``get_params``.
+
+        Parameters
+        ----------
+        deep : bool
+            Also list the parameters of parameter values that are estimators themselves (as
+            ``name__param``); the heads have none, so both settings return the same here.
+
+        Returns
+        -------
+        dict
+            Exactly the names of ``type(self).__init__``, values stored unchanged (JSON-serialisable).
+        """
+        out: dict[str, Any] = {}
+        for name in self._param_names():
+            value = getattr(self, name)
+            out[name] = value
+            if deep and hasattr(value, "get_params") and not isinstance(value, type):
+                out.update((f"{name}__{k}", v) for k, v in value.get_params().items())
+        return out
+
+    def set_params(self, **params: Any) -> SegmentationHead:
+        """Set ``__init__`` parameters (``name__param`` reaches into an estimator-valued one); returns self.
+
+        Raises
+        ------
+        ValueError
+            A name that is not a parameter of this head (one line, with the valid names).
+        """
+        valid = self._param_names()
+        nested: dict[str, dict[str, Any]] = {}
+        for key, value in params.items():
+            name, sep, sub = key.partition("__")
+            if name not in valid:
+                raise ValueError(
+                    f"invalid parameter {name!r} for {type(self).__name__}; valid parameters: {', '.join(valid)}"
+                )
+            if sep:
+                nested.setdefault(name, {})[sub] = value
+            else:
+                setattr(self, name, value)
+        for name, sub_params in nested.items():
+            getattr(self, name).set_params(**sub_params)
+        return self
 
     def _check_params(self) -> None:
         if self.label_rule not in RULES:

@@ -66,14 +66,16 @@ class LogisticHead(_SklearnHead):
         Inverse regularisation strength.
     max_iter : int
         lbfgs iterations.
-    **kw
-        ``label_rule``, ``threshold``, ``class_weight``, ``seed`` (see :class:`SegmentationHead`).
+    label_rule, threshold, class_weight, seed
+        Keyword-only, common to every head (see :class:`SegmentationHead`).
     """
 
     kind = "logistic"
 
-    def __init__(self, C: float = 1.0, max_iter: int = 1000, **kw: Any) -> None:
-        super().__init__(**kw)
+    def __init__(self, C: float = 1.0, max_iter: int = 1000,
+                 *, label_rule: str = "argmax", threshold: float = 0.5, class_weight: str | None = None,
+                 seed: int = 0) -> None:
+        super().__init__(label_rule=label_rule, threshold=threshold, class_weight=class_weight, seed=seed)
         self.C = C
         self.max_iter = max_iter
 
@@ -88,8 +90,10 @@ class KNNHead(_SklearnHead):
     kind = "knn"
     supports_class_weight = False
 
-    def __init__(self, n_neighbors: int = 5, **kw: Any) -> None:
-        super().__init__(**kw)
+    def __init__(self, n_neighbors: int = 5,
+                 *, label_rule: str = "argmax", threshold: float = 0.5, class_weight: str | None = None,
+                 seed: int = 0) -> None:
+        super().__init__(label_rule=label_rule, threshold=threshold, class_weight=class_weight, seed=seed)
         self.n_neighbors = n_neighbors
 
     def _check_params(self) -> None:
@@ -112,8 +116,10 @@ class RandomForestHead(_SklearnHead):
 
     kind = "rf"
 
-    def __init__(self, n_estimators: int = 100, max_depth: int | None = 16, n_jobs: int = 1, **kw: Any) -> None:
-        super().__init__(**kw)
+    def __init__(self, n_estimators: int = 100, max_depth: int | None = 16, n_jobs: int = 1,
+                 *, label_rule: str = "argmax", threshold: float = 0.5, class_weight: str | None = None,
+                 seed: int = 0) -> None:
+        super().__init__(label_rule=label_rule, threshold=threshold, class_weight=class_weight, seed=seed)
         self.n_estimators = n_estimators
         self.max_depth = max_depth
         self.n_jobs = n_jobs
@@ -133,8 +139,10 @@ class IncrementalLinearHead(_SklearnHead):
 
     kind = "sgd"
 
-    def __init__(self, alpha: float = 1e-4, epochs: int = 5, batch_size: int = 65536, **kw: Any) -> None:
-        super().__init__(**kw)
+    def __init__(self, alpha: float = 1e-4, epochs: int = 5, batch_size: int = 65536,
+                 *, label_rule: str = "argmax", threshold: float = 0.5, class_weight: str | None = None,
+                 seed: int = 0) -> None:
+        super().__init__(label_rule=label_rule, threshold=threshold, class_weight=class_weight, seed=seed)
         self.alpha = alpha
         self.epochs = epochs
         self.batch_size = batch_size

@@ -6,7 +6,6 @@ Weights are stored as a safetensors file (no pickle), the input standardisation 
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any
 
 import numpy as np
 
@@ -32,13 +31,17 @@ class MLPHead(SegmentationHead):
         Hidden units.
     epochs, batch_size, lr, weight_decay, dropout
         Adam training settings.
+    label_rule, threshold, class_weight, seed
+        Keyword-only, common to every head (see :class:`SegmentationHead`).
     """
 
     kind = "mlp"
 
     def __init__(self, hidden: int = 128, epochs: int = 30, batch_size: int = 1024, lr: float = 1e-3,
-                 weight_decay: float = 1e-4, dropout: float = 0.1, **kw: Any) -> None:
-        super().__init__(**kw)
+                 weight_decay: float = 1e-4, dropout: float = 0.1,
+                 *, label_rule: str = "argmax", threshold: float = 0.5, class_weight: str | None = None,
+                 seed: int = 0) -> None:
+        super().__init__(label_rule=label_rule, threshold=threshold, class_weight=class_weight, seed=seed)
         self.hidden = hidden
         self.epochs = epochs
         self.batch_size = batch_size
