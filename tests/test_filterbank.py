@@ -42,13 +42,27 @@ def test_filters_respond_to_structure():
     np.testing.assert_allclose(flat[..., c["gradient"]], 0, atol=1e-6)
 
 
+REC601 = np.array([0.299, 0.587, 0.114], dtype=np.float32)  # the filter bank's luminance rule (ITU-R BT.601)
+
+
 def test_colour_uses_luminance_and_is_deterministic():
     rng = np.random.default_rng(1)
     rgb = rng.random((32, 32, 3)).astype(np.float32)
-    grey = rgb @ np.array([0.299, 0.587, 0.114], dtype=np.float32)
+    before = rgb.copy()
     bb = get_backbone("filterbank")
-    np.testing.assert_allclose(bb.extract(rgb).features, bb.extract(grey).features, atol=1e-4)
-    np.testing.assert_array_equal(bb.extract(rgb).features, bb.extract(rgb).features)
+    colour = bb.extract(rgb).features
+    # an RGB image gives exactly the features of its BT.601 luminance image...
+    np.testing.assert_array_equal(colour, bb.extract(rgb @ REC601).features)
+    # ...and not those of another grey conversion (the comparison can tell the rules apart)
+    for other in ([0.2126, 0.7152, 0.0722], [1 / 3, 1 / 3, 1 / 3]):
+        grey = rgb @ np.array(other, dtype=np.float32)
+        assert np.abs(bb.extract(grey).features - colour).max() > 1e-3
+    assert np.abs(bb.extract(rgb[..., ::-1].copy()).features - colour).max() > 1e-3  # channel order matters
+    # an alpha channel is ignored; a fresh backbone on a copy gives the same features; the input is untouched
+    rgba = np.concatenate([rgb, rng.random((32, 32, 1)).astype(np.float32)], axis=2)
+    np.testing.assert_array_equal(bb.extract(rgba).features, colour)
+    np.testing.assert_array_equal(get_backbone("filterbank").extract(before.copy()).features, colour)
+    np.testing.assert_array_equal(rgb, before)
 
 
 def test_bad_parameters():
