@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
+import io
 import json
 import os
 import subprocess
 import sys
+from contextlib import redirect_stderr, redirect_stdout
 from pathlib import Path
+from types import SimpleNamespace
 
 import pytest
 
@@ -16,17 +19,33 @@ from neuros.plugins.cv.experiments.suite import SuiteConfig, run_suite
 CLI = [sys.executable, "-m", "neuros.plugins.cv.cli"]
 
 
+#: A small real suite (the built-in ``quick`` one with the smallest ViT) for tests about outputs, not numbers.
+QUICK = ["--config", "quick", "--backbones", "vit-small"]
+
+
 def _run(args, **kw):
+    """The CLI in a fresh interpreter (only where a separate process is the point: determinism across runs)."""
     env = {**os.environ, "COLUMNS": "160"}
     return subprocess.run([*CLI, *args], capture_output=True, text=True, env=env, **kw)
 
 
+def _main(capsys, *args):
+    """The CLI's ``main`` in this process: (exit status, stdout, stderr)."""
+    code = main(list(args))
+    captured = capsys.readouterr()
+    return code, captured.out, captured.err
+
+
 @pytest.fixture(scope="module")
 def bench_out(tmp_path_factory):
+    """The default (report) suite, run once, in this process (the one full run of this file)."""
     out = tmp_path_factory.mktemp("bench") / "run1"
-    proc = _run(["bench", "--out", str(out)])
-    assert proc.returncode == 0, proc.stderr
-    return out, proc
+    stdout, stderr = io.StringIO(), io.StringIO()
+    with pytest.MonkeyPatch.context() as mp, redirect_stdout(stdout), redirect_stderr(stderr):
+        mp.setenv("COLUMNS", "160")
+        code = main(["bench", "--out", str(out)])
+    assert code == 0, stderr.getvalue()
+    return out, SimpleNamespace(returncode=code, stdout=stdout.getvalue(), stderr=stderr.getvalue())
 
 
 def test_bench_prints_the_three_tables_and_explains_mri(bench_out):
@@ -67,14 +86,20 @@ def _without_provenance(path: Path) -> str:
     return json.dumps(doc)
 
 
-def test_same_seed_is_byte_identical_except_provenance(bench_out, tmp_path):
-    out, _ = bench_out
-    assert main(["bench", "--out", str(tmp_path / "run2")]) == 0
-    a, b = (out / "results.json").read_text(), (tmp_path / "run2" / "results.json").read_text()
-    assert _without_provenance(out / "results.json") == _without_provenance(tmp_path / "run2" / "results.json")
+def test_same_seed_is_byte_identical_except_provenance(tmp_path):
+    """The built-in ``quick`` suite (every experiment, three modalities, small images) in a fresh process and in
+    this one gives the same bytes up to the provenance block."""
+    one, two = tmp_path / "run1", tmp_path / "run2"
+    proc = _run(["bench", "--config", "quick", "--out", str(one)])
+    assert proc.returncode == 0, proc.stderr
+    assert main(["bench", "--config", "quick", "--out", str(two)]) == 0
+    a, b = (one / "results.json").read_text(), (two / "results.json").read_text()
+    doc = json.loads(a)
+    assert doc["config"]["name"] == "quick" and len(doc["results"]["registration"]) == 3  # a real run
+    assert _without_provenance(one / "results.json") == _without_provenance(two / "results.json")
     # Everything before the provenance block is byte-identical text.
     assert a.split('"provenance"')[0] == b.split('"provenance"')[0]
-    assert (out / "tables.md").read_bytes() == (tmp_path / "run2" / "tables.md").read_bytes()
+    assert (one / "tables.md").read_bytes() == (two / "tables.md").read_bytes()
 
 
 def test_different_seed_changes_the_data():
@@ -90,17 +115,17 @@ def test_refuses_to_clobber_and_overwrites_when_asked(tmp_path, capsys):
     out = tmp_path / "res"
     out.mkdir()
     (out / "keep.txt").write_text("mine")
-    assert main(["bench", "--backbones", "vit-small", "--out", str(out)]) == 2
+    assert main(["bench", *QUICK, "--out", str(out)]) == 2
     assert "--overwrite" in capsys.readouterr().err
     assert (out / "keep.txt").read_text() == "mine"
     # A folder neuros-cv did not write is never replaced, even with --overwrite.
-    assert main(["bench", "--backbones", "vit-small", "--out", str(out), "--overwrite"]) == 2
+    assert main(["bench", *QUICK, "--out", str(out), "--overwrite"]) == 2
     assert "did not write" in capsys.readouterr().err and (out / "keep.txt").read_text() == "mine"
     # Our own earlier output is replaced; a file the user added beside it stays.
     (out / "keep.txt").unlink()
-    assert main(["bench", "--backbones", "vit-small", "--out", str(out)]) == 0
+    assert main(["bench", *QUICK, "--out", str(out)]) == 0
     (out / "keep.txt").write_text("mine")
-    assert main(["bench", "--backbones", "vit-small", "--out", str(out), "--overwrite"]) == 0
+    assert main(["bench", *QUICK, "--out", str(out), "--overwrite"]) == 0
     assert (out / "results.json").exists() and (out / "keep.txt").read_text() == "mine"
 
 
@@ -111,20 +136,20 @@ def test_refuses_to_clobber_and_overwrites_when_asked(tmp_path, capsys):
         (["--seed", "-1"], "seed: must be >= 0"),
     ],
 )
-def test_bad_arguments_are_one_line_errors_without_traceback(tmp_path, args, message):
-    proc = _run(["bench", *args, "--out", str(tmp_path / "o")])
-    assert proc.returncode == 2
-    assert message in proc.stderr and "Traceback" not in proc.stderr
-    assert len(proc.stderr.strip().splitlines()) == 1
+def test_bad_arguments_are_one_line_errors_without_traceback(tmp_path, capsys, args, message):
+    code, _, err = _main(capsys, "bench", *args, "--out", str(tmp_path / "o"))
+    assert code == 2
+    assert message in err and "Traceback" not in err
+    assert len(err.strip().splitlines()) == 1
     assert not (tmp_path / "o").exists()
 
 
-def test_unwritable_out_is_reported_before_any_work(tmp_path):
+def test_unwritable_out_is_reported_before_any_work(tmp_path, capsys):
     blocker = tmp_path / "file.txt"
     blocker.write_text("x")
-    proc = _run(["bench", "--out", str(blocker / "sub")])
-    assert proc.returncode == 2 and "is a file, not a folder" in proc.stderr
-    assert "Traceback" not in proc.stderr and "Table 1" not in proc.stdout
+    code, out, err = _main(capsys, "bench", "--out", str(blocker / "sub"))
+    assert code == 2 and "is a file, not a folder" in err
+    assert "Traceback" not in err and "Table 1" not in out
 
 
 def test_failure_midway_leaves_no_partial_output(tmp_path, monkeypatch):
@@ -138,16 +163,16 @@ def test_failure_midway_leaves_no_partial_output(tmp_path, monkeypatch):
         boom()
 
     monkeypatch.setattr(bench, "write_outputs", half_written)
-    assert main(["bench", "--backbones", "vit-small", "--out", str(tmp_path / "o")]) == 2
+    assert main(["bench", *QUICK, "--out", str(tmp_path / "o")]) == 2
     assert not (tmp_path / "o").exists()
     assert list(tmp_path.iterdir()) == []  # no temporary folder left behind either
 
 
-def test_backbones_command_lists_the_registry():
-    proc = _run(["backbones"])
-    assert proc.returncode == 0
+def test_backbones_command_lists_the_registry(capsys):
+    code, out, _ = _main(capsys, "backbones")
+    assert code == 0
     for name in ("vit-small", "vit-7b", "cnx-large"):
-        assert name in proc.stdout
+        assert name in out
 
 
 def test_bench_says_what_the_placeholder_is_in_every_output(bench_out):

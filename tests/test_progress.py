@@ -3,10 +3,7 @@ elapsed time and ETA; ``features`` counts tiles; ``features`` cuts 3-D stacks al
 
 from __future__ import annotations
 
-import os
 import re
-import subprocess
-import sys
 import time
 
 import numpy as np
@@ -37,21 +34,21 @@ def test_plain_lines_at_a_steady_interval_when_not_a_terminal(capsys, monkeypatc
                for k, m in enumerate(parsed))  # an ETA once something is done
 
 
-def test_features_counts_tiles_in_a_log(tmp_path):
+def test_features_counts_tiles_in_a_log(tmp_path, capsys, monkeypatch):
     r = np.random.default_rng(0)
     for name, size in (("a.tif", 160), ("b.tif", 160), ("c.tif", 48)):
         tifffile.imwrite(tmp_path / name, r.integers(0, 255, (size, size), dtype=np.uint8))
-    env = dict(os.environ, **{INTERVAL_ENV: "0.01"})
-    cmd = [sys.executable, "-m", "neuros.plugins.cv.cli", "features", "a.tif", "b.tif", "c.tif", "--backbone",
-           "vit-small", "--weights", "placeholder", "--tile", "64", "--overlap", "16", "--batch-size", "2",
-           "--out", "f"]
-    done = subprocess.run(cmd, cwd=tmp_path, env=env, capture_output=True, text=True, timeout=300)
-    assert done.returncode == 0, done.stderr
-    lines = [m for m in map(LINE.match, done.stderr.splitlines()) if m]
+    monkeypatch.setenv(INTERVAL_ENV, "0.01")
+    monkeypatch.chdir(tmp_path)
+    code = main(["features", "a.tif", "b.tif", "c.tif", "--backbone", "vit-small", "--weights", "placeholder",
+                 "--tile", "64", "--overlap", "16", "--batch-size", "2", "--out", "f"])
+    err = capsys.readouterr().err
+    assert code == 0, err
+    lines = [m for m in map(LINE.match, err.splitlines()) if m]
     # 160 px with 64-px tiles and 16 px of context: 4 windows per axis = 16 tiles; c.tif is one image.
     assert lines[-1]["done"] == lines[-1]["total"] == "33"
     assert bb_tiles((160, 160)) == 16
-    assert "(tiles)" in done.stderr
+    assert "(tiles)" in err
     assert {int(m["done"]) for m in lines} <= set(range(34))
 
 
