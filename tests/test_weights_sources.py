@@ -104,6 +104,20 @@ def test_meta_file_as_model_id_or_source_reads_its_shapes(offline_env, tmp_path)
     np.testing.assert_allclose(_feats(other), ref, atol=1e-5)
 
 
+def test_unknown_timm_convnext_from_shapes(offline_env, tmp_path, tiny_convnext_dir):
+    """A timm ConvNeXt of no released size: depths and widths from the tensors."""
+    from transformers import DINOv3ConvNextModel
+
+    sd = W.to_timm_state_dict(DINOv3ConvNextModel.from_pretrained(tiny_convnext_dir).state_dict(), "convnext")
+    repo = "someone/convnext_femto.dinov3_test"
+    snap = save_timm_folder(hf_cache_snapshot(offline_env, repo), sd, "convnext_femto", "dinov3_test")
+    bb = DINOv3Backbone(repo, weights="pretrained")
+    assert bb.weights == f"pretrained:{snap}" and bb.model.config.hidden_sizes == [8, 16, 24, 32]
+    assert bb.feature_dim == 24 and lookup(repo).info["feature_dim"] == 24
+    np.testing.assert_allclose(_feats(bb), _feats(DINOv3Backbone(str(tiny_convnext_dir), weights="pretrained")),
+                               atol=1e-5)
+
+
 # ------------------------------------------------------------ 2. NEUROS_CV_WEIGHTS by release names
 def test_env_folder_finds_meta_release_file(offline_env, monkeypatch, tmp_path, vits):
     model, ref = vits
@@ -125,6 +139,9 @@ def test_env_folder_finds_meta_release_file(offline_env, monkeypatch, tmp_path, 
     assert weights_available("cnx-tiny") == str(root / "dinov3_convnext_tiny_pretrain_lvd1689m-21b726bb.pth")
     assert weights_available("vit-small-plus").endswith("-4057cbaa.pth")
     assert weights_available("vit-large") is None and weights_available("vit-base") is None
+    # as the model id, a file named as a release is that release
+    assert lookup(str(pth)).info["params_m"] == 21.6
+    np.testing.assert_allclose(_feats(DINOv3Backbone(str(pth), weights="pretrained")), ref, atol=1e-5)
     # the release file also counts inside a sub-folder named for the model
     sub = root / "vit-small"
     sub.mkdir()

@@ -129,6 +129,7 @@ VARIANTS: dict[str, Variant] = {
 _BY_HUB = {h: v for v in VARIANTS.values() for h in v.hub_ids}
 _BY_TIMM_ARCH = {(v.timm_id.split("/")[1].split(".")[0], v.pretrain == _SAT): v
                  for v in VARIANTS.values() if v.timm_id}
+_BY_RELEASE = {stem: v for v in VARIANTS.values() for stem in W.release_stems(v.hub_ids)}  # Meta's file names
 _HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]*/[\w.-]+$")
 
 
@@ -222,8 +223,9 @@ def _variant_from_checkpoint(path: Path, name: str, hub_id: str | None = None) -
     """A Variant for a local checkpoint (folder or Meta file), its architecture read from the checkpoint.
 
     A timm folder of a released architecture gets that release's config (its ``model_args``, if any,
-    override); anything else comes from :func:`~.weights.infer_config`: a transformers folder's
-    ``config.json``, or the tensor shapes of a timm folder or Meta file on top of the release defaults.
+    override), and so does a Meta file named as a release; anything else comes from
+    :func:`~.weights.infer_config`: a transformers folder's ``config.json``, or the tensor shapes of a timm
+    folder or Meta file on top of the release defaults.
     ``hub_id`` names where the checkpoint was found for a hub id; later look-ups search that id only.
     """
     info = W.inspect_checkpoint(path)
@@ -235,6 +237,11 @@ def _variant_from_checkpoint(path: Path, name: str, hub_id: str | None = None) -
             extra = W.timm_model_args(cfg, table.arch)
             v = table if hub_id is None else replace(table, hub_id=hub_id, timm_id=None)
             return _with_params(replace(v, config={**v.config, **extra})) if extra else v
+    if info.kind == "original":  # Meta's release file names say which release it is
+        table = next((v for stem, v in _BY_RELEASE.items() if path.name.startswith(f"{stem}-")
+                      or path.stem == stem), None)
+        if table is not None:
+            return table if hub_id is None else replace(table, hub_id=hub_id, timm_id=None)
     arch, found = W.infer_config(info)
     if info.kind == "transformers":
         known = set(_vit(1, 1, 1, 1)) | {"depths", "hidden_sizes", "layer_scale_init_value", "num_channels"}
