@@ -610,7 +610,7 @@ def _infer_vit(shapes: dict[str, tuple[int, ...]], periods: Any) -> dict[str, An
 def _infer_convnext(shapes: dict[str, tuple[int, ...]]) -> dict[str, Any]:
     shapes = {(_rename(k, _CNX_META_TO_TIMM) or k): v for k, v in shapes.items()}
     depths = [_blocks(shapes, rf"^stages\.{i}\.blocks\.(\d+)\.") for i in range(4)]
-    widths = [shapes.get(f"stages.{i}.blocks.0.conv_dw.weight", (0,))[0] for i in range(4)]
+    widths = [shapes[f"stages.{i}.blocks.0.conv_dw.weight"][0] for i in range(4)]  # KeyError: not a ConvNeXt
     return dict(depths=depths, hidden_sizes=[int(w) for w in widths])
 
 
