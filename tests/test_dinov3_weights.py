@@ -152,32 +152,17 @@ def test_timm_round_trip_vit(tmp_path, gated):
     assert "\n" not in str(e.value)
 
 
-def test_meta_original_names_convert(tmp_path):
-    """Original Meta checkpoints (storage_tokens, fused qkv with a bias, ls1.gamma, SwiGLU w1/w2/w3)."""
+@pytest.mark.parametrize("gated", [True, False])
+def test_meta_original_names_convert(tmp_path, gated):
+    """Original Meta checkpoints (storage_tokens, fused qkv with a bias, ls1.gamma, mlp.fc1/fc2 or SwiGLU w1/w2/w3)."""
     from transformers import DINOv3ViTModel
 
-    from tiny_models import make_tiny_vit
+    from tiny_models import make_tiny_vit, meta_state_dict
 
-    model = DINOv3ViTModel.from_pretrained(make_tiny_vit(tmp_path / "g", use_gated_mlp=True, hidden_act="silu"))
-    sd = {k.removeprefix("model."): v for k, v in model.state_dict().items()}
-    meta = {"cls_token": sd["embeddings.cls_token"], "storage_tokens": sd["embeddings.register_tokens"],
-            "mask_token": sd["embeddings.mask_token"][0], "rope_embed.periods": torch.ones(4),
-            "patch_embed.proj.weight": sd["embeddings.patch_embeddings.weight"],
-            "patch_embed.proj.bias": sd["embeddings.patch_embeddings.bias"],
-            "norm.weight": sd["norm.weight"], "norm.bias": sd["norm.bias"]}
-    for i in range(2):
-        a, b = f"layer.{i}.", f"blocks.{i}."
-        q, k, v = (sd[f"{a}attention.{x}_proj.weight"] for x in "qkv")
-        meta[f"{b}attn.qkv.weight"] = torch.cat([q, k, v])
-        qb, vb = sd[f"{a}attention.q_proj.bias"], sd[f"{a}attention.v_proj.bias"]
-        meta[f"{b}attn.qkv.bias"] = torch.cat([qb, torch.zeros_like(qb), vb])
-        meta[f"{b}attn.qkv.bias_mask"] = torch.ones(96)
-        for src, dst in (("attention.o_proj", "attn.proj"), ("norm1", "norm1"), ("norm2", "norm2"),
-                         ("mlp.gate_proj", "mlp.w1"), ("mlp.up_proj", "mlp.w2"), ("mlp.down_proj", "mlp.w3")):
-            meta[f"{b}{dst}.weight"], meta[f"{b}{dst}.bias"] = sd[f"{a}{src}.weight"], sd[f"{a}{src}.bias"]
-        meta[f"{b}ls1.gamma"], meta[f"{b}ls2.gamma"] = sd[f"{a}layer_scale1.lambda1"], sd[f"{a}layer_scale2.lambda1"]
+    act = dict(use_gated_mlp=True, hidden_act="silu") if gated else {}
+    model = DINOv3ViTModel.from_pretrained(make_tiny_vit(tmp_path / "g", **act))
     path = tmp_path / "dinov3_tiny_pretrain.pth"
-    torch.save({"teacher": {f"backbone.{k}": v for k, v in meta.items()}}, path)
+    torch.save(meta_state_dict(model), path)
     loaded = W.load_model(W.inspect_checkpoint(path), lambda: DINOv3ViTModel(model.config))
     for k, v in model.state_dict().items():
         torch.testing.assert_close(loaded.state_dict()[k], v, msg=k)

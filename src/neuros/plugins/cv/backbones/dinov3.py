@@ -21,7 +21,7 @@ from __future__ import annotations
 
 import re
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -129,6 +129,7 @@ VARIANTS: dict[str, Variant] = {
 _BY_HUB = {h: v for v in VARIANTS.values() for h in v.hub_ids}
 _BY_TIMM_ARCH = {(v.timm_id.split("/")[1].split(".")[0], v.pretrain == _SAT): v
                  for v in VARIANTS.values() if v.timm_id}
+_BY_RELEASE = {stem: v for v in VARIANTS.values() for stem in W.release_stems(v.hub_ids)}  # Meta's file names
 _HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]*/[\w.-]+$")
 
 
@@ -201,31 +202,91 @@ def _resolve_dtype(dtype: str | None) -> Any:
     return table[d]
 
 
-def _variant_from_folder(path: Path, name: str) -> Variant:
-    """A Variant describing a local checkpoint folder (its own config, or the timm architecture's)."""
+_CHECKPOINT_FILES = (".pth", ".pt", ".safetensors", ".bin")
+
+
+def _is_checkpoint_path(p: Path) -> bool:
+    """A folder, or a file with a checkpoint suffix (Meta's ``.pth``): a model id that is its own weights."""
+    return p.is_dir() or (p.is_file() and p.suffix in _CHECKPOINT_FILES)
+
+
+def _is_sat(path: Path, cfg: dict[str, Any]) -> bool:
+    text = f"{path} {cfg.get('_name_or_path', '')} {cfg.get('pretrained_cfg', {})}".lower()
+    return "sat493m" in text
+
+
+def _with_params(v: Variant) -> Variant:
+    return replace(v, params_m=round(count_params(v) / 1e6, 1))
+
+
+def _variant_from_checkpoint(path: Path, name: str, hub_id: str | None = None) -> Variant:
+    """A Variant for a local checkpoint (folder or Meta file), its architecture read from the checkpoint.
+
+    A timm folder of a released architecture gets that release's config (its ``model_args``, if any,
+    override), and so does a Meta file named as a release; anything else comes from
+    :func:`~.weights.infer_config`: a transformers folder's ``config.json``, or the tensor shapes of a timm
+    folder or Meta file on top of the release defaults.
+    ``hub_id`` names where the checkpoint was found for a hub id; later look-ups search that id only.
+    """
     info = W.inspect_checkpoint(path)
-    if info.kind == "timm":
-        arch = (info.timm_arch or "").removesuffix("_qkvb")  # timm's variant that keeps the zero q/v biases
-        v = _BY_TIMM_ARCH.get((arch, "sat493m" in str(path).lower()))
-        if v is None:
-            raise W.NotACheckpointError(f"{path}: unknown timm DINOv3 architecture {info.timm_arch!r}")
-        return v
     cfg = dict(info.config or {})
-    known = set(_vit(1, 1, 1, 1)) | {"depths", "hidden_sizes", "layer_scale_init_value", "num_channels"}
-    config = {k: v for k, v in cfg.items() if k in known}
-    sat = "sat493m" in str(path).lower() or "sat493m" in str(cfg.get("_name_or_path", "")).lower()
-    if info.arch == "vit":
-        dim = int(cfg.get("hidden_size", 384))
-        feat, patch = dim, int(cfg.get("patch_size", 16))
+    sat = _is_sat(path, cfg)
+    if info.kind == "timm":
+        table = _BY_TIMM_ARCH.get(((info.timm_arch or "").removesuffix("_qkvb"), sat))  # _qkvb: zero q/v biases
+        if table is not None:
+            extra = W.timm_model_args(cfg, table.arch)
+            v = table if hub_id is None else replace(table, hub_id=hub_id, timm_id=None)
+            return _with_params(replace(v, config={**v.config, **extra})) if extra else v
+    if info.kind == "original":  # Meta's release file names say which release it is
+        table = next((v for stem, v in _BY_RELEASE.items() if path.name.startswith(f"{stem}-")
+                      or path.stem == stem), None)
+        if table is not None:
+            return table if hub_id is None else replace(table, hub_id=hub_id, timm_id=None)
+    arch, found = W.infer_config(info)
+    if info.kind == "transformers":
+        known = set(_vit(1, 1, 1, 1)) | {"depths", "hidden_sizes", "layer_scale_init_value", "num_channels"}
+        config = {k: v for k, v in found.items() if k in known}
+    else:  # sizes from the tensors, everything else as in the releases
+        config = {**_VIT_BASE, **found} if arch == "vit" else dict(found)
+    if arch == "vit":
+        dim = int(config.get("hidden_size", 384))
+        feat, patch = dim, int(config.get("patch_size", 16))
     else:
-        hs = list(cfg.get("hidden_sizes", [96, 192, 384, 768]))
+        hs = list(config.get("hidden_sizes", [96, 192, 384, 768]))
         dim, feat, patch = int(hs[-1]), int(hs[2]), 16
-    v = Variant(name, str(path), info.arch, feat, dim, 0.0, _SAT if sat else _LVD, None, config, patch)
-    return Variant(name, str(path), info.arch, feat, dim, round(count_params(v) / 1e6, 1),
-                   v.pretrain, None, config, patch)
+    v = Variant(name, hub_id or str(path), arch, feat, dim, 0.0, _SAT if sat else _LVD, None, config, patch)
+    return _with_params(v)
 
 
-def _variant_for(model_id: str) -> Variant:
+def _local_checkpoint(source: str | None, hub_id: str) -> Path | None:
+    """Where the weights of a hub id (or its explicit ``pretrained:`` source) are on this machine."""
+    if source is not None:
+        p = Path(source).expanduser()
+        if p.exists():
+            return p
+        if _HUB_ID.match(source):
+            return W.find_weights(source, (source,))
+        return None
+    return W.find_weights(hub_id, (hub_id,))
+
+
+def _hub_variant(model_id: str, source: str | None = None) -> Variant | None:
+    """A Variant for a hub id no table names: from its local checkpoint, else a guess from its name.
+
+    None when the id is neither on this machine nor named like a DINOv3 model.
+    """
+    local = _local_checkpoint(source, model_id)
+    if local is not None:
+        return _variant_from_checkpoint(local, model_id, hub_id=model_id)
+    if "dinov3" in model_id.lower():  # not here yet: the architecture is read once it is downloaded
+        sat = "sat493m" in model_id.lower()
+        arch = "convnext" if "convnext" in model_id.lower() else "vit"
+        return Variant(model_id, model_id, arch, 0, 0, 0.0, _SAT if sat else _LVD, None, {})
+    return None
+
+
+def _variant_for(model_id: str, source: str | None = None) -> Variant:
+    """The Variant of a short id, a hub id or a local checkpoint (``source``: an explicit weights source)."""
     if not isinstance(model_id, str):
         raise TypeError(f"model_id must be a string, got {type(model_id).__name__}")
     if model_id in VARIANTS:
@@ -233,12 +294,11 @@ def _variant_for(model_id: str) -> Variant:
     if model_id in _BY_HUB:
         return _BY_HUB[model_id]
     p = Path(model_id).expanduser()
-    if p.is_dir():
-        return _variant_from_folder(p, model_id)
-    if _HUB_ID.match(model_id) and "dinov3" in model_id.lower():
-        sat = "sat493m" in model_id.lower()
-        arch = "convnext" if "convnext" in model_id.lower() else "vit"
-        return Variant(model_id, model_id, arch, 0, 0, 0.0, _SAT if sat else _LVD, None, {})
+    if _is_checkpoint_path(p):
+        return _variant_from_checkpoint(p, model_id)
+    v = _hub_variant(model_id, source) if _HUB_ID.match(model_id) else None
+    if v is not None:
+        return v
     from .base import lookup
 
     lookup(model_id)  # raises UnknownBackboneError with close-match suggestions
@@ -322,7 +382,7 @@ class DINOv3Backbone(Backbone):
     ) -> None:
         super().__init__()
         mode, wseed, source = parse_weights(weights)
-        self.variant = _variant_for(model_id)
+        self.variant = _variant_for(model_id, source)
         self.model_id = model_id
         self.name = model_id
         self.patch_size = self.variant.patch_size
@@ -393,10 +453,23 @@ class DINOv3Backbone(Backbone):
             return
         self._device = resolve_device(self.device)
         info = W.inspect_checkpoint(path)
+        if not v.config:  # a hub id no table names, downloaded just now: its architecture is its own
+            v = self._adopt(path)
         if info.arch is not None and info.arch != v.arch:
             raise W.NotACheckpointError(f"{path} holds a DINOv3 {info.arch}, but {self.model_id} is a {v.arch}")
         self.model = W.load_model(info, lambda: self._build(0), None)
         self.weights = f"pretrained:{path}"
+
+    def _adopt(self, path: Path) -> Variant:
+        """Take the architecture of a checkpoint found only after construction (a download)."""
+        v = _variant_from_checkpoint(path, self.model_id, hub_id=self.variant.hub_id)
+        if v.arch != self.variant.arch or v.patch_size != self.patch_size:
+            raise W.NotACheckpointError(
+                f"{path} holds a DINOv3 {v.arch} with patch size {v.patch_size}, not the {self.variant.arch} "
+                f"with patch size {self.patch_size} its name suggested; build the backbone again now that it is here"
+            )
+        self.variant = v
+        return v
 
     def _placeholder(self) -> None:
         if not self.variant.feature_dim:
@@ -420,7 +493,7 @@ class DINOv3Backbone(Backbone):
                 return found
             raise W.NotACheckpointError(f"weights path {source} does not exist")
         p = Path(self.model_id).expanduser()
-        if p.is_dir():  # a local folder as the model id is its own weights
+        if _is_checkpoint_path(p):  # a local folder or Meta file as the model id is its own weights
             return p
         found = W.find_weights(self.model_id, v.hub_ids)
         if found is None and download:
@@ -610,16 +683,20 @@ def external_entry(name: str) -> Any:
     from .base import BackboneEntry
 
     p = Path(name).expanduser()
-    if p.is_dir():
-        v = _variant_from_folder(p, name)  # raises NotACheckpointError (one line) for other folders
+    if _is_checkpoint_path(p):
+        v = _variant_from_checkpoint(p, name)  # raises NotACheckpointError (one line) for other folders
         summary = f"DINOv3 {v.arch.upper()} from {p}"
-    elif _HUB_ID.match(name) and "dinov3" in name.lower():
-        v = _BY_HUB.get(name) or _variant_for(name)
+    elif _HUB_ID.match(name):
+        found = _BY_HUB.get(name) or _hub_variant(name)  # a hub id on this machine reads its own config
+        if found is None:
+            return None
+        v = found
         summary = f"DINOv3 {v.arch.upper()} ({name})"
     else:
         return None
     return BackboneEntry(name, _factory(name), summary, "dinov3",
-                         dict(hub_id=v.hub_id, feature_dim=v.feature_dim, params_m=v.params_m, patch_size=16))
+                         dict(hub_id=v.hub_id, feature_dim=v.feature_dim, params_m=v.params_m,
+                              patch_size=v.patch_size))
 
 
 def weights_available(model_id: str) -> str | None:

@@ -4,21 +4,29 @@ Where pretrained weights come from, in order:
 
 1. an explicit source: ``weights="pretrained:/path/to/folder"`` (a ``save_pretrained`` folder, a timm-mirror
    folder, or the original ``.pth`` file) or ``weights="pretrained:org/name"`` (a hub id);
-2. the folder(s) named by the environment variable ``NEUROS_CV_WEIGHTS`` (``os.pathsep``-separated), each
-   holding one sub-folder per model named by its short id (``vit-small``), its hub name
-   (``dinov3-vits16-pretrain-lvd1689m``), ``org--name`` or its timm-mirror name;
-3. the Hugging Face cache (``HF_HUB_CACHE``), for the official hub id and then its timm mirror, through
-   ``huggingface_hub.snapshot_download(local_files_only=True)`` — never the network;
+2. the folder(s) named by the environment variable ``NEUROS_CV_WEIGHTS`` (``os.pathsep``-separated). In each,
+   in this order: a sub-folder named by the short id (``vit-small``), the hub name
+   (``dinov3-vits16-pretrain-lvd1689m``), ``org--name``, the timm-mirror name
+   (``vit_small_patch16_dinov3.lvd1689m``) or its ``_qkvb`` twin (``vit_small_patch16_dinov3_qkvb.lvd1689m``);
+   then Meta's original release file by its release name (``dinov3_vits16_pretrain_lvd1689m-08c60483.pth``,
+   any hash), in the root or in one of those sub-folders;
+3. the Hugging Face cache (``HF_HUB_CACHE``), for the official hub id, then its timm mirror, then the mirror's
+   ``_qkvb`` twin, through ``huggingface_hub.snapshot_download(local_files_only=True)`` — never the network;
 4. the network only when the caller allows it (``download=True``).
 
 The official ``facebook/dinov3-*`` repos are gated; the timm mirrors (``timm/…dinov3…``) are not. A timm
 mirror or an original Meta checkpoint is loaded by converting its state dict into the transformers model
-(:func:`convert_state_dict`); :func:`to_timm_state_dict` is the inverse, used to test the round trip.
+(:func:`convert_state_dict`); :func:`to_timm_state_dict` is the inverse, used to test the round trip. A
+checkpoint whose architecture no table names is described by :func:`infer_config` (its ``config.json``, else
+the shapes of its tensors), and Meta's stored RoPE ``periods`` replace the recomputed ones
+(:func:`rope_periods`).
 """
 
 from __future__ import annotations
 
+import contextlib
 import json
+import math
 import os
 import re
 from collections.abc import Callable, Mapping
@@ -31,11 +39,18 @@ __all__ = [
     "CheckpointInfo",
     "NotACheckpointError",
     "WeightsNotFoundError",
+    "candidate_names",
     "convert_state_dict",
     "find_weights",
+    "infer_config",
     "inspect_checkpoint",
     "load_model",
     "missing_weights_message",
+    "release_stems",
+    "rope_periods",
+    "search_ids",
+    "set_rope_periods",
+    "timm_model_args",
     "to_timm_state_dict",
 ]
 
@@ -58,8 +73,9 @@ class CheckpointInfo:
 
     ``kind`` is ``"transformers"`` (``save_pretrained`` folder), ``"timm"`` (a timm-mirror folder) or
     ``"original"`` (a Meta ``.pth``/``.safetensors`` file); ``arch`` is ``"vit"`` or ``"convnext"`` when the
-    path says so (an original file does not); ``config`` is the transformers config dict for
-    ``"transformers"`` folders; ``timm_arch`` the timm architecture name for timm folders.
+    path says so (an original file does not); ``config`` is the folder's ``config.json`` (the transformers
+    config of a ``"transformers"`` folder; timm's ``architecture``/``model_args``/``pretrained_cfg`` of a
+    ``"timm"`` folder); ``timm_arch`` the timm architecture name for timm folders.
     """
 
     path: Path
@@ -100,7 +116,7 @@ def inspect_checkpoint(path: str | os.PathLike[str]) -> CheckpointInfo:
     # "pretrained_cfg": {"tag": "dinov3_lvd1689m", ...}} in a repo named timm/convnext_tiny.dinov3_lvd1689m
     in_name = "dinov3" in str(p).lower()
     if arch_name and ("dinov3" in arch_name or "dinov3" in json.dumps(cfg.get("pretrained_cfg", {})) or in_name):
-        return CheckpointInfo(p, "timm", "convnext" if arch_name.startswith("convnext") else "vit", None, arch_name)
+        return CheckpointInfo(p, "timm", "convnext" if arch_name.startswith("convnext") else "vit", cfg, arch_name)
     found = mt or arch_name or "unknown"
     raise NotACheckpointError(f"{p} is not a DINOv3 checkpoint (its config.json describes {found!r})")
 
@@ -130,12 +146,68 @@ def _env_roots() -> list[Path]:
     return [Path(r).expanduser() for r in raw.split(os.pathsep) if r.strip()]
 
 
+# timm publishes a ``_qkvb`` twin (the zero q/v biases kept as tensors) of these DINOv3 mirrors only; the 7B
+# and the ConvNeXts have none.
+_QKVB_ARCHS = frozenset({
+    "vit_small_patch16_dinov3", "vit_small_plus_patch16_dinov3", "vit_base_patch16_dinov3",
+    "vit_large_patch16_dinov3", "vit_huge_plus_patch16_dinov3",
+})
+_TIMM_VIT_ID = re.compile(r"^(?P<org>[\w.-]+/)?(?P<arch>vit_\w+_dinov3)\.(?P<tag>\w+)$")
+
+
+def search_ids(hub_ids: tuple[str, ...]) -> tuple[str, ...]:
+    """Hub ids to look for, in order: each given id, followed by its timm ``_qkvb`` twin when there is one.
+
+    ``timm/vit_small_patch16_dinov3.lvd1689m`` is followed by ``timm/vit_small_patch16_dinov3_qkvb.lvd1689m``.
+    """
+    out: list[str] = []
+    for h in hub_ids:
+        out.append(h)
+        m = _TIMM_VIT_ID.match(h or "")
+        if m and m["arch"] in _QKVB_ARCHS:
+            out.append(f"{m['org'] or ''}{m['arch']}_qkvb.{m['tag']}")
+    return tuple(dict.fromkeys(h for h in out if h))
+
+
+def release_stems(hub_ids: tuple[str, ...]) -> list[str]:
+    """Meta's release file stems of the official hub ids.
+
+    ``facebook/dinov3-vits16-pretrain-lvd1689m`` → ``dinov3_vits16_pretrain_lvd1689m``, the stem of Meta's
+    ``dinov3_vits16_pretrain_lvd1689m-08c60483.pth`` (the hash after the dash differs per file).
+    """
+    names = (h.split("/")[-1] for h in hub_ids if h and h.lower().startswith("facebook/dinov3-"))
+    return list(dict.fromkeys(n.replace("-", "_") for n in names))
+
+
 def candidate_names(model_id: str, hub_ids: tuple[str, ...]) -> list[str]:
     """Sub-folder names searched under each ``NEUROS_CV_WEIGHTS`` root for a model."""
     names = [model_id]
-    for h in hub_ids:
+    for h in search_ids(hub_ids):
         names += [h.split("/")[-1], h.replace("/", "--"), h]
     return list(dict.fromkeys(n for n in names if n))
+
+
+def _release_file(folder: Path, stems: list[str]) -> Path | None:
+    """Meta's release file (``<stem>-<hash>.pth``, ``<stem>.pth`` or ``.safetensors``) in ``folder``."""
+    if not stems or not folder.is_dir():
+        return None
+    files = sorted(f for f in folder.iterdir() if f.is_file())
+    for stem in stems:
+        pat = re.compile(rf"^{re.escape(stem)}(-[0-9a-fA-F]+)?\.(pth|pt|safetensors)$")
+        hit = next((f for f in files if pat.match(f.name)), None)
+        if hit is not None:
+            return hit
+    return None
+
+
+def _checkpoint_folder(p: Path) -> bool:
+    if not p.is_dir():
+        return False
+    try:
+        inspect_checkpoint(p)
+    except NotACheckpointError:
+        return False
+    return True
 
 
 def find_weights(
@@ -143,36 +215,39 @@ def find_weights(
     hub_ids: tuple[str, ...],
     cache_dir: str | os.PathLike[str] | None = None,
 ) -> Path | None:
-    """The first local checkpoint for a model: ``NEUROS_CV_WEIGHTS`` sub-folders, then the HF cache.
+    """The first local checkpoint for a model: ``NEUROS_CV_WEIGHTS``, then the HF cache.
 
     Parameters
     ----------
     model_id : str
         Short id (``"vit-small"``), also a sub-folder name.
     hub_ids : tuple of str
-        Hub ids to look for, in order (the official repo first, then its timm mirror).
+        Hub ids to look for, in order (the official repo first, then its timm mirror); each timm mirror's
+        ``_qkvb`` twin is searched right after it (:func:`search_ids`).
     cache_dir : path, optional
         Hugging Face hub cache; default ``$HF_HUB_CACHE`` or huggingface_hub's default.
 
     Returns
     -------
     Path or None
-        A folder that :func:`inspect_checkpoint` accepts, or None. Never touches the network.
+        A folder that :func:`inspect_checkpoint` accepts or Meta's release file, or None. In each
+        ``NEUROS_CV_WEIGHTS`` root: the sub-folders named by :func:`candidate_names`, then Meta's release
+        file (:func:`release_stems`) in the root, then in those sub-folders. Never touches the network.
     """
+    names = candidate_names(model_id, hub_ids)
+    stems = release_stems(hub_ids)
     for root in _env_roots():
-        for name in candidate_names(model_id, hub_ids):
-            p = root / name
-            if p.is_dir():
-                try:
-                    inspect_checkpoint(p)
-                except NotACheckpointError:
-                    continue
-                return p
-    for h in hub_ids:
-        if h and "/" in h:
-            found = _from_hf_cache(h, cache_dir)
-            if found is not None:
-                return found
+        subs = [root / n for n in names]
+        found = next((p for p in subs if _checkpoint_folder(p)), None)
+        releases = (_release_file(folder, stems) for folder in (root, *subs))
+        found = found or next((f for f in releases if f is not None), None)
+        if found is not None:
+            return found
+    for h in search_ids(hub_ids):
+        if "/" in h:
+            hit = _from_hf_cache(h, cache_dir)
+            if hit is not None:
+                return hit
     return None
 
 
@@ -191,6 +266,8 @@ def missing_weights_message(model_id: str, hub_id: str, timm_id: str | None) -> 
     """One line that says exactly how to make pretrained weights available."""
     env = os.environ.get(WEIGHTS_ENV)
     searched = f"{WEIGHTS_ENV}={env}" if env else f"{WEIGHTS_ENV} (unset)"
+    stems = release_stems((hub_id,))
+    release = f" (a folder holding it, or Meta's original {stems[0]}-<hash>.pth)" if stems else ""
     mirror = (
         f"; or use the ungated timm mirror: `hf download {timm_id}` (or put that folder under "
         f"${WEIGHTS_ENV}/{model_id})" if timm_id else ""
@@ -201,7 +278,7 @@ def missing_weights_message(model_id: str, hub_id: str, timm_id: str | None) -> 
         f"run `hf auth login`, then `hf download {hub_id}` (or let neuros-cv fetch it: --download on the "
         f"command line, download=True in Python); or download the folder elsewhere and pass "
         f"--weights pretrained:/path/to/folder (weights='pretrained:/path/to/folder' in Python) or set "
-        f"{WEIGHTS_ENV}{mirror}"
+        f"{WEIGHTS_ENV}{release}{mirror}"
     )
 
 
@@ -273,13 +350,14 @@ def _strip_wrappers(sd: Mapping[str, Any]) -> dict[str, Any]:
     for wrapper in ("model", "state_dict", "teacher"):
         if wrapper in sd and isinstance(sd[wrapper], Mapping) and len(sd) <= 4:
             sd = sd[wrapper]
-    out = {}
-    for k, v in sd.items():
-        for prefix in ("module.", "backbone.", "teacher.backbone."):
-            if k.startswith(prefix):
-                k = k[len(prefix):]
-        out[k] = v
-    return out
+    return {_strip_prefix(k): v for k, v in sd.items()}
+
+
+def _strip_prefix(key: str) -> str:
+    for prefix in ("module.", "backbone.", "teacher.backbone."):
+        if key.startswith(prefix):
+            key = key[len(prefix):]
+    return key
 
 
 def _model_prefix(model_keys: list[str], marker: str) -> str:
@@ -421,25 +499,188 @@ def _to_replacement(pattern: str) -> str:
     return body.replace("\\.", ".")
 
 
-# ------------------------------------------------------------------------------------------- loading
-def _read_state_dict(path: Path) -> dict[str, Any]:
-    import torch
+# ------------------------------------------------------------------------ architecture from a checkpoint
+_PERIODS_KEYS = ("rope_embed.periods", "rope.periods")  # Meta's persistent RoPE buffer (timm's is not saved)
+_DEFAULT_HEAD_DIM = 64  # every DINOv3 ViT release but the 7B (128), which timm and the table name
+# timm ``model_args`` (eva.py keyword names) → transformers config names
+_TIMM_ARGS = {
+    "vit": {"embed_dim": "hidden_size", "depth": "num_hidden_layers", "num_heads": "num_attention_heads",
+            "num_reg_tokens": "num_register_tokens", "patch_size": "patch_size", "rope_temperature": "rope_theta",
+            "swiglu_mlp": "use_gated_mlp"},
+    "convnext": {"depths": "depths", "dims": "hidden_sizes"},
+}
 
+
+def _weight_files(path: Path) -> list[Path]:
     if path.is_file():
-        files = [path]
-    else:
-        files = sorted(path.glob("*.safetensors")) or sorted(path.glob("*.bin")) or sorted(path.glob("*.pth"))
+        return [path]
+    files = sorted(path.glob("*.safetensors")) or sorted(path.glob("*.bin")) or sorted(path.glob("*.pth"))
     if not files:
         raise NotACheckpointError(f"{path} holds no .safetensors/.bin/.pth weights")
+    return files
+
+
+def _torch_load(f: Path) -> dict[str, Any]:
+    import torch
+
+    try:  # memory-mapped: reading shapes of a large .pth costs no RAM
+        return torch.load(str(f), map_location="cpu", weights_only=True, mmap=True)
+    except RuntimeError:  # legacy (non-zip) files cannot be memory-mapped
+        return torch.load(str(f), map_location="cpu", weights_only=True)
+
+
+def _read_state_dict(path: Path) -> dict[str, Any]:
     sd: dict[str, Any] = {}
-    for f in files:
+    for f in _weight_files(path):
         if f.suffix == ".safetensors":
             from safetensors.torch import load_file
 
             sd.update(load_file(str(f)))
         else:
-            sd.update(torch.load(str(f), map_location="cpu", weights_only=True))
+            sd.update(_torch_load(f))
     return sd
+
+
+def _shapes(path: Path) -> tuple[dict[str, tuple[int, ...]], Any]:
+    """Tensor shapes of a checkpoint (wrappers and prefixes stripped) and its stored RoPE periods, if any.
+
+    Safetensors headers are read without their data; ``.pth`` files are memory-mapped.
+    """
+    shapes: dict[str, tuple[int, ...]] = {}
+    periods = None
+    for f in _weight_files(path):
+        if f.suffix == ".safetensors":
+            from safetensors import safe_open
+
+            with safe_open(str(f), framework="pt") as st:
+                for k in st.keys():
+                    name = _strip_prefix(k)
+                    shapes[name] = tuple(st.get_slice(k).get_shape())
+                    if name in _PERIODS_KEYS:
+                        periods = st.get_tensor(k)
+        else:
+            sd = _strip_wrappers(_torch_load(f))
+            shapes.update({k: tuple(v.shape) for k, v in sd.items() if hasattr(v, "shape")})
+            periods = rope_periods(sd) if periods is None else periods
+    return shapes, periods
+
+
+def rope_periods(state_dict: Mapping[str, Any]) -> Any:
+    """A checkpoint's stored RoPE ``periods`` (Meta's ``rope_embed.periods``), or None when it has none."""
+    sd = _strip_wrappers(state_dict)
+    return next((sd[k] for k in _PERIODS_KEYS if k in sd), None)
+
+
+def timm_model_args(config: Mapping[str, Any] | None, arch: str) -> dict[str, Any]:
+    """The transformers config values that a timm ``config.json``'s ``model_args`` state (often none)."""
+    args = dict((config or {}).get("model_args") or {})
+    out = {dst: args[src] for src, dst in _TIMM_ARGS[arch].items() if src in args}
+    if "use_gated_mlp" in out:
+        out["hidden_act"] = "silu" if out["use_gated_mlp"] else "gelu"
+    return out
+
+
+def _blocks(shapes: Mapping[str, tuple[int, ...]], pattern: str) -> int:
+    idx = [int(m.group(1)) for k in shapes if (m := re.match(pattern, k))]
+    return 1 + max(idx) if idx else 0
+
+
+def _infer_vit(shapes: dict[str, tuple[int, ...]], periods: Any) -> dict[str, Any]:
+    shapes = {(_rename(k, _VIT_META_TO_TIMM) or k): v for k, v in shapes.items()}
+    hidden = int(shapes["cls_token"][-1])
+    gated = "blocks.0.mlp.fc1_g.weight" in shapes
+    fc1 = shapes.get("blocks.0.mlp.fc1_g.weight" if gated else "blocks.0.mlp.fc1.weight")
+    reg = shapes.get("reg_token")
+    head_dim = 4 * int(periods.numel()) if periods is not None else _DEFAULT_HEAD_DIM
+    cfg: dict[str, Any] = dict(
+        hidden_size=hidden,
+        num_hidden_layers=_blocks(shapes, r"^blocks\.(\d+)\."),
+        num_attention_heads=max(1, hidden // head_dim),
+        num_register_tokens=int(math.prod(reg[:-1])) if reg else 0,
+        use_gated_mlp=gated,
+        hidden_act="silu" if gated else "gelu",
+    )
+    if fc1 is not None:
+        cfg["intermediate_size"] = int(fc1[0])
+    if "patch_embed.proj.weight" in shapes:
+        cfg["patch_size"] = int(shapes["patch_embed.proj.weight"][-1])
+    return cfg
+
+
+def _infer_convnext(shapes: dict[str, tuple[int, ...]]) -> dict[str, Any]:
+    shapes = {(_rename(k, _CNX_META_TO_TIMM) or k): v for k, v in shapes.items()}
+    depths = [_blocks(shapes, rf"^stages\.{i}\.blocks\.(\d+)\.") for i in range(4)]
+    widths = [shapes[f"stages.{i}.blocks.0.conv_dw.weight"][0] for i in range(4)]  # KeyError: not a ConvNeXt
+    return dict(depths=depths, hidden_sizes=[int(w) for w in widths])
+
+
+def infer_config(info: CheckpointInfo) -> tuple[str, dict[str, Any]]:
+    """The architecture a checkpoint holds, read from the checkpoint itself: ``(arch, config values)``.
+
+    Parameters
+    ----------
+    info : CheckpointInfo
+        From :func:`inspect_checkpoint`.
+
+    Returns
+    -------
+    tuple of (str, dict)
+        ``"vit"`` or ``"convnext"`` and transformers config values. A transformers folder gives its own
+        ``config.json``. For timm folders and Meta files the sizes come from the tensors' shapes (ViT: embed
+        dim, depth, MLP width, SwiGLU or not, register tokens, patch size; ConvNeXt: depths and widths) and
+        the number of heads from the stored RoPE periods (head dim = 4 × their count) or else a head dim of
+        64; a timm ``config.json``'s ``model_args`` (``embed_dim``, ``depth``, ``num_heads``, …) override
+        both. Release defaults (RoPE θ, LayerNorm ε, biases) are the caller's.
+    """
+    if info.kind == "transformers":
+        return str(info.arch), dict(info.config or {})
+    shapes, periods = _shapes(info.path)
+    timm_names = {(_rename(k, _VIT_META_TO_TIMM) or k) for k in shapes}
+    arch = info.arch or ("vit" if "cls_token" in timm_names else "convnext")
+    try:
+        cfg = _infer_vit(shapes, periods) if arch == "vit" else _infer_convnext(shapes)
+    except (KeyError, IndexError, ValueError):
+        raise NotACheckpointError(
+            f"{info.path} is not a DINOv3 {arch} checkpoint: its tensors do not describe the architecture"
+        ) from None
+    cfg.update(timm_model_args(info.config, arch))
+    return arch, cfg
+
+
+def set_rope_periods(model: Any, periods: Any, source: str | os.PathLike[str]) -> None:
+    """Make a transformers DINOv3 ViT use a checkpoint's stored RoPE ``periods``.
+
+    transformers recomputes ``rope_embeddings.inv_freq`` (= 1 / periods) in float32 and never loads it; Meta's
+    checkpoints store the periods (rounded to bfloat16 in the releases) and Meta's forward uses those.
+    Raises :class:`NotACheckpointError` (one line) when their shape does not fit the model's head dimension.
+    """
+    import torch
+
+    bufs = [b for n, b in model.named_buffers() if n.endswith("rope_embeddings.inv_freq")]
+    if not bufs:
+        raise NotACheckpointError(f"{source}: this transformers DINOv3 ViT has no rope_embeddings.inv_freq buffer")
+    p = torch.as_tensor(periods).detach().to(device="cpu", dtype=torch.float64)
+    for buf in bufs:
+        if tuple(p.shape) != tuple(buf.shape):
+            raise NotACheckpointError(
+                f"{source} does not match the DINOv3 vit architecture: its RoPE periods have shape "
+                f"{tuple(p.shape)}, the model's head dimension needs {tuple(buf.shape)}"
+            )
+        if not bool(torch.isfinite(p).all()) or bool((p <= 0).any()):
+            raise NotACheckpointError(f"{source}: its RoPE periods are not all positive and finite")
+        with torch.no_grad():
+            buf.copy_((1.0 / p).to(dtype=buf.dtype, device=buf.device))
+
+
+def _no_init() -> Any:
+    try:
+        from transformers.initialization import no_init_weights  # transformers 5
+    except ImportError:
+        try:
+            from transformers.modeling_utils import no_init_weights  # transformers 4
+        except ImportError:  # initialise as usual
+            return contextlib.nullcontext()
+    return no_init_weights()
 
 
 def load_model(
@@ -451,7 +692,8 @@ def load_model(
 
     ``"transformers"`` folders go through ``from_pretrained(local_files_only=True)``; timm-mirror folders
     and original files are converted (:func:`convert_state_dict`) into the model made by ``build()`` (the
-    variant's architecture), refusing any mismatch with a one-line :class:`NotACheckpointError`.
+    variant's architecture, built without its random init), refusing any mismatch with a one-line
+    :class:`NotACheckpointError`; stored RoPE periods replace the recomputed ones (:func:`set_rope_periods`).
     """
     from transformers import DINOv3ConvNextModel, DINOv3ViTModel
 
@@ -462,10 +704,12 @@ def load_model(
         except (OSError, ValueError, RuntimeError, KeyError) as e:
             first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
             raise NotACheckpointError(f"cannot load {info.path}: {first}") from None
-    model = build()
+    with _no_init():  # every tensor is overwritten below: skip the random init (seconds for a ViT-S)
+        model = build()
     keys = list(model.state_dict())
     arch = "vit" if "embeddings.cls_token" in keys else "convnext"
-    sd = convert_state_dict(_read_state_dict(info.path), arch, keys)
+    raw = _strip_wrappers(_read_state_dict(info.path))
+    sd = convert_state_dict(raw, arch, keys)
     try:
         missing, unexpected = model.load_state_dict(sd, strict=False)
     except RuntimeError as e:  # size mismatches raise even when strict=False
@@ -479,5 +723,8 @@ def load_model(
             f"{info.path} does not match the DINOv3 {arch} architecture: {len(missing)} missing "
             f"(e.g. {missing[:2]}), {len(unexpected)} unexpected (e.g. {unexpected[:2]}) tensors"
         )
+    periods = rope_periods(raw) if arch == "vit" else None
+    if periods is not None:  # Meta's forward uses the stored periods, not recomputed ones
+        set_rope_periods(model, periods, info.path)
     model.eval()
     return model.to(dtype) if dtype is not None else model
