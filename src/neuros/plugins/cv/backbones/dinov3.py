@@ -22,8 +22,9 @@ from __future__ import annotations
 import re
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from functools import partial
 from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar
 
 import numpy as np
 
@@ -296,7 +297,15 @@ class DINOv3Backbone(Backbone):
     (2, 12, 384)
     >>> bb.grid_shape
     (4, 3)
+    >>> str(DINOv3Backbone("vit-small", weights="random(seed=3)", scale=2, l2=True).spec)
+    'vit-small@random(seed=3)[l2=true,scale=2]'
     """
+
+    #: The options that change the features (its :attr:`spec`); batch_size, device, dtype and tiling do not.
+    spec_defaults: ClassVar[dict[str, Any]] = {
+        "layers": None, "layer_reduce": "concat", "norm": True, "l2": False, "stage": 2, "scale": 1.0,
+        "scaling": "auto", "channels": None, "normalization": "auto",
+    }
 
     def __init__(
         self,
@@ -358,6 +367,7 @@ class DINOv3Backbone(Backbone):
                     raise ValueError(f"{nm}={v} must be a multiple of {self._pad} (the model's grid stride)")
             if tile <= 2 * overlap:
                 raise ValueError(f"tile ({tile}) must be larger than twice the overlap ({overlap})")
+        self.normalization = normalization
         mean, std = self.variant.mean_std
         if normalization == "sat":
             mean, std = SAT493M_MEAN, SAT493M_STD
@@ -551,12 +561,13 @@ class DINOv3Backbone(Backbone):
                 for i, f in zip(part, feats, strict=True):
                     grids[i] = f
         stride = float(self._stride) / self.scale
-        meta = self._meta()
+        meta, spec = self._meta(), self.spec
         maps = []
         for a, g, p in zip(arrs, grids, prepped, strict=True):
             tiled = self._needs_tiling(p.shape)
             m = dict(meta, tiled=tiled, **({"tile": self.tile, "overlap": self.overlap} if tiled else {}))
-            maps.append(FeatureMap(np.ascontiguousarray(g), stride, tuple(a.shape[:2]), self.name, self.weights, m))
+            maps.append(FeatureMap(np.ascontiguousarray(g), stride, tuple(a.shape[:2]), self.name, self.weights, m,
+                                   spec))
         self._remember(maps[-1])
         return maps
 
@@ -585,6 +596,22 @@ class DINOv3Backbone(Backbone):
                 m.update(stage=self.stage)
         return m
 
+    def _spec_options(self) -> dict[str, Any]:
+        """Identity options that apply: the placeholder reads only the pixels (scale, scaling, channels); a ViT
+        has no stage, a ConvNeXt no layers, and ConvNeXt's final norm belongs to stage 3 alone."""
+        opts = super()._spec_options()
+        if self.model is None:
+            return {k: opts[k] for k in ("scale", "scaling", "channels")}
+        if self.variant.arch == "vit":
+            del opts["stage"]
+            if not self.layers or len(self.layers) < 2:
+                del opts["layer_reduce"]
+        else:
+            del opts["layers"], opts["layer_reduce"]
+            if self.stage != 3:
+                del opts["norm"]
+        return opts
+
     def describe(self) -> dict[str, Any]:
         d = super().describe()
         d.update(hub_id=self.variant.hub_id, arch=self.variant.arch, pretrain=self.variant.pretrain)
@@ -598,11 +625,9 @@ class DINOv3Backbone(Backbone):
         return d
 
 
-def _factory(model_id: str):
-    def build(**kw: Any) -> DINOv3Backbone:
-        return DINOv3Backbone(model_id, **kw)
-
-    return build
+def _factory(model_id: str) -> Callable[..., DINOv3Backbone]:
+    # A partial, so that the registry can tell the class (its spec_defaults) without building one.
+    return partial(DINOv3Backbone, model_id)
 
 
 def external_entry(name: str) -> Any:
