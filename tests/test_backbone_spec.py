@@ -83,7 +83,7 @@ def test_bad_spec_strings_fail_in_one_line(text, words):
 def test_build_refuses_what_does_not_belong():
     with pytest.raises(ValueError, match="takes no weights"):
         BackboneSpec.parse("filterbank@random").build()
-    with pytest.raises(ValueError, match="has no option.*bogus"):
+    with pytest.raises(ValueError, match=r"has no option.*bogus"):
         BackboneSpec.parse("vit-small@placeholder[bogus=1]").build()
     with pytest.raises(ValueError, match="scale belong"):
         BackboneSpec.parse("vit-small@placeholder").build(scale=2)
