@@ -602,8 +602,14 @@ class DINOv3Backbone(Backbone):
         opts = super()._spec_options()
         if self.model is None:
             return {k: opts[k] for k in ("scale", "scaling", "channels")}
+        if opts["normalization"] == ("sat" if self.variant.pretrain == _SAT else "lvd"):
+            opts["normalization"] = "auto"  # the variant's own statistics, named
         if self.variant.arch == "vit":
             del opts["stage"]
+            n = int(self.model.config.num_hidden_layers)
+            if self.layers is not None:  # block i and i - n are one block; the last block alone is the default
+                layers = [i - n if i >= 0 else i for i in self.layers]
+                opts["layers"] = None if layers == [-1] else layers
             if not self.layers or len(self.layers) < 2:
                 del opts["layer_reduce"]
         else:
