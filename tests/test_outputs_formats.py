@@ -46,7 +46,7 @@ def head_dir(mni, tmp_path_factory):
 
 def _predict_in_process(head_dir, slices):
     head = load_head(head_dir)
-    bb = get_backbone(head.backbone_, **head.backbone_options_)
+    bb = head.backbone_spec_.build()
     return head, bb, head.predict(bb.extract_batch(slices)), head.predict_proba(bb.extract_batch(slices))
 
 

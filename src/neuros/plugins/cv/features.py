@@ -3,9 +3,12 @@
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
+
+if TYPE_CHECKING:  # pragma: no cover - annotation only: backbones import this module
+    from .backbones.spec import BackboneSpec
 
 __all__ = ["FeatureMap", "upsample_to_pixels"]
 
@@ -28,6 +31,10 @@ class FeatureMap:
         The weights actually used: ``"placeholder"``, ``"random(seed=0)"`` or ``"pretrained:<source>"``.
     meta : dict
         Anything else worth recording (layers, normalisation, tiling).
+    spec : BackboneSpec or None
+        The identity of the backbone that made the features (name, weights, options that change them; see
+        :mod:`~neuros.plugins.cv.backbones.spec`). A head refuses maps whose spec differs from its own. None
+        for maps built by hand (a head then checks name, weights, dimension and stride only).
     """
 
     features: np.ndarray
@@ -36,6 +43,7 @@ class FeatureMap:
     backbone: str
     weights: str
     meta: dict[str, Any] = field(default_factory=dict)
+    spec: BackboneSpec | None = None
 
     def __post_init__(self) -> None:
         if self.features.ndim != 3:

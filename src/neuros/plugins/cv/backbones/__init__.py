@@ -1,4 +1,4 @@
-"""Backbones: one registry (``get_backbone``/``list_backbones``) and the DINOv3 family."""
+"""Backbones: one registry (``get_backbone``/``list_backbones``), the DINOv3 family and ``BackboneSpec``."""
 
 from .base import (
     Backbone,
@@ -9,10 +9,12 @@ from .base import (
     register_backbone,
 )
 from .dinov3 import VARIANTS, DINOv3Backbone
+from .spec import BackboneSpec
 
 __all__ = [
     "VARIANTS",
     "Backbone",
+    "BackboneSpec",
     "DINOv3Backbone",
     "UnknownBackboneError",
     "backbone_info",

@@ -11,12 +11,13 @@ import difflib
 from abc import ABC, abstractmethod
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, ClassVar
 
 import numpy as np
 
 from .._validation import as_image_list
 from ..features import FeatureMap
+from .spec import BackboneSpec, non_default_options
 
 __all__ = [
     "Backbone",
@@ -37,13 +38,19 @@ class Backbone(ABC):
     """Base class of all backbones.
 
     Subclasses implement :meth:`extract` (one image) and set ``name``, ``patch_size``, ``feature_dim`` and
-    ``weights``. :meth:`extract_batch` may be overridden to batch the forward pass.
+    ``weights``. :meth:`extract_batch` may be overridden to batch the forward pass. A subclass lists the
+    ``__init__`` options that change its features, with their defaults, in :attr:`spec_defaults`: they make up
+    its :attr:`spec` (see :mod:`.spec`), which every :class:`FeatureMap` it returns carries.
     """
 
     name: str = "backbone"
     patch_size: int = 16
     feature_dim: int = 0
     weights: str = "unknown"
+    #: Identity options (``__init__`` keywords stored as attributes of the same name) and their defaults.
+    spec_defaults: ClassVar[dict[str, Any]] = {}
+    #: Whether the backbone has a choice of weights (its spec then names them; the filter bank has none).
+    takes_weights: ClassVar[bool] = True
 
     def __init__(self) -> None:
         self._grid_shape: tuple[int, int] | None = None
@@ -68,6 +75,16 @@ class Backbone(ABC):
         self._grid_shape = maps[0].grid_shape
         return np.stack([fm.flat() for fm in maps])
 
+    def _spec_options(self) -> dict[str, Any]:
+        """The identity options that apply to this instance (defaults included); subclasses may drop some."""
+        return {k: getattr(self, k) for k in self.spec_defaults}
+
+    @property
+    def spec(self) -> BackboneSpec:
+        """What identifies this backbone's features: name, weights used and non-default identity options."""
+        opts = non_default_options(self._spec_options(), self.spec_defaults)
+        return BackboneSpec(self.name, self.weights if self.takes_weights else None, opts)
+
     def _remember(self, fm: FeatureMap) -> FeatureMap:
         self._grid_shape = fm.grid_shape
         return fm
@@ -91,10 +108,11 @@ class Backbone(ABC):
         return h
 
     def describe(self) -> dict[str, Any]:
-        """A JSON-serialisable description: name, weights used, patch size and feature dimension."""
+        """A JSON-serialisable description: name, weights used, spec, patch size and feature dimension."""
         return {
             "name": self.name,
             "weights": self.weights,
+            "spec": str(self.spec),
             "patch_size": self.patch_size,
             "feature_dim": self.feature_dim,
         }

@@ -22,8 +22,9 @@ from __future__ import annotations
 import re
 from collections.abc import Callable
 from dataclasses import dataclass, field, replace
+from functools import partial
 from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar
 
 import numpy as np
 
@@ -356,7 +357,15 @@ class DINOv3Backbone(Backbone):
     (2, 12, 384)
     >>> bb.grid_shape
     (4, 3)
+    >>> str(DINOv3Backbone("vit-small", weights="random(seed=3)", scale=2, l2=True).spec)
+    'vit-small@random(seed=3)[l2=true,scale=2]'
     """
+
+    #: The options that change the features (its :attr:`spec`); batch_size, device, dtype and tiling do not.
+    spec_defaults: ClassVar[dict[str, Any]] = {
+        "layers": None, "layer_reduce": "concat", "norm": True, "l2": False, "stage": 2, "scale": 1.0,
+        "scaling": "auto", "channels": None, "normalization": "auto",
+    }
 
     def __init__(
         self,
@@ -418,6 +427,7 @@ class DINOv3Backbone(Backbone):
                     raise ValueError(f"{nm}={v} must be a multiple of {self._pad} (the model's grid stride)")
             if tile <= 2 * overlap:
                 raise ValueError(f"tile ({tile}) must be larger than twice the overlap ({overlap})")
+        self.normalization = normalization
         mean, std = self.variant.mean_std
         if normalization == "sat":
             mean, std = SAT493M_MEAN, SAT493M_STD
@@ -624,12 +634,13 @@ class DINOv3Backbone(Backbone):
                 for i, f in zip(part, feats, strict=True):
                     grids[i] = f
         stride = float(self._stride) / self.scale
-        meta = self._meta()
+        meta, spec = self._meta(), self.spec
         maps = []
         for a, g, p in zip(arrs, grids, prepped, strict=True):
             tiled = self._needs_tiling(p.shape)
             m = dict(meta, tiled=tiled, **({"tile": self.tile, "overlap": self.overlap} if tiled else {}))
-            maps.append(FeatureMap(np.ascontiguousarray(g), stride, tuple(a.shape[:2]), self.name, self.weights, m))
+            maps.append(FeatureMap(np.ascontiguousarray(g), stride, tuple(a.shape[:2]), self.name, self.weights, m,
+                                   spec))
         self._remember(maps[-1])
         return maps
 
@@ -658,6 +669,28 @@ class DINOv3Backbone(Backbone):
                 m.update(stage=self.stage)
         return m
 
+    def _spec_options(self) -> dict[str, Any]:
+        """Identity options that apply: the placeholder reads only the pixels (scale, scaling, channels); a ViT
+        has no stage, a ConvNeXt no layers, and ConvNeXt's final norm belongs to stage 3 alone."""
+        opts = super()._spec_options()
+        if self.model is None:
+            return {k: opts[k] for k in ("scale", "scaling", "channels")}
+        if opts["normalization"] == ("sat" if self.variant.pretrain == _SAT else "lvd"):
+            opts["normalization"] = "auto"  # the variant's own statistics, named
+        if self.variant.arch == "vit":
+            del opts["stage"]
+            n = int(self.model.config.num_hidden_layers)
+            if self.layers is not None:  # block i and i - n are one block; the last block alone is the default
+                layers = [i - n if i >= 0 else i for i in self.layers]
+                opts["layers"] = None if layers == [-1] else layers
+            if not self.layers or len(self.layers) < 2:
+                del opts["layer_reduce"]
+        else:
+            del opts["layers"], opts["layer_reduce"]
+            if self.stage != 3:
+                del opts["norm"]
+        return opts
+
     def describe(self) -> dict[str, Any]:
         d = super().describe()
         d.update(hub_id=self.variant.hub_id, arch=self.variant.arch, pretrain=self.variant.pretrain)
@@ -671,11 +704,9 @@ class DINOv3Backbone(Backbone):
         return d
 
 
-def _factory(model_id: str):
-    def build(**kw: Any) -> DINOv3Backbone:
-        return DINOv3Backbone(model_id, **kw)
-
-    return build
+def _factory(model_id: str) -> Callable[..., DINOv3Backbone]:
+    # A partial, so that the registry can tell the class (its spec_defaults) without building one.
+    return partial(DINOv3Backbone, model_id)
 
 
 def external_entry(name: str) -> Any:

@@ -13,7 +13,7 @@ input.
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, ClassVar
 
 import numpy as np
 from scipy import ndimage
@@ -86,6 +86,9 @@ class FilterBankBackbone(Backbone):
     """
 
     name = "filterbank"
+    #: Every option changes the features; there are no weights to choose.
+    spec_defaults: ClassVar[dict[str, Any]] = {"sigmas": DEFAULT_SIGMAS, "patch_size": 16, "pool": "mean+std"}
+    takes_weights: ClassVar[bool] = False
 
     def __init__(self, sigmas: tuple[float, ...] = DEFAULT_SIGMAS, patch_size: int = 16,
                  pool: str = "mean+std") -> None:
@@ -115,7 +118,7 @@ class FilterBankBackbone(Backbone):
         meta: dict[str, Any] = {"sigmas": list(self.sigmas), "pool": self.pool,
                                 "preprocessing": {"scaling": "to_float01(auto)", "colour": "luminance"}}
         fm = FeatureMap(np.concatenate(feats, axis=-1).astype(np.float32), float(p), arr.shape[:2],
-                        self.name, self.weights, meta)
+                        self.name, self.weights, meta, self.spec)
         return self._remember(fm)
 
     def describe(self) -> dict[str, Any]:

@@ -20,7 +20,8 @@ import numpy as np
 from rich.markup import escape
 
 from .._validation import as_image
-from ..backbones.base import get_backbone, lookup
+from ..backbones.base import lookup
+from ..backbones.spec import BackboneSpec, non_default_options, option_defaults
 from ..datasets.io import expand_paths, image_slices, is_single_image, read_array
 from ..report.output import atomic_output_dir, check_output_dir, dumps_json
 from ._batch import Batch, add_skip_errors
@@ -47,8 +48,10 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--axis", type=int,
                    help="cut 3-D inputs into slices along this axis (default: RGB when the last axis is 3 or 4, "
                    "else 0)")
-    p.add_argument("--backbone", default="vit-small", help="registered id, hub id or local folder (default vit-small)")
-    p.add_argument("--weights", default="auto",
+    p.add_argument("--backbone", default="vit-small",
+                   help="registered id, hub id, local folder or spec such as 'vit-small@random(seed=3)[scale=2]' "
+                   "(default vit-small)")
+    p.add_argument("--weights",
                    help="auto (default), placeholder, random, random(seed=N), pretrained or pretrained:<path>")
     p.add_argument("--out", required=True, help="output folder")
     p.add_argument("--format", choices=("npz", "npy"), default="npz", help="one .npz (default) or .npy per image")
@@ -69,14 +72,23 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p.set_defaults(func=run)
 
 
-def _options(args: argparse.Namespace) -> dict[str, Any]:
-    if lookup(args.backbone).family != "dinov3":
-        download_kwargs(args, args.backbone)  # --download with a non-DINOv3 backbone: one-line error
-        return {}
-    return dict(weights=args.weights, layers=args.layers, layer_reduce=args.layer_reduce, stage=args.stage,
-                scale=args.scale, tile=args.tile, overlap=args.overlap, batch_size=args.batch_size,
-                device=args.device, dtype=args.dtype, l2=args.l2, norm=not args.no_norm,
-                **download_kwargs(args, args.backbone))
+def _spec(args: argparse.Namespace) -> tuple[BackboneSpec, dict[str, Any]]:
+    """The backbone spec (``--backbone`` name or spec string, ``--weights`` and the flags that change the
+    features) and the execution options (tiling, batch size, device, dtype, download) to build it with."""
+    spec = BackboneSpec.parse(args.backbone)
+    if lookup(spec.name).family != "dinov3":
+        download_kwargs(args, spec.name)  # --download with a non-DINOv3 backbone: one-line error
+        return spec, {}
+    if args.weights and spec.weights is not None and args.weights != spec.weights:
+        raise ValueError(f"--backbone {args.backbone} names weights {spec.weights!r} but --weights is "
+                         f"{args.weights!r}; give the weights once")
+    flags = {"layers": args.layers, "layer_reduce": args.layer_reduce, "stage": args.stage, "scale": args.scale,
+             "l2": args.l2, "norm": not args.no_norm}
+    given = non_default_options({k: v for k, v in flags.items() if v is not None}, option_defaults(spec.name))
+    spec = spec.with_weights(args.weights or spec.weights or "auto").with_options(**given)
+    extras = dict(tile=args.tile, overlap=args.overlap, batch_size=args.batch_size, device=args.device,
+                  dtype=args.dtype, **download_kwargs(args, spec.name))
+    return spec, extras
 
 
 def _stems(paths: list[Path]) -> list[str]:
@@ -134,7 +146,8 @@ def _extract(backbone: Any, slices: list[np.ndarray], counts: list[int], batch_s
 def _record(path: Path, file: str, shape: tuple[int, ...], maps: list[Any], axis: int | None) -> dict[str, Any]:
     fm = maps[0]
     rec = {"image": str(path), "file": file, "image_shape": list(fm.image_shape), "grid_shape": list(fm.grid_shape),
-           "feature_dim": fm.feature_dim, "stride": fm.stride, "weights": fm.weights, "meta": fm.meta}
+           "feature_dim": fm.feature_dim, "stride": fm.stride, "weights": fm.weights,
+           "spec": None if fm.spec is None else str(fm.spec), "meta": fm.meta}
     if not is_single_image(shape, axis):
         rec.update(input_shape=list(shape), slice_axis=0 if axis is None else int(axis) % 3, n_slices=len(maps))
     return rec
@@ -161,9 +174,11 @@ def run(args: argparse.Namespace) -> int:
         if ok and res is not None:
             inputs.append((path, stem, *res))
     batch.check_some_left(len(inputs), "features")
-    backbone = get_backbone(args.backbone, **_options(args))
+    spec, extras = _spec(args)
+    backbone = spec.build(**extras)
     info = backbone.describe()
-    stderr_console.print(escape(f"backbone {backbone.name}: weights = {backbone.weights}"), soft_wrap=True)
+    stderr_console.print(escape(f"backbone {backbone.name}: weights = {backbone.weights} (spec {backbone.spec})"),
+                         soft_wrap=True)
     note_placeholder(backbone.name, backbone.weights)
     counts = [[_tiles(backbone, sl.shape) for sl in slices] for _, _, _, slices in inputs]
     records, arrays = [], []
@@ -178,7 +193,8 @@ def run(args: argparse.Namespace) -> int:
     with atomic_output_dir(out, overwrite=args.overwrite, inputs=args.images, command="features") as tmp:
         for stem, maps, rec in arrays:
             _save(tmp, stem, args.format, maps, rec)
-        doc = {"schema": SCHEMA, "backbone": info, "weights": backbone.weights, "images": records,
+        doc = {"schema": SCHEMA, "backbone": info, "weights": backbone.weights,
+               "backbone_spec": backbone.spec.to_dict(), "images": records,
                "skipped": [{"file": f, "reason": r} for f, r in batch.skipped]}
         (tmp / "features.json").write_text(dumps_json(doc), encoding="utf-8")
     status = batch.finish("features")

@@ -1,10 +1,10 @@
 """``neuros-cv segment``: train a segmentation head on your images and masks, and predict pixel masks.
 
-``segment train --images ... --masks ... --backbone NAME --head KIND --out head/`` extracts features, fits the
-head and saves it (weights + head.json naming the backbone and weights). ``segment predict --head head/
-INPUT... --out masks/`` rebuilds that backbone, predicts a pixel mask per input and writes them all at once:
-a palette PNG for a 2-D image (values = class values, classes visible in any viewer), a TIFF for a stack and
-a NIfTI with the input's affine and header for a NIfTI input — volumes in the input's axis order.
+``segment train --images ... --masks ... --backbone SPEC --head KIND --out head/`` extracts features, fits the
+head and saves it (weights + head.json with the backbone spec: name, weights, options). ``segment predict --head
+head/ INPUT... --out masks/`` rebuilds that backbone from the spec, predicts a pixel mask per input and writes
+them all at once: a palette PNG for a 2-D image (values = class values, classes visible in any viewer), a TIFF
+for a stack and a NIfTI with the input's affine and header for a NIfTI input — volumes in the input's axis order.
 ``segment evaluate --head head/ --images ... --masks ...`` prints pixel Dice/IoU per class with bootstrap
 CIs. Inputs: TIFF (stacks are cut into slices), PNG/JPEG, NIfTI, HDF5 and zarr (``--key`` names the dataset).
 """
@@ -18,7 +18,8 @@ import numpy as np
 from rich.markup import escape
 
 from .._validation import as_image
-from ..backbones.base import Backbone, get_backbone, lookup
+from ..backbones.base import Backbone, lookup
+from ..backbones.spec import BackboneSpec, takes_weights
 from ..datasets.io import (
     expand_paths,
     file_format,
@@ -53,8 +54,10 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     t = actions.add_parser("train", help="fit a head and save it to --out")
     t.add_argument("--images", nargs="+", required=True, metavar="PATH", help="image files or folders")
     t.add_argument("--masks", nargs="+", required=True, metavar="PATH", help="mask files or folders (same order)")
-    t.add_argument("--backbone", default="vit-small", help="backbone name (see `neuros-cv backbones`)")
-    t.add_argument("--weights", help="DINOv3 weights: placeholder, random, pretrained, auto")
+    t.add_argument("--backbone", default="vit-small",
+                   help="backbone name (see `neuros-cv backbones`) or spec, e.g. 'vit-small@random(seed=3)[scale=2]' "
+                        "(options that change the features in brackets; docs/backbones.md)")
+    t.add_argument("--weights", help="DINOv3 weights: placeholder, random, random(seed=N), pretrained, auto")
     t.add_argument("--head", default=DEFAULT_HEAD.kind, choices=list_heads(),
                    help=f"head kind (default {DEFAULT_HEAD.kind})")
     t.add_argument("--balanced", action=argparse.BooleanOptionalAction, default=None,
@@ -138,15 +141,12 @@ def _read_slices(paths: list[Path], key: str | None, axis: int | None, tick,
 def _train(args: argparse.Namespace) -> int:
     inputs = [*args.images, *args.masks]
     out = check_output_dir(args.out, args.overwrite, inputs)
-    lookup(args.backbone)
-    opts = {"weights": args.weights} if args.weights else {}
-    if opts and lookup(args.backbone).family != "dinov3":
-        raise ValueError(f"--weights applies to DINOv3 backbones, not {args.backbone!r}")
+    spec = _train_spec(args.backbone, args.weights)
     img_paths, mask_paths = expand_paths(args.images), expand_paths(args.masks)
     if len(img_paths) != len(mask_paths):
         raise ValueError(f"{len(img_paths)} image files but {len(mask_paths)} mask files; give one mask per image")
     class_weight = _class_weight(args.head, args.balanced)
-    bb = get_backbone(args.backbone, **opts)
+    bb = spec.build()
     note_placeholder(bb.name, bb.weights)
     steps = 2 * len(img_paths) + len(img_paths) + 1
     with progress_callback(steps, "segment train") as tick:
@@ -175,11 +175,11 @@ def _train(args: argparse.Namespace) -> int:
         head = make_head(args.head, seed=args.seed, label_rule=args.label_rule,
                          class_weight=class_weight)
         head.fit(maps, all_masks)
-        head.backbone_options_ = opts
         tick("fitted")
     head.save(out, overwrite=args.overwrite, inputs=inputs)
     print(f"Trained a {args.head} head (class_weight={head.class_weight}, label rule {head.label_rule}) on "
-          f"{len(all_images)} image(s) ({head.n_train_patches_} patches) with {bb.name} [{bb.weights}], "
+          f"{len(all_images)} image(s) ({head.n_train_patches_} patches) with {bb.name} [{bb.weights}] "
+          f"(backbone spec {bb.spec}), "
           f"classes {head.classes_.tolist()}; saved to {out}")
     return 0
 
@@ -194,8 +194,27 @@ def _class_weight(kind: str, balanced: bool | None) -> str | None:
     return "balanced" if balanced else None
 
 
+def _train_spec(backbone: str, weights: str | None) -> BackboneSpec:
+    """The spec ``--backbone`` (a name or a spec string) and ``--weights`` ask for, checked before any work."""
+    spec = BackboneSpec.parse(backbone)
+    lookup(spec.name)  # unknown names: one line with close matches
+    if weights:
+        if not takes_weights(spec.name):
+            raise ValueError(f"--weights applies to DINOv3 backbones, not {spec.name!r}")
+        if spec.weights is not None and spec.weights != weights:
+            raise ValueError(f"--backbone {backbone} names weights {spec.weights!r} but --weights is {weights!r}; "
+                             "give the weights once")
+        spec = spec.with_weights(weights)
+    return spec
+
+
 def _backbone_for(head: SegmentationHead, args: argparse.Namespace) -> Backbone:
-    bb = get_backbone(head.backbone_, **head.backbone_options_, **download_kwargs(args, head.backbone_))
+    """The backbone the head was trained on, rebuilt from the spec in its head.json."""
+    spec = getattr(head, "backbone_spec_", None)
+    if spec is None:
+        raise ValueError(f"the head in {args.head} was fitted on a patch matrix and names no backbone; train it "
+                         "with `neuros-cv segment train` or SegmentationHead.fit(feature_maps, masks)")
+    bb = spec.build(**download_kwargs(args, spec.name))
     note_placeholder(bb.name, bb.weights)
     return bb
 

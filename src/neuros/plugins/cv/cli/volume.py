@@ -182,7 +182,7 @@ def run(args: argparse.Namespace) -> int:
     if cmd == "features":
         plan_blocks(arr, worker_backbone(args.backbone, args.weights), args.block, args.halo)
     elif cmd == "segment":
-        plan_blocks(arr, worker_backbone(*head_backbone(worker_head(args.head))), args.block, args.halo, extra=16)
+        plan_blocks(arr, worker_backbone(head_backbone(worker_head(args.head))), args.block, args.halo, extra=16)
     if args.retries < 0:
         raise ValueError(f"--retries must be >= 0, got {args.retries}")
     old = signal.signal(signal.SIGTERM, _raise_interrupt)

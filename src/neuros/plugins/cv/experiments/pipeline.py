@@ -113,6 +113,11 @@ def pixel_dice(model: Any, maps: Sequence[FeatureMap], masks: Sequence[np.ndarra
     return binary_f1(true.astype(np.int64), pred.astype(np.int64))
 
 
+def _backbone_key(backbone: Backbone) -> str:
+    """The cache key of a backbone's features: its spec string (name, weights and options that change them)."""
+    return str(backbone.spec)
+
+
 class FeatureStore:
     """Extract features once per (backbone, dataset key) and hand out cached :class:`FeatureMap` lists.
 
@@ -127,13 +132,13 @@ class FeatureStore:
 
     def head(self, backbone: Backbone, key: str, train: PatchTable, kind: str, seed: int) -> tuple[Any, str]:
         """:func:`fit_head` on ``train`` (the patch table of dataset ``key``), once per (backbone, key, kind, seed)."""
-        k = (f"{backbone.name}|{backbone.weights}", key, kind, int(seed))
+        k = (_backbone_key(backbone), key, kind, int(seed))
         if k not in self._heads:
             self._heads[k] = fit_head(train, kind, seed)
         return self._heads[k]
 
     def get(self, backbone: Backbone, key: str, images: Sequence[np.ndarray]) -> list[FeatureMap]:
-        k = (f"{backbone.name}|{backbone.weights}", key)
+        k = (_backbone_key(backbone), key)
         if k not in self._cache:
             self._cache[k] = backbone.extract_batch(list(images))
             if self._progress is not None:

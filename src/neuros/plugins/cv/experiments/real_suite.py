@@ -7,8 +7,9 @@ test on others, downsampled ×2 by default to fit the time budget); MRI — axia
 template (grey / white matter; train and test slabs separated by a gap); nuclei — stardist's labelled image
 cut into tiles (train on the top half, test on the bottom half).
 
-Backbones are named in the config as ``"name"`` or ``"name@weights"`` (``vit-small@placeholder``,
-``vit-small@random``, ``filterbank``); a backbone that cannot be built here (e.g. weights not available) is
+Backbones are named in the config by their spec string (``BackboneSpec``): ``"name"``, ``"name@weights"`` or
+with options that change the features (``vit-small@placeholder``, ``vit-small@random(seed=3)[scale=2]``,
+``filterbank``); a backbone that cannot be built here (e.g. weights not available) is
 listed under ``skipped`` with the reason instead of failing the suite.
 """
 
@@ -20,7 +21,8 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
-from ..backbones.base import Backbone, get_backbone, lookup
+from ..backbones.base import Backbone, lookup
+from ..backbones.spec import BackboneSpec
 from ..datasets.catalog import LabelledSet, load_mni152, load_nuclei, load_sstem
 from ..heads import DEFAULT_HEAD, list_heads
 from .pipeline import FeatureStore
@@ -70,7 +72,7 @@ class RealSuiteConfig:
         if not self.backbones:
             raise ValueError("real suite: name at least one backbone")
         for spec in self.backbones:
-            lookup(spec.split("@", 1)[0])
+            lookup(BackboneSpec.parse(spec).name)
         for d in self.datasets:
             if d not in REAL_DATASETS:
                 raise ValueError(f"real suite: unknown dataset {d!r}; choose from {', '.join(REAL_DATASETS)}")
@@ -90,11 +92,9 @@ class RealSuiteConfig:
 
 
 def build_backbone(spec: str) -> Backbone:
-    """A backbone from ``"name"`` or ``"name@weights"`` (weights only for the DINOv3 family)."""
-    name, _, weights = spec.partition("@")
-    if weights and lookup(name).family != "dinov3":
-        raise ValueError(f"backbone {name!r} takes no weights (got {spec!r})")
-    return get_backbone(name, **({"weights": weights} if weights else {}))
+    """A backbone from its spec string: ``"name"``, ``"name@weights"`` or with options, e.g.
+    ``"vit-small@random(seed=3)[scale=2]"`` (weights only for the DINOv3 family; see ``BackboneSpec``)."""
+    return BackboneSpec.parse(spec).build()
 
 
 def load_real_data(config: RealSuiteConfig) -> dict[str, dict[str, LabelledSet]]:

@@ -26,7 +26,9 @@ else:  # pragma: no cover - Python 3.10
 
 import numpy as np
 
-from ..backbones.base import Backbone, UnknownBackboneError, get_backbone, lookup
+from ..backbones.base import Backbone, UnknownBackboneError, lookup
+from ..backbones.dinov3 import parse_weights
+from ..backbones.spec import BackboneSpec, split_options, takes_weights
 from ..datasets.synthetic import MODALITIES, PROTOCOLS, make_dataset, make_image
 from .pipeline import FeatureStore
 from .registration import MIN_OVERLAP, min_overlap_patches, run_registration, shift_overlap
@@ -34,6 +36,7 @@ from .segmentation import run_crossmodal, same_modality
 
 __all__ = [
     "SuiteConfig",
+    "backbone_spec",
     "build_backbone",
     "builtin_suites",
     "load_suite",
@@ -87,8 +90,8 @@ class SuiteConfig:
             raise bad("backbones", "name at least one backbone")
         for b in self.backbones:
             try:
-                lookup(b)  # unknown names raise with suggestions
-            except (UnknownBackboneError, TypeError) as e:
+                lookup(BackboneSpec.parse(b).name)  # unknown names raise with suggestions
+            except (UnknownBackboneError, TypeError, ValueError) as e:
                 raise bad("backbones", str(e)) from None
         if not isinstance(self.backbone_options, Mapping) or not all(
             isinstance(v, Mapping) for v in self.backbone_options.values()
@@ -104,8 +107,10 @@ class SuiteConfig:
                 raise bad("modalities", f"unknown modality {m!r}; choose from {', '.join(MODALITIES)}")
         if self.protocol not in PROTOCOLS:
             raise bad("protocol", f"unknown protocol {self.protocol!r}; choose from {', '.join(PROTOCOLS)}")
-        if self.weights not in ("auto", "pretrained", "random", "placeholder"):
-            raise bad("weights", f"must be auto/pretrained/random/placeholder, got {self.weights!r}")
+        try:
+            parse_weights(self.weights)  # auto, placeholder, random, random(seed=N), pretrained[:<source>]
+        except (ValueError, TypeError) as e:
+            raise bad("weights", str(e)) from None
         for s in self.shifts:
             if len(s) != 2 or not all(isinstance(v, (int, np.integer)) for v in s):
                 raise bad("shifts", f"each shift must be two integers (dy, dx) in patches, got {s!r}")
@@ -217,12 +222,24 @@ def suite_datasets(config: SuiteConfig) -> dict[str, dict[str, tuple[np.ndarray,
     return out
 
 
-def build_backbone(config: SuiteConfig, name: str) -> Backbone:
-    """The backbone ``name`` as the suite builds it (its ``backbone_options``; DINOv3 gets the suite's weights)."""
+def backbone_spec(config: SuiteConfig, name: str) -> tuple[BackboneSpec, dict[str, Any]]:
+    """The spec of backbone ``name`` (a name or spec string) as the suite builds it, and its execution options.
+
+    Weights come from the spec string, else its ``backbone_options`` table, else the suite's ``weights`` (for
+    backbones that take weights); options that change the features join the spec, the rest (batch size,
+    device, tiling) are returned apart.
+    """
+    spec = BackboneSpec.parse(name)
     opts = dict(config.backbone_options.get(name, {}))
-    if lookup(name).family == "dinov3":
-        opts.setdefault("weights", config.weights)
-    return get_backbone(name, **opts)
+    ident, extras = split_options(spec.name, opts)
+    weights = spec.weights or opts.get("weights") or (config.weights if takes_weights(spec.name) else None)
+    return spec.with_weights(weights).with_options(**ident), extras
+
+
+def build_backbone(config: SuiteConfig, name: str) -> Backbone:
+    """The backbone ``name`` as the suite builds it (see :func:`backbone_spec`)."""
+    spec, extras = backbone_spec(config, name)
+    return spec.build(**extras)
 
 
 def run_suite(

@@ -6,11 +6,11 @@ and ``_proba_matrix(X)`` — plus ``_save_weights``/``_load_weights``; this base
 
 - ``fit(feature_maps, masks)``: checks masks (integer labels, shapes), encodes label values to classes,
   turns pixel masks into patch labels (``labels.patch_targets``), optional class balancing, and records the
-  backbone, weights and feature dimension the head was trained on;
+  backbone spec (name, weights, options that change the features) the head was trained on;
 - ``predict_proba(maps, level="pixel" | "patch")``: classifies every grid cell in one matrix call and, at
   pixel level, upsamples the class probabilities bilinearly (``FeatureMap.to_pixels``; no loop over pixels);
-- ``save(dir)`` / :func:`load_head`: weights plus ``head.json`` naming backbone, weights and preprocessing,
-  written atomically.
+- ``save(dir)`` / :func:`load_head`: weights plus ``head.json`` with the backbone spec, written atomically;
+  heads from before specs load too (their ``backbone``/``weights``/``preprocessing`` keys become a spec).
 """
 
 from __future__ import annotations
@@ -25,6 +25,7 @@ import numpy as np
 from sklearn.base import BaseEstimator
 
 from ..backbones.placeholder import PLACEHOLDER_NOTE, PLACEHOLDER_WEIGHTS
+from ..backbones.spec import BackboneSpec, non_default_options, option_defaults, takes_weights
 from ..features import FeatureMap
 from ..labels import RULES, class_balance_weights, encode_masks, patch_fractions, patch_targets
 from ..report.output import atomic_output_dir, dumps_json
@@ -155,11 +156,8 @@ class SegmentationHead(BaseEstimator):
                     f"training masks hold a single class ({classes.tolist()}); a head needs at least two classes"
                 )
             self.classes_ = classes
-            backbone, weights, dim, stride = ids.pop()
-            self.backbone_, self.weights_, self.feature_dim_, self.stride_ = backbone, weights, dim, stride
-            self.preprocessing_ = dict(maps[0].meta.get("preprocessing", {})) if maps[0].meta else {}
-        else:
-            self._check_maps(maps)
+            self._record_identity(maps[0])
+        self._check_maps(maps)
         k = len(self.classes_)
         xs, ys = [], []
         patch = round(maps[0].stride)
@@ -232,15 +230,38 @@ class SegmentationHead(BaseEstimator):
         if not hasattr(self, "classes_"):
             raise RuntimeError(f"this {type(self).__name__} is not fitted yet; call fit() or load_head() first")
 
+    def _record_identity(self, fm: FeatureMap) -> None:
+        """Remember what made the training features: the backbone's spec, plus name, weights, dim and stride."""
+        self.backbone_spec_ = fm.spec
+        self.backbone_, self.weights_, self.feature_dim_ = fm.backbone, fm.weights, fm.feature_dim
+        self.stride_ = float(fm.stride)
+        self.preprocessing_ = dict(fm.meta.get("preprocessing", {})) if fm.meta else {}
+
     def _check_maps(self, maps: list[FeatureMap]) -> None:
+        """Refuse maps made otherwise than the training features: a one-line error naming the field that differs.
+
+        Maps carrying a spec are compared with the head's spec (name, weights and every option that changes the
+        features: scale, layers, norm, l2, preprocessing, …); maps without one (built by hand) by name, weights,
+        feature dimension and stride.
+        """
+        want = getattr(self, "backbone_spec_", None)
         for i, fm in enumerate(maps):
+            if want is not None and fm.spec is not None:
+                why = want.mismatch(fm.spec)
+                if why is not None:
+                    raise ValueError(f"feature map {i}: {why}; extract features with the head's backbone {want}")
             got = (fm.backbone, fm.weights, fm.feature_dim)
-            want = (self.backbone_, self.weights_, self.feature_dim_)
-            if got != want:
+            expected = (self.backbone_, self.weights_, self.feature_dim_)
+            if got != expected:
                 raise ValueError(
                     f"feature map {i} comes from backbone {got[0]!r} (weights {got[1]!r}, {got[2]} features) but "
-                    f"this head was trained on {want[0]!r} (weights {want[1]!r}, {want[2]} features); extract "
-                    "features with the head's backbone"
+                    f"this head was trained on {expected[0]!r} (weights {expected[1]!r}, {expected[2]} features); "
+                    "extract features with the head's backbone"
+                )
+            if self.stride_ and abs(float(fm.stride) - self.stride_) > 1e-9:
+                raise ValueError(
+                    f"feature map {i}: features were extracted with stride {float(fm.stride):g} but the head was "
+                    f"trained with stride {self.stride_:g}; extract features with the head's backbone"
                 )
 
     def predict_proba(self, feature_maps: Any, level: str = "pixel") -> np.ndarray | list[np.ndarray]:
@@ -292,19 +313,24 @@ class SegmentationHead(BaseEstimator):
 
     # ----------------------------------------------------------------- persistence
     def metadata(self) -> dict[str, Any]:
-        """What ``head.json`` records: format, kind, parameters, classes and the features it expects."""
+        """What ``head.json`` records: format, kind, parameters, classes and the features it expects.
+
+        ``backbone_spec`` (:meth:`BackboneSpec.to_dict`) is what predictions rebuild the backbone from;
+        ``backbone``, ``weights``, ``feature_dim``, ``stride`` and ``preprocessing`` describe it for readers.
+        """
         self._check_fitted()
+        spec = getattr(self, "backbone_spec_", None)
         return {
             "format": FORMAT,
             "kind": self.kind,
             "params": self.get_params(),
             "classes": [int(c) for c in self.classes_],
+            "backbone_spec": None if spec is None else spec.to_dict(),
             "backbone": self.backbone_,
             "weights": self.weights_,
             "feature_dim": int(self.feature_dim_),
             "stride": float(self.stride_),
             "preprocessing": self.preprocessing_,
-            "backbone_options": dict(getattr(self, "backbone_options_", {})),
             "n_train_patches": int(self.n_train_patches_),
             **({"placeholder": PLACEHOLDER_NOTE} if self.weights_ == PLACEHOLDER_WEIGHTS else {}),
         }
@@ -324,6 +350,25 @@ class SegmentationHead(BaseEstimator):
     def __repr__(self) -> str:
         params = ", ".join(f"{k}={v!r}" for k, v in self.get_params().items())
         return f"{type(self).__name__}({params})"
+
+
+def _spec_of(meta: dict[str, Any]) -> BackboneSpec | None:
+    """The backbone spec of a ``head.json``: its ``backbone_spec``, or one read from the keys older heads wrote.
+
+    Heads written before specs existed name ``backbone`` and ``weights`` (the weights used) and record the
+    image scale, intensity scaling and channels in ``preprocessing``; those become the spec's options.
+    """
+    if "backbone_spec" in meta:
+        record = meta["backbone_spec"]
+        return None if record is None else BackboneSpec.from_dict(record)
+    name = meta.get("backbone")
+    if name is None:  # fitted on a patch matrix: no backbone
+        return None
+    weights = meta.get("weights") if takes_weights(name) else None
+    pre = meta.get("preprocessing") or {}
+    defaults = option_defaults(name)
+    opts = {k: pre[k] for k in ("scale", "scaling", "channels") if k in pre and k in defaults}
+    return BackboneSpec(name, weights, non_default_options(opts, defaults))
 
 
 def load_head(folder: str | Path) -> SegmentationHead:
@@ -349,7 +394,10 @@ def load_head(folder: str | Path) -> SegmentationHead:
     head.backbone_, head.weights_ = meta["backbone"], meta["weights"]
     head.feature_dim_, head.stride_ = int(meta["feature_dim"]), float(meta["stride"])
     head.preprocessing_ = dict(meta.get("preprocessing", {}))
-    head.backbone_options_ = dict(meta.get("backbone_options", {}))
+    try:
+        head.backbone_spec_ = _spec_of(meta)
+    except (ValueError, TypeError) as e:
+        raise ValueError(f"{meta_file}: bad backbone record: {str(e).splitlines()[0]}") from None
     head.n_train_patches_ = int(meta.get("n_train_patches", 0))
     missing = [f for f in meta.get("files", []) if not (path / f).is_file()]
     if missing:

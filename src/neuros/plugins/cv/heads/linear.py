@@ -195,8 +195,5 @@ class IncrementalLinearHead(_SklearnHead):
 
     def _patch_table_first(self, maps: list, masks: Sequence[np.ndarray]) -> tuple[np.ndarray, np.ndarray]:
         # Fix the feature identity from the first chunk, then encode against the declared classes.
-        fm = maps[0]
-        self.backbone_, self.weights_, self.feature_dim_ = fm.backbone, fm.weights, fm.feature_dim
-        self.stride_ = float(fm.stride)
-        self.preprocessing_ = dict(fm.meta.get("preprocessing", {})) if fm.meta else {}
+        self._record_identity(maps[0])
         return self._patch_table(maps, list(masks))

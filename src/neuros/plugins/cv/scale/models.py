@@ -1,8 +1,8 @@
 """Models on workers: built once per worker process and reused by every block it runs.
 
 Each ``distributed`` worker process imports this module once; the ``lru_cache`` then keeps one backbone per
-(name, weights) and one head per folder for the life of the worker, so a run of 10 000 blocks loads the model
-once per worker, not once per block.
+:class:`~neuros.plugins.cv.backbones.spec.BackboneSpec` and one head per folder for the life of the worker, so a
+run of 10 000 blocks loads the model once per worker, not once per block.
 """
 
 from __future__ import annotations
@@ -10,6 +10,8 @@ from __future__ import annotations
 import math
 from functools import lru_cache
 from typing import Any
+
+from ..backbones.spec import BackboneSpec, as_spec
 
 __all__ = ["default_halo", "worker_backbone", "worker_head"]
 
@@ -19,12 +21,15 @@ PATCH = 16
 VIT_HALO = 64
 
 
-@lru_cache(maxsize=4)
-def worker_backbone(name: str, weights: str | None = None):
-    """The backbone ``name`` (with ``weights``), built on first use in this process and cached."""
-    from ..backbones.base import get_backbone
+def worker_backbone(spec: BackboneSpec | str, weights: str | None = None):
+    """The backbone of ``spec`` (a :class:`BackboneSpec`, or a name or spec string with optional ``weights``),
+    built on first use in this process and cached."""
+    return _built(as_spec(spec, weights))
 
-    return get_backbone(name, **({"weights": weights} if weights is not None else {}))
+
+@lru_cache(maxsize=4)
+def _built(spec: BackboneSpec):
+    return spec.build()
 
 
 @lru_cache(maxsize=4)

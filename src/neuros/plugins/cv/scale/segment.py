@@ -1,6 +1,7 @@
 """Blockwise segmentation of a zarr volume with a trained head (:mod:`neuros.plugins.cv.heads`) on Dask.
 
-Each block computes features of its halo'd region with the head's own backbone, asks the head for pixel-level
+Each block computes features of its halo'd region with the head's own backbone (rebuilt from the spec in its
+``head.json``: name, weights and every option that changes the features), asks the head for pixel-level
 class probabilities (patch-grid probabilities upsampled bilinearly), crops the core and writes labels (and,
 optionally, the probabilities). The halo is the backbone's plus one patch, since bilinear upsampling near a
 block's edge uses the neighbouring patch; with it, blocks equal :func:`section_probabilities` on whole sections
@@ -16,6 +17,7 @@ from typing import Any
 
 import numpy as np
 
+from ..backbones.spec import BackboneSpec
 from .blocks import Block, iter_blocks, n_blocks
 from .features import intensity_range, pending_blocks, plan_blocks, scale_intensity
 from .models import PATCH, worker_backbone, worker_head
@@ -29,13 +31,13 @@ LABELS = "0"  # the label image's level 0 ("labels" is the name NGFF reserves fo
 PROBA = "probabilities/0"  # an OME-Zarr image of its own inside the label image's group
 
 
-def head_backbone(head: Any) -> tuple[str, str | None]:
-    """The (name, weights argument) of the backbone a head was trained on, for :func:`get_backbone`."""
-    name, wts = head.backbone_, str(head.weights_)
-    for mode in ("placeholder", "random", "pretrained"):
-        if wts == mode or wts.startswith(mode + ":") or wts.startswith(mode + "("):
-            return name, mode
-    return name, None  # backbones with a single fixed set of weights (e.g. the filter bank)
+def head_backbone(head: Any) -> BackboneSpec:
+    """The spec of the backbone a head was trained on (from its ``head.json``), to build it on the workers."""
+    spec = getattr(head, "backbone_spec_", None)
+    if spec is None:
+        raise ValueError("this head was fitted on a patch matrix and names no backbone; fit it on feature maps "
+                         "(SegmentationHead.fit(feature_maps, masks) or `neuros-cv segment train`)")
+    return spec
 
 
 def section_probabilities(section: np.ndarray, backbone: Any, head: Any, lo: float, hi: float) -> np.ndarray:
@@ -47,8 +49,7 @@ def section_probabilities(section: np.ndarray, backbone: Any, head: Any, lo: flo
 class _SegmentTask:
     out: str
     head: str
-    backbone: str
-    weights: str | None
+    backbone: BackboneSpec
     lo: float
     hi: float
     save_proba: bool
@@ -61,7 +62,7 @@ def _segment_block(region: np.ndarray, block: Block, task: _SegmentTask) -> tupl
     from .resume import mark_done
 
     head = worker_head(task.head)
-    proba = section_probabilities(region, worker_backbone(task.backbone, task.weights), head, task.lo, task.hi)
+    proba = section_probabilities(region, worker_backbone(task.backbone), head, task.lo, task.hi)
     core = proba[block.inner()]
     group = zarr.open_group(task.out, mode="r+")
     sl = (block.z, slice(*block.core_y), slice(*block.core_x))
@@ -110,7 +111,8 @@ def volume_segment(
         class values at the input's voxel size and, with ``save_proba``, an OME-Zarr image ``probabilities`` whose
         array ``probabilities/0`` is (K, z, y, x) float32 (axes c, z, y, x).
     head : path-like
-        A folder written by ``SegmentationHead.save``; its backbone and weights are used for the features.
+        A folder written by ``SegmentationHead.save``; its backbone spec (name, weights, options) makes the
+        features.
     block, halo, scaling, level, component, retries, overwrite, progress, timeout, voxel_size, voxel_unit
         As in :func:`~neuros.plugins.cv.scale.features.volume_features`; the default halo is the backbone's
         plus one patch (for the bilinear upsampling of probabilities).
@@ -125,8 +127,8 @@ def volume_segment(
 
     head_dir = Path(head).expanduser().resolve()
     hd = worker_head(str(head_dir))
-    bname, bweights = head_backbone(hd)
-    bb = worker_backbone(bname, bweights)
+    spec = head_backbone(hd)
+    bb = worker_backbone(spec)
     arr = open_volume(src, level, component)
     geometry = read_geometry(src, level, component).with_voxel_size(voxel_size, voxel_unit)
     (by, bx), halo = plan_blocks(arr, bb, block, halo, extra=PATCH)
@@ -137,7 +139,8 @@ def volume_segment(
     run = {
         "task": "segment", "input": str(Path(src).expanduser().resolve()), "component": arr.path, "shape": [z, h, w],
         "head": str(head_dir), "head_kind": getattr(hd, "kind", type(hd).__name__), "classes": classes.tolist(),
-        "backbone": bb.name, "weights": bb.weights, "block": [by, bx], "halo": halo, "intensity_range": [lo, hi],
+        "backbone": bb.name, "weights": bb.weights, "backbone_spec": str(spec),
+        "block": [by, bx], "halo": halo, "intensity_range": [lo, hi],
         "probabilities": bool(save_proba), "layout": "ome-0.5",
     }
     arrays = {LABELS: {"shape": (z, h, w), "chunks": (1, by, bx), "dtype": _label_dtype(classes), "fill_value": 0,
@@ -155,8 +158,7 @@ def volume_segment(
         write_image_metadata(group["probabilities"], f"{name} probabilities", [("0", geometry)], channels=True)
     blocks = list(iter_blocks(arr.shape, (by, bx), halo, PATCH))
     todo = pending_blocks(out, "labels", blocks)
-    task = _SegmentTask(str(Path(out).expanduser().resolve()), str(head_dir), bname, bweights, lo, hi,
-                        bool(save_proba))
+    task = _SegmentTask(str(Path(out).expanduser().resolve()), str(head_dir), spec, lo, hi, bool(save_proba))
     fn = dask.delayed(_segment_block, pure=False)
     tasks = [(b.index, fn(x[b.z, slice(*b.read_y), slice(*b.read_x)], b, task)) for b in todo]
     report = run_blocks(client, tasks, total=len(blocks), retries=retries, progress=progress, title="segment",
