@@ -31,7 +31,7 @@ from neuros.plugins.cv.experiments.suite import REPORT_SHIFTS, SuiteConfig, load
 from neuros.plugins.cv.feature_matching import estimate_translation, patch_correlation
 from neuros.plugins.cv.heads import load_head, make_head
 from neuros.plugins.cv.metrics import binary_f1
-from neuros.plugins.cv.report.examples import collect_examples
+from neuros.plugins.cv.experiments.examples import collect_examples
 from neuros.plugins.cv.report.figures import overlay_figure, registration_errors
 from neuros.plugins.cv.report.html import render_html
 from neuros.plugins.cv.report.tables import (
