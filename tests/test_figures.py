@@ -6,10 +6,10 @@ import numpy as np
 import pytest
 from PIL import Image
 
+from neuros.plugins.cv.experiments.examples import collect_examples, pca_rgb
 from neuros.plugins.cv.experiments.pipeline import FeatureStore
 from neuros.plugins.cv.experiments.suite import load_suite, run_suite
 from neuros.plugins.cv.features import FeatureMap
-from neuros.plugins.cv.report.examples import collect_examples, pca_rgb
 from neuros.plugins.cv.report.figures import crossmodal_heatmaps, report_figures, save_figures
 
 

@@ -16,7 +16,6 @@ from neuros.plugins.cv.features import FeatureMap
 from neuros.plugins.cv.heads import (
     HEADS,
     IncrementalLinearHead,
-    MajorityClassifier,
     list_heads,
     load_head,
     make_head,
@@ -138,15 +137,15 @@ def test_incremental_head_learns_from_chunks(em):
     assert acc > np.mean([(m == 0).mean() for m in masks[6:]])
 
 
-def test_patch_matrix_mode_for_the_report_pipeline(em):
+def test_heads_take_feature_maps_only(em):
     maps, masks = em
-    from neuros.plugins.cv.labels import patch_labels
-
     X = np.concatenate([fm.flat() for fm in maps[:6]])
-    y = np.concatenate([patch_labels(m, 16).ravel() for m in masks[:6]])
-    head = make_head("logistic").fit(X, y)
-    assert head.predict(X).shape == y.shape and head.backbone_ is None
-    assert MajorityClassifier().fit(X, np.zeros(len(X))).predict(X[:3]).tolist() == [0, 0, 0]
+    y = np.zeros(len(X), np.int64)
+    with pytest.raises(TypeError, match="feature_maps must be a FeatureMap"):
+        make_head("logistic").fit(X, y)
+    head = make_head("logistic").fit(maps[:6], masks[:6])
+    with pytest.raises(TypeError, match="feature_maps must be a FeatureMap"):
+        head.predict(X)
     assert set(list_heads()) == {"logistic", "sgd", "knn", "rf", "mlp"}
 
 
@@ -171,11 +170,12 @@ NON_DEFAULT = {
 @pytest.mark.parametrize("kind", list(HEADS))
 def test_clone_gives_an_unfitted_head_with_the_same_parameters(em, kind):
     cw = None if kind == "knn" else "balanced"
-    head = make_head(kind, seed=7, class_weight=cw, label_rule="fraction", threshold=0.25, **NON_DEFAULT[kind])
+    head = make_head(kind, seed=7, class_weight=cw, label_rule="fraction", threshold=0.25, single_class="majority",
+                     **NON_DEFAULT[kind])
     params = head.get_params()
     assert list(params) == list(inspect.signature(type(head)).parameters)  # exactly the __init__ signature
     assert params == {**NON_DEFAULT[kind], "label_rule": "fraction", "threshold": 0.25, "class_weight": cw,
-                      "seed": 7}
+                      "seed": 7, "single_class": "majority"}
     assert head.get_params(deep=True) == head.get_params(deep=False) == params
     maps, masks = em
     head.fit(maps[:6], masks[:6])

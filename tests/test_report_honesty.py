@@ -20,6 +20,7 @@ from neuros.plugins.cv.backbones.placeholder import (
     placeholder_notice,
 )
 from neuros.plugins.cv.datasets.synthetic import MODALITIES, make_dataset, make_image
+from neuros.plugins.cv.experiments.examples import collect_examples
 from neuros.plugins.cv.experiments.pipeline import FeatureStore
 from neuros.plugins.cv.experiments.registration import (
     MIN_OVERLAP,
@@ -31,7 +32,6 @@ from neuros.plugins.cv.experiments.suite import REPORT_SHIFTS, SuiteConfig, load
 from neuros.plugins.cv.feature_matching import estimate_translation, patch_correlation
 from neuros.plugins.cv.heads import load_head, make_head
 from neuros.plugins.cv.metrics import binary_f1
-from neuros.plugins.cv.report.examples import collect_examples
 from neuros.plugins.cv.report.figures import overlay_figure, registration_errors
 from neuros.plugins.cv.report.html import render_html
 from neuros.plugins.cv.report.tables import (

@@ -20,6 +20,7 @@ __all__ = [
     "class_balance_weights",
     "decode_binary_mask",
     "encode_masks",
+    "mask_targets",
     "patch_fractions",
     "patch_labels",
     "patch_targets",
@@ -112,12 +113,56 @@ def patch_targets(fractions: np.ndarray, rule: str = "argmax", threshold: float 
 
 
 def patch_labels(mask: np.ndarray, patch: int = 16, rule: str = "majority", threshold: float = 0.5) -> np.ndarray:
-    """Patch labels (h, w) from a pixel mask (see :func:`patch_targets` for the rules)."""
-    if rule not in RULES:
-        raise ValueError(f"rule must be 'majority', 'fraction' or 'argmax', got {rule!r}")
+    """Patch labels (h, w) of one pixel mask, as label values (see :func:`mask_targets` for the rules).
+
+    Label 0 is background whether or not the mask holds it, so ``"majority"`` means "more than half the pixels
+    are not 0" for any binary mask (0/1, 0/255, boolean).
+    """
     m = np.asarray(mask)
-    fr = patch_fractions(mask, patch, n_classes=max(int(m.max()) + 1 if m.size else 1, 2))
-    return patch_targets(fr, rule, threshold)
+    if m.ndim != 2:
+        raise ValueError(f"mask must be 2-D, got shape {m.shape}")
+    classes = np.union1d(np.unique(check_mask(m, m.shape)), [0])
+    (targets,), classes = mask_targets([m], [m.shape], patch, rule, threshold, classes)
+    return classes[targets]
+
+
+def mask_targets(
+    masks: Sequence[np.ndarray],
+    shapes: Sequence[tuple[int, int]],
+    patch: int,
+    rule: str = "argmax",
+    threshold: float = 0.5,
+    classes: np.ndarray | None = None,
+) -> tuple[list[np.ndarray], np.ndarray]:
+    """The one way from pixel masks to patch training targets: check, encode, per-patch fractions, rule.
+
+    Parameters
+    ----------
+    masks : sequence of ndarray
+        Integer (or boolean) label masks, one per image.
+    shapes : sequence of (H, W)
+        Each image's shape; every mask must have it.
+    patch : int
+        Pixels per patch side (the feature grid's stride).
+    rule : {"argmax", "majority", "fraction"}
+        How a patch's label follows from its pixels (:func:`patch_targets`).
+    threshold : float
+        Foreground fraction for ``rule="fraction"``.
+    classes : ndarray, optional
+        Known label values (sorted); by default the union of values in ``masks`` (:func:`encode_masks`).
+
+    Returns
+    -------
+    targets : list of ndarray
+        One (h, w) int64 grid per mask, of class indices into ``classes``.
+    classes : ndarray
+        The sorted label values.
+    """
+    if rule not in RULES:
+        raise ValueError(f"label rule must be one of {', '.join(RULES)}, got {rule!r}")
+    encoded, classes = encode_masks(masks, shapes, classes)
+    k = len(classes)
+    return [patch_targets(patch_fractions(m, patch, k), rule, threshold) for m in encoded], classes
 
 
 def encode_masks(

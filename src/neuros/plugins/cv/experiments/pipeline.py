@@ -1,114 +1,75 @@
-"""The one pipeline every experiment composes: features → patch table → head → scores.
+"""The one pipeline every experiment composes: features → head (the users' ``head.fit(maps, masks)``) → scores.
 
-Experiments never re-implement a stage; they call these functions with different data. Features are cached
-per (backbone, dataset) by :class:`FeatureStore`, so the segmentation, cross-modality and registration
-experiments of one suite extract each image once.
+Experiments never re-implement a stage; they call these functions with different data. The report's protocol
+is a head option set — ``label_rule`` (``"majority"``) and ``single_class="majority"`` (a training set with
+one class gives a head that predicts it) — so its numbers come from the same code path as ``segment train``.
+Features are cached per (backbone, dataset) by :class:`FeatureStore`, so the segmentation, cross-modality and
+registration experiments of one suite extract each image once.
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
 
 from ..backbones.base import Backbone
 from ..features import FeatureMap
-from ..heads import MajorityClassifier, make_head
+from ..heads import SegmentationHead, make_head
 from ..labels import patch_labels
 from ..metrics import accuracy, binary_f1
 
-__all__ = [
-    "FeatureStore",
-    "PatchTable",
-    "fit_head",
-    "paint_patches",
-    "patch_table",
-    "pixel_dice",
-    "predict_patches",
-    "score_head",
-]
+__all__ = ["FeatureStore", "fit_head", "patch_truth", "pixel_dice", "score_head"]
 
 ProgressFn = Callable[[str], None]
 
 
-@dataclass(frozen=True)
-class PatchTable:
-    """Patch features ``X`` (n, C) and labels ``y`` (n,) of a set of images."""
+def fit_head(maps: Sequence[FeatureMap], masks: Sequence[np.ndarray], kind: str = "logistic",
+             rule: str = "majority", seed: int = 0) -> SegmentationHead:
+    """A head of ``kind`` fitted the report's way: ``label_rule=rule`` and ``single_class="majority"``.
 
-    X: np.ndarray
-    y: np.ndarray
-
-    @property
-    def n_positive(self) -> int:
-        return int((self.y > 0).sum())
+    With a single class among the training patches the head predicts that class everywhere; its
+    ``fitted_kind`` then says ``"majority"`` (what the tables print) instead of ``kind``.
+    """
+    return make_head(kind, seed=seed, label_rule=rule, single_class="majority").fit(list(maps), list(masks))
 
 
-def patch_table(maps: Sequence[FeatureMap], masks: Sequence[np.ndarray], rule: str = "majority") -> PatchTable:
-    """Stack every image's patch features with its patch labels (``labels.patch_labels``)."""
+def patch_truth(maps: Sequence[FeatureMap], masks: Sequence[np.ndarray], rule: str = "majority") -> np.ndarray:
+    """Every image's patch labels (label values, ``labels.patch_labels``), concatenated in grid order."""
     if len(maps) != len(masks):
         raise ValueError(f"{len(maps)} feature maps but {len(masks)} masks")
-    if len(maps) == 0:
-        raise ValueError("empty training set: no images")
-    xs, ys = [], []
+    out = []
     for fm, mask in zip(maps, masks, strict=True):
         if tuple(np.shape(mask)) != tuple(fm.image_shape):
             raise ValueError(f"mask shape {np.shape(mask)} does not match image shape {fm.image_shape}")
-        lab = patch_labels(mask, round(fm.stride), rule=rule)
-        if lab.shape != fm.grid_shape:
-            raise ValueError(f"label grid {lab.shape} does not match feature grid {fm.grid_shape}")
-        xs.append(fm.flat())
-        ys.append(lab.ravel())
-    return PatchTable(np.concatenate(xs), np.concatenate(ys))
+        out.append(patch_labels(mask, round(fm.stride), rule=rule).ravel())
+    return np.concatenate(out) if out else np.zeros(0, dtype=np.int64)
 
 
-def fit_head(train: PatchTable, kind: str = "logistic", seed: int = 0) -> tuple[Any, str]:
-    """Fit a head; with a single class in training, fall back to the majority class (the report's rule).
-
-    Returns the fitted model and the name of what was actually fitted (``kind`` or ``"majority"``).
-    """
-    if len(np.unique(train.y)) < 2:
-        return MajorityClassifier().fit(train.X, train.y), "majority"
-    return make_head(kind, seed=seed).fit(train.X, train.y), kind
-
-
-def score_head(model: Any, test: PatchTable) -> dict[str, Any]:
-    """Patch-level accuracy and F1 with the counts needed to judge them."""
-    pred = model.predict(test.X)
+def score_head(head: SegmentationHead, maps: Sequence[FeatureMap], masks: Sequence[np.ndarray],
+               rule: str = "majority") -> dict[str, Any]:
+    """Patch-level accuracy and F1 of ``head`` on (maps, masks) with the counts needed to judge them."""
+    truth = patch_truth(maps, masks, rule)
+    pred = np.concatenate([p.ravel() for p in head.predict(list(maps), level="patch")])
     return {
-        "accuracy": accuracy(test.y, pred),
-        "f1": binary_f1(test.y, pred),
-        "n_test_patches": int(test.y.size),
-        "n_test_positive": test.n_positive,
+        "accuracy": accuracy(truth, pred),
+        "f1": binary_f1(truth, pred),
+        "n_test_patches": int(truth.size),
+        "n_test_positive": int((truth > 0).sum()),
         "n_predicted_positive": int((pred > 0).sum()),
     }
 
 
-def predict_patches(model: Any, fm: FeatureMap) -> np.ndarray:
-    """The head's label of every patch of one feature map: an (h, w) grid."""
-    return np.asarray(model.predict(fm.flat())).reshape(fm.grid_shape)
+def pixel_dice(head: SegmentationHead, maps: Sequence[FeatureMap], masks: Sequence[np.ndarray]) -> float:
+    """Dice (pixel F1, pooled over images) of the patch predictions painted onto pixels against the pixel masks.
 
-
-def paint_patches(grid: np.ndarray, fm: FeatureMap) -> np.ndarray:
-    """Each patch's label painted onto all of its pixels (nearest, no smoothing), cropped to the image.
-
-    This is the pixel mask of exactly the patch predictions the patch-level scores count, as the report's
-    overlay figure shows it and :func:`pixel_dice` scores it.
+    The pixel masks are ``head.predict(maps, level="pixel", interpolation="nearest")``: each patch's label on
+    all its pixels, exactly the predictions the patch-level scores count. Beside the patch-level F1 it says
+    how much of the *pixel* foreground they cover: with the majority rule, objects smaller than half a patch
+    have no positive patch at all, so a high patch F1 can sit beside a low pixel Dice.
     """
-    step = round(fm.stride)
-    g = np.asarray(grid)
-    return np.repeat(np.repeat(g, step, axis=0), step, axis=1)[: fm.image_shape[0], : fm.image_shape[1]]
-
-
-def pixel_dice(model: Any, maps: Sequence[FeatureMap], masks: Sequence[np.ndarray]) -> float:
-    """Dice (pixel F1, pooled over images) of the painted patch predictions against the pixel masks.
-
-    Beside the patch-level F1 it says how much of the *pixel* foreground the same predictions cover: with the
-    majority rule, objects smaller than half a patch have no positive patch at all, so a high patch F1 can
-    sit beside a low pixel Dice.
-    """
-    pred = np.concatenate([paint_patches(predict_patches(model, fm) > 0, fm).ravel() for fm in maps])
+    pred = np.concatenate([(p > 0).ravel() for p in head.predict(list(maps), level="pixel", interpolation="nearest")])
     true = np.concatenate([(np.asarray(m) > 0).ravel() for m in masks])
     return binary_f1(true.astype(np.int64), pred.astype(np.int64))
 
@@ -127,14 +88,19 @@ class FeatureStore:
 
     def __init__(self, progress: ProgressFn | None = None) -> None:
         self._cache: dict[tuple[str, str], list[FeatureMap]] = {}
-        self._heads: dict[tuple[str, str, str, int], tuple[Any, str]] = {}
+        self._heads: dict[tuple[str, str, str, str, int], SegmentationHead] = {}
         self._progress = progress
 
-    def head(self, backbone: Backbone, key: str, train: PatchTable, kind: str, seed: int) -> tuple[Any, str]:
-        """:func:`fit_head` on ``train`` (the patch table of dataset ``key``), once per (backbone, key, kind, seed)."""
-        k = (_backbone_key(backbone), key, kind, int(seed))
+    def head(self, backbone: Backbone, key: str, data: tuple[Sequence[np.ndarray], Sequence[np.ndarray]],
+             kind: str, rule: str, seed: int) -> SegmentationHead:
+        """:func:`fit_head` on ``data`` (images, masks) of dataset ``key``, once per (backbone, key, kind, rule, seed).
+
+        The features come from :meth:`get` (the same cache entry ``key``).
+        """
+        k = (_backbone_key(backbone), key, kind, rule, int(seed))
         if k not in self._heads:
-            self._heads[k] = fit_head(train, kind, seed)
+            images, masks = data
+            self._heads[k] = fit_head(self.get(backbone, key, images), masks, kind, rule, seed)
         return self._heads[k]
 
     def get(self, backbone: Backbone, key: str, images: Sequence[np.ndarray]) -> list[FeatureMap]:

@@ -21,7 +21,7 @@ from sklearn.metrics import f1_score
 from ..backbones.base import Backbone
 from ..datasets.synthetic import make_dataset
 from ..heads import make_head
-from ..labels import patch_fractions, patch_targets
+from ..labels import mask_targets
 from ..metrics import score_images
 from .pipeline import FeatureStore
 from .segmentation import run_segmentation
@@ -68,10 +68,9 @@ def score_on(
     pred = model.predict(te_maps, level="pixel")
     scores = score_images(truth, [np.asarray(p) for p in pred], k, class_names, n_boot=n_boot, seed=seed)
     patch_pred = np.concatenate([p.ravel() for p in model.predict(te_maps, level="patch")])
-    patch_true = np.concatenate([
-        patch_targets(patch_fractions(m, round(fm.stride), k), model.label_rule).ravel()
-        for m, fm in zip(truth, te_maps, strict=True)
-    ])
+    targets, _ = mask_targets(truth, [fm.image_shape for fm in te_maps], round(te_maps[0].stride),
+                              model.label_rule, model.threshold, np.arange(k))
+    patch_true = np.concatenate([t.ravel() for t in targets])
     return {
         "backbone": backbone.name,
         "weights": backbone.weights,

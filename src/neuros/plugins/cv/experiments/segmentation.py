@@ -8,7 +8,7 @@ from typing import Any
 import numpy as np
 
 from ..backbones.base import Backbone
-from .pipeline import FeatureStore, PatchTable, patch_table, pixel_dice, score_head
+from .pipeline import FeatureStore, patch_truth, pixel_dice, score_head
 
 __all__ = ["SegmentationData", "explain_single_class", "run_crossmodal", "run_segmentation", "same_modality"]
 
@@ -16,31 +16,24 @@ __all__ = ["SegmentationData", "explain_single_class", "run_crossmodal", "run_se
 SegmentationData = Mapping[str, Mapping[str, tuple[np.ndarray, np.ndarray]]]
 
 
-def _tables(
-    backbone: Backbone, data: SegmentationData, store: FeatureStore, modality: str, rule: str
-) -> tuple[PatchTable, PatchTable]:
-    out = []
-    for split in ("train", "test"):
-        images, masks = data[modality][split]
-        maps = store.get(backbone, f"{modality}/{split}", images)
-        out.append(patch_table(maps, masks, rule))
-    return out[0], out[1]
-
-
 def explain_single_class(
-    train_modality: str, test_modality: str, train: PatchTable, test: PatchTable, protocol: str
+    train_modality: str, test_modality: str, train_labels: np.ndarray, test_labels: np.ndarray, protocol: str
 ) -> str | None:
-    """A sentence explaining a meaningless F1 (a set with no positive patch), or None when F1 is meaningful."""
+    """A sentence explaining a meaningless F1 (a set with no positive patch), or None when F1 is meaningful.
+
+    ``train_labels`` and ``test_labels`` are the sets' patch labels (:func:`~.pipeline.patch_truth`).
+    """
+    n_train, n_test = int((train_labels > 0).sum()), int((test_labels > 0).sum())
     parts = []
-    if train.n_positive == 0:
-        parts.append(f"the {train_modality} training set has no positive patch (of {train.y.size})")
-    if test.n_positive == 0:
-        parts.append(f"the {test_modality} test set has no positive patch (of {test.y.size})")
+    if n_train == 0:
+        parts.append(f"the {train_modality} training set has no positive patch (of {train_labels.size})")
+    if n_test == 0:
+        parts.append(f"the {test_modality} test set has no positive patch (of {test_labels.size})")
     if not parts:
         return None
     why = "; ".join(parts)
     if protocol == "report" and "mri" in (train_modality, test_modality) and (
-        (train_modality == "mri" and train.n_positive == 0) or (test_modality == "mri" and test.n_positive == 0)
+        (train_modality == "mri" and n_train == 0) or (test_modality == "mri" and n_test == 0)
     ):
         why += (
             ": under protocol='report' the MRI lesion (radius ≤ 12 px) is centred on a patch corner, so no "
@@ -74,24 +67,26 @@ def run_crossmodal(
     """
     records = []
     for tr in train_modalities:
-        train, _ = _tables(backbone, data, store, tr, rule)
-        model, fitted = store.head(backbone, f"{tr}/train/{rule}", train, head, seed)
+        model = store.head(backbone, f"{tr}/train", data[tr]["train"], head, rule, seed)
+        train_labels = patch_truth(store.get(backbone, f"{tr}/train", data[tr]["train"][0]), data[tr]["train"][1],
+                                   rule)
         for te in test_modalities:
-            _, test = _tables(backbone, data, store, te, rule)
             te_images, te_masks = data[te]["test"]
+            te_maps = store.get(backbone, f"{te}/test", te_images)
+            scores = score_head(model, te_maps, te_masks, rule)
             rec: dict[str, Any] = {
                 "backbone": backbone.name,
                 "weights": backbone.weights,
                 "train": tr,
                 "test": te,
-                "head": fitted,
+                "head": model.fitted_kind,
                 "label_rule": rule,
-                "n_train_patches": int(train.y.size),
-                "n_train_positive": train.n_positive,
-                **score_head(model, test),
-                "pixel_dice": pixel_dice(model, store.get(backbone, f"{te}/test", te_images), te_masks),
+                "n_train_patches": int(train_labels.size),
+                "n_train_positive": int((train_labels > 0).sum()),
+                **scores,
+                "pixel_dice": pixel_dice(model, te_maps, te_masks),
             }
-            rec["note"] = explain_single_class(tr, te, train, test, protocol)
+            rec["note"] = explain_single_class(tr, te, train_labels, patch_truth(te_maps, te_masks, rule), protocol)
             records.append(rec)
     return records
 

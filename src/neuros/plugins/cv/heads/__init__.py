@@ -2,12 +2,11 @@
 
 ``make_head(kind)`` builds one (``logistic``, ``sgd``, ``knn``, ``rf``, ``mlp``); every head has
 ``fit(feature_maps, masks)``, ``predict_proba(maps, level="pixel" | "patch")``, ``predict(...)``,
-``save(dir)``; :func:`load_head` reads one back. ``MajorityClassifier`` is the report's single-class fallback.
+``save(dir)``; :func:`load_head` reads one back. ``single_class="majority"`` is the report's single-class
+fallback (a head that predicts the one training class).
 """
 
 from __future__ import annotations
-
-import numpy as np
 
 from .base import FORMAT, SegmentationHead, load_head
 from .linear import IncrementalLinearHead, KNNHead, LogisticHead, RandomForestHead
@@ -23,7 +22,6 @@ __all__ = [
     "KNNHead",
     "LogisticHead",
     "MLPHead",
-    "MajorityClassifier",
     "RandomForestHead",
     "SegmentationHead",
     "head_class",
@@ -32,15 +30,3 @@ __all__ = [
     "make_head",
 ]
 
-
-class MajorityClassifier:
-    """Predicts the most frequent training class: the report's fallback when training has one class."""
-
-    def fit(self, X: np.ndarray, y: np.ndarray) -> MajorityClassifier:
-        values, counts = np.unique(np.asarray(y), return_counts=True)
-        self.classes_ = values
-        self.majority_ = values[np.argmax(counts)]
-        return self
-
-    def predict(self, X: np.ndarray) -> np.ndarray:
-        return np.full(len(X), self.majority_)

@@ -5,10 +5,13 @@ unchanged; everything learned ends in ``_``. Subclasses implement two matrix met
 and ``_proba_matrix(X)`` — plus ``_save_weights``/``_load_weights``; this base class does the rest once:
 
 - ``fit(feature_maps, masks)``: checks masks (integer labels, shapes), encodes label values to classes,
-  turns pixel masks into patch labels (``labels.patch_targets``), optional class balancing, and records the
-  backbone spec (name, weights, options that change the features) the head was trained on;
+  turns pixel masks into patch labels (``labels.mask_targets``), optional class balancing, and records the
+  backbone spec (name, weights, options that change the features) the head was trained on; with
+  ``single_class="majority"``, training patches of one class give a head that predicts that class;
 - ``predict_proba(maps, level="pixel" | "patch")``: classifies every grid cell in one matrix call and, at
-  pixel level, upsamples the class probabilities bilinearly (``FeatureMap.to_pixels``; no loop over pixels);
+  pixel level, upsamples the class probabilities (``interpolation="bilinear"``: ``FeatureMap.to_pixels``, or
+  ``"nearest"``: each patch's value on all its pixels; no loop over pixels). :meth:`predict` is its argmax —
+  the one way head output becomes pixel masks;
 - ``save(dir)`` / :func:`load_head`: weights plus ``head.json`` with the backbone spec, written atomically;
   heads from before specs load too (their ``backbone``/``weights``/``preprocessing`` keys become a spec).
 """
@@ -27,13 +30,15 @@ from sklearn.base import BaseEstimator
 from ..backbones.placeholder import PLACEHOLDER_NOTE, PLACEHOLDER_WEIGHTS
 from ..backbones.spec import BackboneSpec, non_default_options, option_defaults, takes_weights
 from ..features import FeatureMap
-from ..labels import RULES, class_balance_weights, encode_masks, patch_fractions, patch_targets
+from ..labels import RULES, class_balance_weights, mask_targets
 from ..report.output import atomic_output_dir, dumps_json
 
 __all__ = ["FORMAT", "SegmentationHead", "as_maps", "load_head"]
 
 FORMAT = "neuros-cv/head/1"
 LEVELS = ("pixel", "patch")
+INTERPOLATIONS = ("bilinear", "nearest")
+SINGLE_CLASS = ("error", "majority")
 
 
 def as_maps(maps: Any, name: str = "feature_maps") -> list[FeatureMap]:
@@ -64,6 +69,9 @@ class SegmentationHead(BaseEstimator):
         ``"balanced"`` weights every class equally in the loss (n / (K · count)).
     seed : int
         Random seed of the head's optimiser or ensemble.
+    single_class : {"error", "majority"}
+        When every training patch has the same label: ``"error"`` refuses to fit; ``"majority"`` (the report's
+        rule) gives a head that predicts that class everywhere (``fitted_kind`` is then ``"majority"``).
     """
 
     kind = "base"
@@ -71,11 +79,12 @@ class SegmentationHead(BaseEstimator):
     supports_class_weight = True
 
     def __init__(self, label_rule: str = "argmax", threshold: float = 0.5, class_weight: str | None = None,
-                 seed: int = 0) -> None:
+                 seed: int = 0, single_class: str = "error") -> None:
         self.label_rule = label_rule
         self.threshold = threshold
         self.class_weight = class_weight
         self.seed = seed
+        self.single_class = single_class
 
     # ----------------------------------------------------------------- parameters
     @classmethod
@@ -137,6 +146,8 @@ class SegmentationHead(BaseEstimator):
             raise ValueError(f"label_rule must be one of {', '.join(RULES)}, got {self.label_rule!r}")
         if self.class_weight not in (None, "balanced"):
             raise ValueError(f"class_weight must be None or 'balanced', got {self.class_weight!r}")
+        if self.single_class not in SINGLE_CLASS:
+            raise ValueError(f"single_class must be 'error' or 'majority', got {self.single_class!r}")
 
     # ----------------------------------------------------------------- training data
     def _patch_table(self, maps: list[FeatureMap], masks: Sequence[np.ndarray]) -> tuple[np.ndarray, np.ndarray]:
@@ -149,25 +160,17 @@ class SegmentationHead(BaseEstimator):
         if len(ids) != 1:
             raise ValueError(f"training feature maps come from different backbones/weights/dims: {sorted(ids)}")
         known = getattr(self, "classes_", None)
-        encoded, classes = encode_masks(masks, [fm.image_shape for fm in maps], known)
+        targets, classes = mask_targets(masks, [fm.image_shape for fm in maps], round(maps[0].stride),
+                                        self.label_rule, self.threshold, known)
         if known is None:
-            if classes.size < 2:
-                raise ValueError(
-                    f"training masks hold a single class ({classes.tolist()}); a head needs at least two classes"
-                )
             self.classes_ = classes
             self._record_identity(maps[0])
         self._check_maps(maps)
-        k = len(self.classes_)
-        xs, ys = [], []
-        patch = round(maps[0].stride)
-        for fm, m in zip(maps, encoded, strict=True):
-            lab = patch_targets(patch_fractions(m, patch, k), self.label_rule, self.threshold)
+        for lab, fm in zip(targets, maps, strict=True):
             if lab.shape != fm.grid_shape:
                 raise ValueError(f"label grid {lab.shape} does not match feature grid {fm.grid_shape}")
-            xs.append(fm.flat())
-            ys.append(lab.ravel())
-        return np.concatenate(xs).astype(np.float32, copy=False), np.concatenate(ys)
+        X = np.concatenate([fm.flat() for fm in maps]).astype(np.float32, copy=False)
+        return X, np.concatenate([lab.ravel() for lab in targets])
 
     def _weights(self, y: np.ndarray) -> np.ndarray | None:
         return class_balance_weights(y, len(self.classes_)) if self.class_weight == "balanced" else None
@@ -177,53 +180,48 @@ class SegmentationHead(BaseEstimator):
         for attr in [a for a in vars(self) if a.endswith("_")]:
             delattr(self, attr)  # refit from scratch
 
-    def fit_patches(self, X: np.ndarray, y: np.ndarray) -> SegmentationHead:
-        """Fit on a patch table: features ``X`` (n, C) and patch labels ``y`` (n,) — the report's call.
-
-        The head then has no backbone identity (``backbone_ = None``) and predicts on matrices only.
-        """
-        self._reset()
-        X = np.asarray(X, dtype=np.float32)
-        y = np.asarray(y)
-        if X.ndim != 2 or y.shape != (X.shape[0],):
-            raise ValueError(f"patch table must be X (n, C) and y (n,), got {X.shape} and {y.shape}")
-        if y.size == 0:
-            raise ValueError("empty training set: no patches")
-        self.classes_, yi = np.unique(y.astype(np.int64), return_inverse=True)
-        if self.classes_.size < 2:
-            raise ValueError(f"training labels hold a single class ({self.classes_.tolist()})")
-        self.backbone_, self.weights_, self.feature_dim_, self.stride_ = None, None, int(X.shape[1]), 0.0
-        self.preprocessing_ = {}
-        self._fit_matrix(X, yi, self._weights(yi))
-        self.n_train_patches_ = int(y.size)
-        return self
-
-    def predict_patches(self, X: np.ndarray) -> np.ndarray:
-        """Labels (n,) for a patch-feature matrix (n, C)."""
-        self._check_fitted()
-        X = np.asarray(X, dtype=np.float32)
-        if X.ndim != 2 or X.shape[1] != self.feature_dim_:
-            raise ValueError(f"expected a (n, {self.feature_dim_}) feature matrix, got shape {X.shape}")
-        return self.classes_[self._proba_matrix(X).argmax(axis=1)]
-
     def fit(self, feature_maps: Any, masks: Sequence[np.ndarray]) -> SegmentationHead:
         """Fit on feature maps (one per image) and their pixel masks (same H×W as each map's image).
 
-        Called with a patch matrix ``X`` (n, C) and labels ``y`` (n,) instead, it is :meth:`fit_patches`.
+        Raises
+        ------
+        ValueError
+            With ``single_class="error"``, when the masks hold one class or every training patch gets the
+            same label under ``label_rule``.
         """
-        if isinstance(feature_maps, np.ndarray):
-            return self.fit_patches(feature_maps, np.asarray(masks))
         self._reset()
         maps = as_maps(feature_maps)
         X, y = self._patch_table(maps, list(masks))
-        if np.unique(y).size < 2:
-            raise ValueError(
-                f"every training patch has the same label under label_rule={self.label_rule!r} "
-                "(the foreground is smaller than a patch); use label_rule='fraction' with a lower threshold"
-            )
-        self._fit_matrix(X, y, self._weights(y))
         self.n_train_patches_ = int(y.size)
+        if np.unique(y).size < 2:
+            if self.single_class == "majority":
+                self.single_class_ = int(np.bincount(y).argmax())
+                return self
+            raise ValueError(self._single_class_message())
+        self._fit_matrix(X, y, self._weights(y))
         return self
+
+    def _single_class_message(self) -> str:
+        if self.classes_.size < 2:
+            return (f"training masks hold a single class ({self.classes_.tolist()}); a head needs at least two "
+                    "classes (or single_class='majority' to predict that class)")
+        return (f"every training patch has the same label under label_rule={self.label_rule!r} "
+                "(the foreground is smaller than a patch); use label_rule='fraction' with a lower threshold")
+
+    @property
+    def fitted_kind(self) -> str:
+        """What was fitted: the head's ``kind``, or ``"majority"`` when training held a single class."""
+        self._check_fitted()
+        return "majority" if getattr(self, "single_class_", None) is not None else self.kind
+
+    def _class_proba(self, X: np.ndarray) -> np.ndarray:
+        """(n, K) class probabilities of a patch matrix: the model's, or one-hot on the single training class."""
+        constant = getattr(self, "single_class_", None)
+        if constant is None:
+            return self._proba_matrix(X)
+        out = np.zeros((X.shape[0], len(self.classes_)), dtype=np.float32)
+        out[:, constant] = 1.0
+        return out
 
     # ----------------------------------------------------------------- prediction
     def _check_fitted(self) -> None:
@@ -264,36 +262,40 @@ class SegmentationHead(BaseEstimator):
                     f"trained with stride {self.stride_:g}; extract features with the head's backbone"
                 )
 
-    def predict_proba(self, feature_maps: Any, level: str = "pixel") -> np.ndarray | list[np.ndarray]:
+    def predict_proba(self, feature_maps: Any, level: str = "pixel",
+                      interpolation: str = "bilinear") -> np.ndarray | list[np.ndarray]:
         """Class probabilities: (H, W, K) per image at ``level="pixel"``, (h, w, K) at ``"patch"``.
 
-        Columns follow :attr:`classes_`. Pass one FeatureMap to get one array, a list to get a list.
+        Columns follow :attr:`classes_`. Pass one FeatureMap to get one array, a list to get a list. At pixel
+        level, ``interpolation="bilinear"`` blends neighbouring patches; ``"nearest"`` gives every pixel its
+        patch's probabilities (the patch predictions painted onto pixels, as the report scores them).
         """
         self._check_fitted()
         if level not in LEVELS:
             raise ValueError(f"level must be 'pixel' or 'patch', got {level!r}")
+        if interpolation not in INTERPOLATIONS:
+            raise ValueError(f"interpolation must be 'bilinear' or 'nearest', got {interpolation!r}")
         single = isinstance(feature_maps, FeatureMap)
         maps = as_maps(feature_maps)
         if not maps:
             raise ValueError("no feature maps to predict")
         self._check_maps(maps)
-        proba = self._proba_matrix(np.concatenate([fm.flat() for fm in maps]).astype(np.float32, copy=False))
+        proba = self._class_proba(np.concatenate([fm.flat() for fm in maps]).astype(np.float32, copy=False))
         out, start = [], 0
         for fm in maps:
             h, w = fm.grid_shape
             grid = proba[start : start + h * w].reshape(h, w, -1)
             start += h * w
-            out.append(fm.to_pixels(grid) if level == "pixel" else grid)
+            out.append(_to_pixels(grid, fm, interpolation) if level == "pixel" else grid)
         return out[0] if single else out
 
-    def predict(self, feature_maps: Any, level: str = "pixel") -> np.ndarray | list[np.ndarray]:
+    def predict(self, feature_maps: Any, level: str = "pixel",
+                interpolation: str = "bilinear") -> np.ndarray | list[np.ndarray]:
         """Label maps (values from :attr:`classes_`): (H, W) at pixel level, (h, w) at patch level.
 
-        Called with a patch matrix (n, C), it is :meth:`predict_patches`.
+        The argmax of :meth:`predict_proba` (same ``level`` and ``interpolation``).
         """
-        if isinstance(feature_maps, np.ndarray):
-            return self.predict_patches(feature_maps)
-        proba = self.predict_proba(feature_maps, level)
+        proba = self.predict_proba(feature_maps, level, interpolation)
         if isinstance(proba, list):
             return [self.classes_[p.argmax(axis=2)] for p in proba]
         return self.classes_[proba.argmax(axis=2)]
@@ -341,6 +343,9 @@ class SegmentationHead(BaseEstimator):
         ``overwrite`` replaces only the files a previous save wrote there; ``folder`` may not be, contain or lie
         inside any of ``inputs`` (the training images and masks).
         """
+        if getattr(self, "single_class_", None) is not None:
+            raise ValueError(f"this head learned nothing to save: training held one class "
+                             f"({self.classes_[self.single_class_]}); train on masks with at least two classes")
         meta = self.metadata()
         with atomic_output_dir(folder, overwrite=overwrite, inputs=inputs, command="segment train") as tmp:
             meta["files"] = self._save_weights(tmp)
@@ -350,6 +355,14 @@ class SegmentationHead(BaseEstimator):
     def __repr__(self) -> str:
         params = ", ".join(f"{k}={v!r}" for k, v in self.get_params().items())
         return f"{type(self).__name__}({params})"
+
+
+def _to_pixels(grid: np.ndarray, fm: FeatureMap, interpolation: str) -> np.ndarray:
+    """A (h, w, K) grid at the pixels of ``fm``'s image: bilinear (``FeatureMap.to_pixels``) or nearest."""
+    if interpolation == "bilinear":
+        return fm.to_pixels(grid)
+    step = round(fm.stride)
+    return np.repeat(np.repeat(grid, step, axis=0), step, axis=1)[: fm.image_shape[0], : fm.image_shape[1]]
 
 
 def _spec_of(meta: dict[str, Any]) -> BackboneSpec | None:

@@ -66,7 +66,7 @@ class LogisticHead(_SklearnHead):
         Inverse regularisation strength.
     max_iter : int
         lbfgs iterations.
-    label_rule, threshold, class_weight, seed
+    label_rule, threshold, class_weight, seed, single_class
         Keyword-only, common to every head (see :class:`SegmentationHead`).
     """
 
@@ -74,8 +74,9 @@ class LogisticHead(_SklearnHead):
 
     def __init__(self, C: float = 1.0, max_iter: int = 1000,
                  *, label_rule: str = "argmax", threshold: float = 0.5, class_weight: str | None = None,
-                 seed: int = 0) -> None:
-        super().__init__(label_rule=label_rule, threshold=threshold, class_weight=class_weight, seed=seed)
+                 seed: int = 0, single_class: str = "error") -> None:
+        super().__init__(label_rule=label_rule, threshold=threshold, class_weight=class_weight, seed=seed,
+                         single_class=single_class)
         self.C = C
         self.max_iter = max_iter
 
@@ -92,8 +93,9 @@ class KNNHead(_SklearnHead):
 
     def __init__(self, n_neighbors: int = 5,
                  *, label_rule: str = "argmax", threshold: float = 0.5, class_weight: str | None = None,
-                 seed: int = 0) -> None:
-        super().__init__(label_rule=label_rule, threshold=threshold, class_weight=class_weight, seed=seed)
+                 seed: int = 0, single_class: str = "error") -> None:
+        super().__init__(label_rule=label_rule, threshold=threshold, class_weight=class_weight, seed=seed,
+                         single_class=single_class)
         self.n_neighbors = n_neighbors
 
     def _check_params(self) -> None:
@@ -118,8 +120,9 @@ class RandomForestHead(_SklearnHead):
 
     def __init__(self, n_estimators: int = 100, max_depth: int | None = 16, n_jobs: int = 1,
                  *, label_rule: str = "argmax", threshold: float = 0.5, class_weight: str | None = None,
-                 seed: int = 0) -> None:
-        super().__init__(label_rule=label_rule, threshold=threshold, class_weight=class_weight, seed=seed)
+                 seed: int = 0, single_class: str = "error") -> None:
+        super().__init__(label_rule=label_rule, threshold=threshold, class_weight=class_weight, seed=seed,
+                         single_class=single_class)
         self.n_estimators = n_estimators
         self.max_depth = max_depth
         self.n_jobs = n_jobs
@@ -141,8 +144,9 @@ class IncrementalLinearHead(_SklearnHead):
 
     def __init__(self, alpha: float = 1e-4, epochs: int = 5, batch_size: int = 65536,
                  *, label_rule: str = "argmax", threshold: float = 0.5, class_weight: str | None = None,
-                 seed: int = 0) -> None:
-        super().__init__(label_rule=label_rule, threshold=threshold, class_weight=class_weight, seed=seed)
+                 seed: int = 0, single_class: str = "error") -> None:
+        super().__init__(label_rule=label_rule, threshold=threshold, class_weight=class_weight, seed=seed,
+                         single_class=single_class)
         self.alpha = alpha
         self.epochs = epochs
         self.batch_size = batch_size

@@ -31,7 +31,7 @@ class MLPHead(SegmentationHead):
         Hidden units.
     epochs, batch_size, lr, weight_decay, dropout
         Adam training settings.
-    label_rule, threshold, class_weight, seed
+    label_rule, threshold, class_weight, seed, single_class
         Keyword-only, common to every head (see :class:`SegmentationHead`).
     """
 
@@ -40,8 +40,9 @@ class MLPHead(SegmentationHead):
     def __init__(self, hidden: int = 128, epochs: int = 30, batch_size: int = 1024, lr: float = 1e-3,
                  weight_decay: float = 1e-4, dropout: float = 0.1,
                  *, label_rule: str = "argmax", threshold: float = 0.5, class_weight: str | None = None,
-                 seed: int = 0) -> None:
-        super().__init__(label_rule=label_rule, threshold=threshold, class_weight=class_weight, seed=seed)
+                 seed: int = 0, single_class: str = "error") -> None:
+        super().__init__(label_rule=label_rule, threshold=threshold, class_weight=class_weight, seed=seed,
+                         single_class=single_class)
         self.hidden = hidden
         self.epochs = epochs
         self.batch_size = batch_size

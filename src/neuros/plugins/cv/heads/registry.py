@@ -51,6 +51,6 @@ def make_head(kind: str = "logistic", seed: int = 0, class_weight: str | None = 
     """A fresh head of ``kind`` (``logistic``, ``sgd``, ``knn``, ``rf``, ``mlp``).
 
     The head fits feature maps + pixel masks; ``experiments.pipeline`` (the report's protocol) calls the same
-    object with a patch matrix, ``fit(X, y)`` / ``predict(X)`` (see :meth:`SegmentationHead.fit_patches`).
+    ``fit(maps, masks)`` with ``label_rule="majority", single_class="majority"``.
     """
     return head_class(kind)(seed=seed, class_weight=class_weight, **params)

@@ -1,8 +1,9 @@
 """The pictures behind the report's numbers: example predictions and what each backbone's features see.
 
 :func:`collect_examples` reruns no experiment: it reuses the suite's data (:func:`suite_datasets`), its
-backbones (:func:`build_backbone`), its pipeline (:func:`patch_table`, ``FeatureStore.head``) and, when given,
-the suite's :class:`FeatureStore`, so every feature map and fitted head comes from the cache the suite filled.
+backbones (:func:`build_backbone`), its heads (``FeatureStore.head``) and, when given, the suite's
+:class:`FeatureStore`, so every feature map and fitted head comes from the cache the suite filled. The
+pictures are drawn by ``report.figures``; this module only computes what they show.
 """
 
 from __future__ import annotations
@@ -11,11 +12,11 @@ from typing import Any
 
 import numpy as np
 
-from ..experiments.pipeline import FeatureStore, paint_patches, patch_table, predict_patches
-from ..experiments.suite import SuiteConfig, build_backbone, suite_datasets
 from ..features import FeatureMap
 from ..labels import patch_labels
 from ..metrics import binary_f1
+from .pipeline import FeatureStore
+from .suite import SuiteConfig, build_backbone, suite_datasets
 
 __all__ = ["collect_examples", "pca_rgb"]
 
@@ -78,21 +79,19 @@ def collect_examples(
     for name in config.backbones:
         bb = build_backbone(config, name)
         for m in config.modalities:
-            tr_images, tr_masks = data[m]["train"]
             te_images, te_masks = data[m]["test"]
-            train = patch_table(store.get(bb, f"{m}/train", tr_images), tr_masks, config.label_rule)
-            model, fitted = store.head(bb, f"{m}/train/{config.label_rule}", train, config.head, config.seed)
+            model = store.head(bb, f"{m}/train", data[m]["train"], config.head, config.label_rule, config.seed)
             fm = store.get(bb, f"{m}/test", te_images)[index]
-            grid = predict_patches(model, fm) > 0
+            grid = model.predict(fm, level="patch") > 0
             labels = patch_labels(te_masks[index], round(fm.stride), rule=config.label_rule) > 0
             mask = np.asarray(te_masks[index]) > 0
-            painted = paint_patches(grid, fm)
+            painted = model.predict(fm, level="pixel", interpolation="nearest") > 0
             overlays.append(
                 {
                     "backbone": bb.name,
                     "weights": bb.weights,
                     "modality": m,
-                    "head": fitted,
+                    "head": model.fitted_kind,
                     "image": np.asarray(te_images[index]),
                     "mask": mask,
                     "patch_labels": labels,
