@@ -9,10 +9,10 @@ from __future__ import annotations
 
 import numpy as np
 
-from .base import FORMAT, SegmentationHead, load_head
+from .base import FORMAT, SegmentationHead
 from .linear import IncrementalLinearHead, KNNHead, LogisticHead, RandomForestHead
 from .mlp import MLPHead
-from .registry import DEFAULT_HEAD, HEADS, HeadSettings, head_class, list_heads, make_head
+from .registry import DEFAULT_HEAD, HEADS, HeadSettings, head_class, list_heads, load_head, make_head
 
 __all__ = [
     "DEFAULT_HEAD",
