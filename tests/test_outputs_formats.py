@@ -19,7 +19,7 @@ from neuros.plugins.cv.cli import main
 from neuros.plugins.cv.datasets.io import image_slices, read_array
 from neuros.plugins.cv.heads import load_head, make_head
 from neuros.plugins.cv.metrics import score_images
-from neuros.plugins.cv.report.output import MARKER
+from neuros.plugins.cv.output import MARKER
 
 
 @pytest.fixture(scope="module")

@@ -13,7 +13,7 @@ from neuros.plugins.cv.cli._bench_real import write_real_outputs
 from neuros.plugins.cv.experiments.pipeline import FeatureStore
 from neuros.plugins.cv.experiments.protocols import run_protocol_comparison
 from neuros.plugins.cv.experiments.real_suite import RealSuiteConfig, real_markdown, real_tables, run_real_suite
-from neuros.plugins.cv.report.output import atomic_output_dir
+from neuros.plugins.cv.output import atomic_output_dir
 
 pytest.importorskip("stardist")
 

@@ -5,8 +5,8 @@ from __future__ import annotations
 import argparse
 
 from ..experiments.suite import builtin_suites
+from ..output import check_output_file
 from ..report.notebook import DEFAULT_NAME, build_notebook, execute_notebook, write_notebook
-from ..report.output import check_output_file
 
 
 def add_parser(sub: argparse._SubParsersAction) -> None:

@@ -26,7 +26,7 @@ from sklearn.base import BaseEstimator
 from ..backbones.placeholder import PLACEHOLDER_NOTE, PLACEHOLDER_WEIGHTS
 from ..features import FeatureMap
 from ..labels import RULES, class_balance_weights, encode_masks, patch_fractions, patch_targets
-from ..report.output import atomic_output_dir, dumps_json
+from ..output import atomic_output_dir, dumps_json
 
 __all__ = ["FORMAT", "SegmentationHead", "as_maps"]
 

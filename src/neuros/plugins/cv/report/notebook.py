@@ -18,7 +18,7 @@ import nbformat
 from nbformat.v4 import new_code_cell, new_markdown_cell, new_notebook
 
 from ..backbones.placeholder import PLACEHOLDER_NOTE
-from .output import atomic_write_text
+from ..output import atomic_write_text
 
 __all__ = ["DEFAULT_NAME", "build_notebook", "execute_notebook", "write_notebook"]
 
@@ -180,7 +180,7 @@ def _cells(suite: str, overrides: Mapping[str, Any], out_dir: str | None) -> lis
         code(
             "if OUT_DIR is not None:\n"
             "    from neuros.plugins.cv.cli.bench import write_outputs\n"
-            "    from neuros.plugins.cv.report.output import atomic_output_dir\n\n"
+            "    from neuros.plugins.cv.output import atomic_output_dir\n\n"
             "    with atomic_output_dir(OUT_DIR) as tmp:\n"
             "        write_outputs(tmp, config, results, timings, figures)\n"
             "    print('wrote', OUT_DIR)"

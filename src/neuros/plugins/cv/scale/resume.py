@@ -21,7 +21,7 @@ from typing import Any
 
 import numpy as np
 
-from ..report.output import check_not_input
+from ..output import check_not_input
 
 __all__ = [
     "BlockFailures",

@@ -14,7 +14,7 @@ from typing import Any
 
 import numpy as np
 
-from ..report.output import atomic_output_dir
+from ..output import atomic_output_dir
 from .ome import VoxelGeometry, ome_name, write_image_metadata
 
 __all__ = [

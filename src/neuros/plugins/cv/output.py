@@ -219,7 +219,7 @@ def check_output_dir(out: PathLike, overwrite: bool = False, inputs: Iterable[Pa
 
 
 def _write_marker(folder: Path, files: list[str], command: str | None) -> None:
-    from .. import __version__
+    from . import __version__
 
     doc = {
         "schema": MARKER_SCHEMA,
