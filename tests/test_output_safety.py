@@ -50,7 +50,7 @@ def test_overwrite_replaces_only_our_files_and_keeps_foreign_ones(tmp_path):
         (tmp / "old.txt").write_text("old")
         (tmp / "same.txt").write_text("v1")
     (out / "thesis.txt").write_text("years of work")  # the user's file, added later
-    with pytest.raises(OutputExistsError, match="--overwrite"):
+    with pytest.raises(OutputExistsError, match="pass overwrite=True"):
         with atomic_output_dir(out):
             pass
     with atomic_output_dir(out, overwrite=True) as tmp:
