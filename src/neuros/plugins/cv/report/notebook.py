@@ -193,12 +193,10 @@ def build_notebook(
 ) -> nbformat.NotebookNode:
     """The report's notebook for ``suite`` (a built-in name or a TOML path) with ``overrides`` of its keys.
 
-    The suite is loaded once here so that a bad suite fails now, with the key's name, not in the notebook.
+    The notebook's first cells load the suite with ``load_suite(suite, **overrides)``: check it with that call
+    first (``neuros-cv notebook`` does) so that a bad suite fails with the key's name, not in the notebook.
     """
-    from ..experiments.suite import load_suite
-
     overrides = dict(overrides or {})
-    load_suite(suite, **overrides)
     builtin = "/" not in str(suite) and os.sep not in str(suite) and not str(suite).endswith(".toml")
     suite_ref = str(suite) if builtin else str(Path(suite).expanduser().resolve())  # runs from any folder
     nb = new_notebook(cells=_cells(suite_ref, overrides, out_dir))
