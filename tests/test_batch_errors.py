@@ -16,7 +16,7 @@ from neuros.plugins.cv.cli import main
 from neuros.plugins.cv.datasets.io import read_array
 from neuros.plugins.cv.datasets.synthetic import make_dataset
 from neuros.plugins.cv.heads import make_head
-from neuros.plugins.cv.report.output import MARKER
+from neuros.plugins.cv.output import MARKER
 
 NAN_MSG = "nan.tif: image contains 100 NaN/inf pixel(s)"
 

@@ -1,6 +1,6 @@
 """Never lose a user's data: ``--overwrite`` replaces only what neuros-cv wrote, never an input.
 
-Library-level rules of :mod:`neuros.plugins.cv.report.output`, then every command with an input and a foreign
+Library-level rules of :mod:`neuros.plugins.cv.output`, then every command with an input and a foreign
 file inside ``--out``.
 """
 
@@ -18,7 +18,7 @@ import pytest
 import tifffile
 
 from neuros.plugins.cv.cli import main
-from neuros.plugins.cv.report.output import (
+from neuros.plugins.cv.output import (
     MARKER,
     OutputExistsError,
     atomic_output_dir,
@@ -50,7 +50,7 @@ def test_overwrite_replaces_only_our_files_and_keeps_foreign_ones(tmp_path):
         (tmp / "old.txt").write_text("old")
         (tmp / "same.txt").write_text("v1")
     (out / "thesis.txt").write_text("years of work")  # the user's file, added later
-    with pytest.raises(OutputExistsError, match="--overwrite"):
+    with pytest.raises(OutputExistsError, match="pass overwrite=True"):
         with atomic_output_dir(out):
             pass
     with atomic_output_dir(out, overwrite=True) as tmp:
@@ -187,7 +187,7 @@ def test_align_on_a_full_disk_says_so_in_one_line(tmp_path, small_disk, capsys):
 def test_library_rules_hold_in_a_fresh_process(tmp_path):
     """The marker written by one process is honoured by another (no in-memory state)."""
     code = (
-        "import sys; from neuros.plugins.cv.report.output import atomic_output_dir\n"
+        "import sys; from neuros.plugins.cv.output import atomic_output_dir\n"
         "with atomic_output_dir(sys.argv[1], overwrite=True) as t:\n"
         "    (t / 'a.txt').write_text('a')\n"
     )

@@ -19,7 +19,7 @@ from neuros.plugins.cv.cli import main
 from neuros.plugins.cv.datasets.io import image_slices, read_array
 from neuros.plugins.cv.heads import load_head, make_head
 from neuros.plugins.cv.metrics import score_images
-from neuros.plugins.cv.report.output import MARKER
+from neuros.plugins.cv.output import MARKER
 
 
 @pytest.fixture(scope="module")
@@ -222,9 +222,9 @@ def test_align_nifti_stack_is_nifti_in_its_axis_order(tmp_path):
                  "--transforms", str(tmp_path / "t2.csv")]) == 2
 
 
-def test_missing_weights_message_names_the_cli_flag_and_the_flag_is_passed(tmp_path, capsys, monkeypatch):
+def test_missing_weights_message_names_download_and_the_flag_is_passed(tmp_path, capsys, monkeypatch):
     msg = missing_weights_message("vit-small", "facebook/dinov3-vits16-pretrain-lvd1689m", None)
-    assert "--download" in msg
+    assert "download=True" in msg and "--download" not in msg  # the CLI names the flag (test_cli_flag_names)
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")  # the download is attempted and fails offline: nothing fetched
     monkeypatch.setenv("HF_HOME", str(tmp_path / "hf"))
     monkeypatch.delenv("NEUROS_CV_WEIGHTS", raising=False)

@@ -12,8 +12,9 @@ from neuros.plugins.cv.cli import main
 from neuros.plugins.cv.cli._bench_real import write_real_outputs
 from neuros.plugins.cv.experiments.pipeline import FeatureStore
 from neuros.plugins.cv.experiments.protocols import run_protocol_comparison
-from neuros.plugins.cv.experiments.real_suite import RealSuiteConfig, real_markdown, real_tables, run_real_suite
-from neuros.plugins.cv.report.output import atomic_output_dir
+from neuros.plugins.cv.experiments.real_suite import RealSuiteConfig, run_real_suite
+from neuros.plugins.cv.output import atomic_output_dir
+from neuros.plugins.cv.report.real_tables import real_markdown, real_tables
 
 pytest.importorskip("stardist")
 

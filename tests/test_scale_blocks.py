@@ -121,7 +121,7 @@ def test_group_without_multiscales_needs_a_component(tmp_path):
     g = zarr.open_group(str(tmp_path / "g.zarr"), mode="w")
     g.create_array("a", shape=(1, 16, 16), dtype="uint8")
     g.create_array("b", shape=(1, 16, 16), dtype="uint8")
-    with pytest.raises(ValueError, match="--component"):
+    with pytest.raises(ValueError, match="name one with component="):
         open_volume(tmp_path / "g.zarr")
     assert open_volume(tmp_path / "g.zarr", component="b").shape == (1, 16, 16)
     with pytest.raises(ValueError, match=r"expected a \(z, y, x\) volume"):

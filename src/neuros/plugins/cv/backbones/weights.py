@@ -275,9 +275,8 @@ def missing_weights_message(model_id: str, hub_id: str, timm_id: str | None) -> 
     return (
         f"no pretrained weights for {model_id} ({hub_id}) on this machine (searched {searched} and the "
         f"Hugging Face cache). The repo is gated: accept the DINOv3 licence at https://huggingface.co/{hub_id}, "
-        f"run `hf auth login`, then `hf download {hub_id}` (or let neuros-cv fetch it: --download on the "
-        f"command line, download=True in Python); or download the folder elsewhere and pass "
-        f"--weights pretrained:/path/to/folder (weights='pretrained:/path/to/folder' in Python) or set "
+        f"run `hf auth login`, then `hf download {hub_id}` (or let neuros-cv fetch it: download=True); or "
+        f"download the folder elsewhere and pass weights='pretrained:/path/to/folder' or set "
         f"{WEIGHTS_ENV}{release}{mirror}"
     )
 

@@ -10,10 +10,11 @@ from rich.console import Console
 from rich.markup import escape
 from rich.table import Table
 
-from ..experiments.real_suite import RealSuiteConfig, real_markdown, real_suite_steps, real_tables, run_real_suite
+from ..experiments.real_suite import RealSuiteConfig, real_suite_steps, run_real_suite
+from ..output import atomic_output_dir, check_output_dir, dumps_json
 from ..report.html import write_html
-from ..report.output import atomic_output_dir, check_output_dir, dumps_json
 from ..report.provenance import provenance
+from ..report.real_tables import real_markdown, real_tables
 from ..report.tables import to_csv
 from ._progress import progress_callback
 

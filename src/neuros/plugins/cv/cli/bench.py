@@ -14,9 +14,9 @@ from ..backbones.placeholder import is_placeholder, placeholder_notice
 from ..experiments.examples import collect_examples
 from ..experiments.pipeline import FeatureStore
 from ..experiments.suite import SuiteConfig, builtin_suites, load_suite, run_suite, suite_steps
+from ..output import atomic_output_dir, check_output_dir, dumps_json
 from ..report.figures import report_figures, save_figures
 from ..report.html import write_html
-from ..report.output import atomic_output_dir, check_output_dir, dumps_json
 from ..report.provenance import provenance
 from ..report.tables import (
     placeholder_notes,

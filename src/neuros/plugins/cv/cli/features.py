@@ -23,7 +23,7 @@ from .._validation import as_image
 from ..backbones.base import lookup
 from ..backbones.spec import BackboneSpec, non_default_options, option_defaults
 from ..datasets.io import expand_paths, image_slices, is_single_image, read_array
-from ..report.output import atomic_output_dir, check_output_dir, dumps_json
+from ..output import atomic_output_dir, check_output_dir, dumps_json
 from ._batch import Batch, add_skip_errors
 from ._progress import note_placeholder, progress_callback, stderr_console
 from .register import add_download, download_kwargs

@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import argparse
 
-from ..experiments.suite import builtin_suites
+from ..experiments.suite import builtin_suites, load_suite
+from ..output import check_output_file
 from ..report.notebook import DEFAULT_NAME, build_notebook, execute_notebook, write_notebook
-from ..report.output import check_output_file
 
 
 def add_parser(sub: argparse._SubParsersAction) -> None:
@@ -38,6 +38,7 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
 def run(args: argparse.Namespace) -> int:
     check_output_file(args.out, args.overwrite)  # fail before generating or executing anything
     overrides = {"seed": args.seed} if args.seed is not None else {}
+    load_suite(args.config, **overrides)  # a bad suite fails now, with the key's name, not in the notebook
     nb = build_notebook(args.config, overrides)
     if args.execute:
         nb = execute_notebook(nb)

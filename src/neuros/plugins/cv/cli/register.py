@@ -127,8 +127,8 @@ def run(args: argparse.Namespace) -> int:
     import sys
 
     from ..datasets.io import file_format_or_none, write_image
+    from ..output import check_output_file
     from ..registration import register_translation, shift_image
-    from ..report.output import check_output_file
 
     out = None
     if args.out:

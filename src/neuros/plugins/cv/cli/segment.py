@@ -37,7 +37,7 @@ from ..datasets.io import (
 from ..heads import DEFAULT_HEAD, head_class, list_heads, load_head, make_head
 from ..heads.base import SegmentationHead
 from ..labels import DEFAULT_MAX_CLASSES, RULES, check_training_masks
-from ..report.output import atomic_output_dir, atomic_write_text, check_output_dir, check_output_file, dumps_json
+from ..output import atomic_output_dir, atomic_write_text, check_output_dir, check_output_file, dumps_json
 from ._batch import Batch, add_skip_errors
 from ._progress import note_placeholder, progress_callback
 from .register import add_download, download_kwargs

@@ -53,7 +53,8 @@ def _common(p: argparse.ArgumentParser) -> None:
                    "an interrupted run with the same settings)")
     p.add_argument("--scheduler", default=None, metavar="ADDRESS",
                    help="a running Dask scheduler (tcp://host:8786); default: a LocalCluster on 127.0.0.1")
-    p.add_argument("--workers", type=int, default=2, help="LocalCluster worker processes (default 2)")
+    p.add_argument("--workers", dest="n_workers", metavar="WORKERS", type=int, default=2,
+                   help="LocalCluster worker processes (default 2)")
     p.add_argument("--timeout", type=_positive, default=10.0,
                    help="seconds to wait for --scheduler to answer, and for a lost scheduler or workers mid-run "
                    "before giving up (default 10)")
@@ -187,7 +188,7 @@ def run(args: argparse.Namespace) -> int:
         raise ValueError(f"--retries must be >= 0, got {args.retries}")
     old = signal.signal(signal.SIGTERM, _raise_interrupt)
     try:
-        with quiet_distributed(), dask_client(args.scheduler, n_workers=args.workers,
+        with quiet_distributed(), dask_client(args.scheduler, n_workers=args.n_workers,
                                               timeout=args.timeout) as client:
             common = dict(block=args.block, component=args.component, retries=args.retries,
                           overwrite=args.overwrite, progress=progress_callback, timeout=args.timeout,

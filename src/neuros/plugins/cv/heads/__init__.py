@@ -8,10 +8,10 @@ fallback (a head that predicts the one training class).
 
 from __future__ import annotations
 
-from .base import FORMAT, SegmentationHead, load_head
+from .base import FORMAT, SegmentationHead
 from .linear import IncrementalLinearHead, KNNHead, LogisticHead, RandomForestHead
 from .mlp import MLPHead
-from .registry import DEFAULT_HEAD, HEADS, HeadSettings, head_class, list_heads, make_head
+from .registry import DEFAULT_HEAD, HEADS, HeadSettings, head_class, list_heads, load_head, make_head
 
 __all__ = [
     "DEFAULT_HEAD",

@@ -19,7 +19,6 @@ and ``_proba_matrix(X)`` — plus ``_save_weights``/``_load_weights``; this base
 from __future__ import annotations
 
 import inspect
-import json
 from collections.abc import Iterable, Sequence
 from pathlib import Path
 from typing import Any
@@ -28,12 +27,11 @@ import numpy as np
 from sklearn.base import BaseEstimator
 
 from ..backbones.placeholder import PLACEHOLDER_NOTE, PLACEHOLDER_WEIGHTS
-from ..backbones.spec import BackboneSpec, non_default_options, option_defaults, takes_weights
 from ..features import FeatureMap
 from ..labels import RULES, class_balance_weights, mask_targets
-from ..report.output import atomic_output_dir, dumps_json
+from ..output import atomic_output_dir, dumps_json
 
-__all__ = ["FORMAT", "SegmentationHead", "as_maps", "load_head"]
+__all__ = ["FORMAT", "SegmentationHead", "as_maps"]
 
 FORMAT = "neuros-cv/head/1"
 LEVELS = ("pixel", "patch")
@@ -364,59 +362,3 @@ def _to_pixels(grid: np.ndarray, fm: FeatureMap, interpolation: str) -> np.ndarr
     step = round(fm.stride)
     return np.repeat(np.repeat(grid, step, axis=0), step, axis=1)[: fm.image_shape[0], : fm.image_shape[1]]
 
-
-def _spec_of(meta: dict[str, Any]) -> BackboneSpec | None:
-    """The backbone spec of a ``head.json``: its ``backbone_spec``, or one read from the keys older heads wrote.
-
-    Heads written before specs existed name ``backbone`` and ``weights`` (the weights used) and record the
-    image scale, intensity scaling and channels in ``preprocessing``; those become the spec's options.
-    """
-    if "backbone_spec" in meta:
-        record = meta["backbone_spec"]
-        return None if record is None else BackboneSpec.from_dict(record)
-    name = meta.get("backbone")
-    if name is None:  # fitted on a patch matrix: no backbone
-        return None
-    weights = meta.get("weights") if takes_weights(name) else None
-    pre = meta.get("preprocessing") or {}
-    defaults = option_defaults(name)
-    opts = {k: pre[k] for k in ("scale", "scaling", "channels") if k in pre and k in defaults}
-    return BackboneSpec(name, weights, non_default_options(opts, defaults))
-
-
-def load_head(folder: str | Path) -> SegmentationHead:
-    """Load a head written by :meth:`SegmentationHead.save`.
-
-    Raises a one-line ``ValueError`` when ``head.json`` is missing, unreadable or from another format.
-    Heads stored with joblib run pickle on load: only load heads you trust.
-    """
-    from .registry import head_class
-
-    path = Path(folder)
-    meta_file = path / "head.json"
-    if not meta_file.is_file():
-        raise FileNotFoundError(f"{path} is not a saved head: head.json not found")
-    try:
-        meta = json.loads(meta_file.read_text(encoding="utf-8"))
-    except (OSError, json.JSONDecodeError) as e:
-        raise ValueError(f"cannot read {meta_file}: {e}") from None
-    if not isinstance(meta, dict) or meta.get("format") != FORMAT:
-        raise ValueError(f"{meta_file} is not a {FORMAT} head description")
-    head = head_class(meta["kind"])(**meta["params"])
-    head.classes_ = np.asarray(meta["classes"], dtype=np.int64)
-    head.backbone_, head.weights_ = meta["backbone"], meta["weights"]
-    head.feature_dim_, head.stride_ = int(meta["feature_dim"]), float(meta["stride"])
-    head.preprocessing_ = dict(meta.get("preprocessing", {}))
-    try:
-        head.backbone_spec_ = _spec_of(meta)
-    except (ValueError, TypeError) as e:
-        raise ValueError(f"{meta_file}: bad backbone record: {str(e).splitlines()[0]}") from None
-    head.n_train_patches_ = int(meta.get("n_train_patches", 0))
-    missing = [f for f in meta.get("files", []) if not (path / f).is_file()]
-    if missing:
-        raise FileNotFoundError(f"saved head {path} is incomplete: missing {', '.join(missing)}")
-    try:
-        head._load_weights(path)
-    except (OSError, ValueError, KeyError, EOFError, RuntimeError) as e:
-        raise ValueError(f"cannot load head weights from {path}: {str(e).splitlines()[0] if str(e) else e}") from None
-    return head

@@ -1,6 +1,5 @@
-"""Reports: tables, safe output folders and provenance."""
+"""Reports: tables, figures, HTML, notebooks and provenance (safe output folders: :mod:`neuros.plugins.cv.output`)."""
 
-from .output import atomic_output_dir, check_output_dir
 from .tables import tables_markdown
 
-__all__ = ["atomic_output_dir", "check_output_dir", "tables_markdown"]
+__all__ = ["tables_markdown"]

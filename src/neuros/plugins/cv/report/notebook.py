@@ -18,7 +18,7 @@ import nbformat
 from nbformat.v4 import new_code_cell, new_markdown_cell, new_notebook
 
 from ..backbones.placeholder import PLACEHOLDER_NOTE
-from .output import atomic_write_text
+from ..output import atomic_write_text
 
 __all__ = ["DEFAULT_NAME", "build_notebook", "execute_notebook", "write_notebook"]
 
@@ -180,7 +180,7 @@ def _cells(suite: str, overrides: Mapping[str, Any], out_dir: str | None) -> lis
         code(
             "if OUT_DIR is not None:\n"
             "    from neuros.plugins.cv.cli.bench import write_outputs\n"
-            "    from neuros.plugins.cv.report.output import atomic_output_dir\n\n"
+            "    from neuros.plugins.cv.output import atomic_output_dir\n\n"
             "    with atomic_output_dir(OUT_DIR) as tmp:\n"
             "        write_outputs(tmp, config, results, timings, figures)\n"
             "    print('wrote', OUT_DIR)"
@@ -193,12 +193,10 @@ def build_notebook(
 ) -> nbformat.NotebookNode:
     """The report's notebook for ``suite`` (a built-in name or a TOML path) with ``overrides`` of its keys.
 
-    The suite is loaded once here so that a bad suite fails now, with the key's name, not in the notebook.
+    The notebook's first cells load the suite with ``load_suite(suite, **overrides)``: check it with that call
+    first (``neuros-cv notebook`` does) so that a bad suite fails with the key's name, not in the notebook.
     """
-    from ..experiments.suite import load_suite
-
     overrides = dict(overrides or {})
-    load_suite(suite, **overrides)
     builtin = "/" not in str(suite) and os.sep not in str(suite) and not str(suite).endswith(".toml")
     suite_ref = str(suite) if builtin else str(Path(suite).expanduser().resolve())  # runs from any folder
     nb = new_notebook(cells=_cells(suite_ref, overrides, out_dir))

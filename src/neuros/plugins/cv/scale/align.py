@@ -166,7 +166,7 @@ def volume_align(
     import dask.array as da
 
     if order not in ORDERS:
-        raise ValueError(f"--order must be 0 or 1 for blockwise alignment, got {order}")
+        raise ValueError(f"order= must be 0 or 1 for blockwise alignment, got {order}")
     arr = open_volume(src, 0, component)
     geometry = read_geometry(src, 0, component).with_voxel_size(voxel_size, voxel_unit)
     z, h, w = arr.shape

@@ -73,7 +73,7 @@ def check_geometry(shape_yx: tuple[int, int], block: tuple[int, int], halo: int,
     if halo > min(by, bx):
         raise ValueError(
             f"chunking too small for the halo: blocks of {by}×{bx} px cannot carry a {halo}-px halo; "
-            f"use blocks of at least {halo} px (rechunk the zarr or pass --block) or a smaller --halo"
+            f"use blocks of at least {halo} px (rechunk the zarr or pass block=) or a smaller halo="
         )
     h, w = (int(s) for s in shape_yx)
     if h < patch or w < patch:

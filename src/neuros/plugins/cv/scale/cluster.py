@@ -26,7 +26,7 @@ _ADDRESS = re.compile(r"^(tcp|tls|inproc|ucx|ws|wss)://\S+$|^[\w.\-\[\]:]+:\d+$"
 # "HTTP/1.0" read as a frame length is 3 EiB, which is what made Dask itself try to allocate 3.07 EiB).
 _MAX_HANDSHAKE = 1 << 16
 _RESUME = "re-run the same command to resume (finished blocks are kept)"
-_HINT = "check the address and that a Dask scheduler runs there (`dask scheduler`), or leave out --scheduler"
+_HINT = "check the address and that a Dask scheduler runs there (`dask scheduler`), or leave out scheduler="
 
 
 class SchedulerError(ConnectionError):
@@ -40,7 +40,7 @@ class SchedulerError(ConnectionError):
 
 def _normalise(address: str) -> str:
     if not isinstance(address, str) or not _ADDRESS.match(address.strip()):
-        raise ValueError(f"--scheduler {address!r} is not an address like tcp://host:8786")
+        raise ValueError(f"scheduler={address!r} is not an address like tcp://host:8786")
     address = address.strip()
     return address if "://" in address else f"tcp://{address}"
 
@@ -51,7 +51,7 @@ def _host_port(address: str) -> tuple[str, int]:
     try:
         return get_address_host_port(address)
     except ValueError as e:
-        raise ValueError(f"--scheduler {address!r} is not an address like tcp://host:8786 ({e})") from None
+        raise ValueError(f"scheduler={address!r} is not an address like tcp://host:8786 ({e})") from None
 
 
 def _recv_exactly(sock: socket.socket, n: int, deadline: float) -> bytes:
@@ -117,7 +117,7 @@ def probe_scheduler(address: str, timeout: float = 10.0) -> dict:
     host, port = _host_port(address)
     timeout = float(timeout)
     if not timeout > 0:
-        raise ValueError(f"--timeout must be > 0 seconds, got {timeout:g}")
+        raise ValueError(f"timeout= must be > 0 seconds, got {timeout:g}")
     deadline = time.monotonic() + timeout
     try:
         sock = socket.create_connection((host, port), timeout=timeout)
@@ -248,7 +248,7 @@ def dask_client(
     from distributed import Client, LocalCluster
 
     if int(n_workers) < 1:
-        raise ValueError(f"--workers must be >= 1, got {n_workers}")
+        raise ValueError(f"n_workers= must be >= 1, got {n_workers}")
     with _workers_ignore_sigint():
         cluster = LocalCluster(
             n_workers=int(n_workers),
@@ -338,5 +338,5 @@ class SchedulerWatch:
         if now - self.no_workers_since > self.timeout:
             raise SchedulerError(self.address, f"the scheduler has had no workers for {self.timeout:g} s "
                                  f"{self._where()} (a worker died, or none joined)",
-                                 hint="start workers (`dask worker ADDRESS`) or raise --timeout, and re-run the "
+                                 hint="start workers (`dask worker ADDRESS`) or raise timeout=, and re-run the "
                                  "same command: finished blocks are kept")

@@ -47,7 +47,7 @@ def parse_unit(unit: str | None) -> str | None:
 
     name = UNIT_ALIASES.get(unit.strip().lower(), unit.strip().lower())
     if name not in KNOWN_SPATIAL_UNITS:
-        raise ValueError(f"--voxel-unit {unit!r} is not an OME-NGFF spatial unit; use e.g. nanometer (nm), "
+        raise ValueError(f"voxel_unit={unit!r} is not an OME-NGFF spatial unit; use e.g. nanometer (nm), "
                          "micrometer (um) or millimeter (mm)")
     return name
 
@@ -70,11 +70,11 @@ class VoxelGeometry:
         if voxel_size is not None:
             vs = tuple(float(v) for v in voxel_size)
             if len(vs) != 3 or not all(v > 0 for v in vs):
-                raise ValueError(f"--voxel-size takes three positive numbers Z Y X, got {list(voxel_size)}")
+                raise ValueError(f"voxel_size= takes three positive numbers Z Y X, got {list(voxel_size)}")
             trans = tuple(t / s * v for t, s, v in zip(self.translation, self.scale, vs, strict=True))
             geo = replace(geo, scale=vs, translation=trans)
             if unit is None and not any(self.units):
-                raise ValueError("--voxel-size needs --voxel-unit (e.g. nanometer): the input names no unit")
+                raise ValueError("voxel_size= needs voxel_unit= (e.g. nanometer): the input names no unit")
         if unit is not None:
             geo = replace(geo, units=(unit, unit, unit))
         return geo

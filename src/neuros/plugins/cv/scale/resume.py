@@ -21,7 +21,7 @@ from typing import Any
 
 import numpy as np
 
-from ..report.output import check_not_input
+from ..output import check_not_input
 
 __all__ = [
     "BlockFailures",
@@ -100,11 +100,11 @@ def check_volume_output(
     """
     path = check_not_input(out, inputs)
     if path.exists() and not path.is_dir():
-        raise FileExistsError(f"--out {path} is a file, not a zarr folder; choose another --out")
+        raise FileExistsError(f"out={path} is a file, not a zarr folder; choose another out=")
     meta = _volume_meta(path) if path.is_dir() else {}
     if path.is_dir() and not meta and any(path.iterdir()):
-        raise FileExistsError(f"--out {path} holds data that neuros-cv did not write (not a neuros-cv volume "
-                              "output); refusing to replace it: choose another --out")
+        raise FileExistsError(f"out={path} holds data that neuros-cv did not write (not a neuros-cv volume "
+                              "output); refusing to replace it: choose another out=")
     return path, meta
 
 
@@ -148,14 +148,14 @@ def open_output(
             old = meta.get("run", {})
             diff = sorted(k for k in set(old) | set(run) if old.get(k) != run.get(k))
             raise FileExistsError(
-                f"--out {path} holds a run with different settings ({', '.join(diff)}); "
-                "pass --overwrite to start again or use another --out"
+                f"out={path} holds a run with different settings ({', '.join(diff)}); "
+                "pass overwrite=True to start again or use another out="
             )
         return zarr.open_group(str(path), mode="r+"), True
     if meta:  # overwrite our own earlier run: remove only what it wrote
         _remove_volume_output(path)
     if not path.parent.is_dir():
-        raise FileNotFoundError(f"--out: folder {path.parent} does not exist")
+        raise FileNotFoundError(f"out={path}: folder {path.parent} does not exist")
     group = zarr.open_group(str(path), mode="w-", zarr_format=3)
     for name, spec in arrays.items():
         group.create_array(name, **spec)

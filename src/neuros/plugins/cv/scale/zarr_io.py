@@ -14,7 +14,7 @@ from typing import Any
 
 import numpy as np
 
-from ..report.output import atomic_output_dir
+from ..output import atomic_output_dir
 from .ome import VoxelGeometry, ome_name, write_image_metadata
 
 __all__ = [
@@ -73,14 +73,14 @@ def open_volume(path: str | os.PathLike[str], level: int = 0, component: str | N
             if datasets:
                 if not 0 <= level < len(datasets):
                     raise ValueError(f"input {p} has {len(datasets)} resolution levels; "
-                                     f"--level {level} is out of range")
+                                     f"level={level} is out of range")
                 node = node[datasets[level]["path"]]
             elif len(arrays) == 1:
                 node = node[arrays[0]]
             else:
                 raise ValueError(
                     f"input {p} is a zarr group with {len(arrays)} arrays {arrays} and no OME-Zarr multiscales; "
-                    "name one with --component"
+                    "name one with component="
                 )
     if node.ndim != 3:
         raise ValueError(f"input {p} has shape {node.shape}; expected a (z, y, x) volume")

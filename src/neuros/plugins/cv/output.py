@@ -194,19 +194,19 @@ def check_output_dir(out: PathLike, overwrite: bool = False, inputs: Iterable[Pa
     """
     path = check_not_input(out, inputs)
     if path.exists() and not path.is_dir():
-        raise NotADirectoryError(f"--out {path} exists and is not a folder")
+        raise NotADirectoryError(f"out={path} exists and is not a folder")
     if path.is_dir() and any(path.iterdir()):
         if not overwrite:
-            raise OutputExistsError(f"--out {path} exists and is not empty; pass --overwrite to replace what "
+            raise OutputExistsError(f"out={path} exists and is not empty; pass overwrite=True to replace what "
                                     "neuros-cv wrote there, or choose a new folder")
         if owned_files(path) is None:
-            raise OutputExistsError(f"--out {path} holds files that neuros-cv did not write (no {MARKER}); "
+            raise OutputExistsError(f"out={path} holds files that neuros-cv did not write (no {MARKER}); "
                                     "refusing to replace them: choose a new or empty folder")
     parent = path.parent
     for p in (parent, *parent.parents):
         if p.exists():
             if not p.is_dir():
-                raise NotADirectoryError(f"cannot create --out {path}: {p} is a file, not a folder")
+                raise NotADirectoryError(f"cannot create out={path}: {p} is a file, not a folder")
             break
     probe_dir = path if path.is_dir() else parent
     try:
@@ -214,12 +214,12 @@ def check_output_dir(out: PathLike, overwrite: bool = False, inputs: Iterable[Pa
         with tempfile.TemporaryDirectory(prefix=".neuros-cv-probe-", dir=probe_dir):
             pass
     except OSError as e:
-        raise PermissionError(f"cannot write to --out {path}: {e.strerror or e}") from None
+        raise PermissionError(f"cannot write to out={path}: {e.strerror or e}") from None
     return path
 
 
 def _write_marker(folder: Path, files: list[str], command: str | None) -> None:
-    from .. import __version__
+    from . import __version__
 
     doc = {
         "schema": MARKER_SCHEMA,
@@ -256,7 +256,7 @@ def _commit(tmp: Path, path: Path, command: str | None) -> None:
     present = {p.name for p in path.iterdir()}
     foreign = sorted(n for n in new if n in present and n not in old and n != MARKER)
     if foreign:
-        raise OutputExistsError(f"--out {path}: {foreign[0]} exists and neuros-cv did not write it; "
+        raise OutputExistsError(f"out={path}: {foreign[0]} exists and neuros-cv did not write it; "
                                 "refusing to replace it: choose a new folder")
     _apply_umask(tmp)
     trash = Path(tempfile.mkdtemp(prefix=".neuros-cv-old-", dir=path))
@@ -333,13 +333,13 @@ def check_output_file(out: PathLike, overwrite: bool = False, inputs: Iterable[P
     """Fail early if the file ``out`` exists (unless ``overwrite``), is an input, or its folder is not writable."""
     path = check_not_input(out, inputs)
     if path.is_dir():
-        raise IsADirectoryError(f"--out {path} is a folder; give a file name")
+        raise IsADirectoryError(f"out={path} is a folder; give a file name")
     if path.exists() and not overwrite:
-        raise OutputExistsError(f"--out {path} exists; pass --overwrite to replace it")
+        raise OutputExistsError(f"out={path} exists; pass overwrite=True to replace it")
     if not path.parent.is_dir():
-        raise FileNotFoundError(f"--out: folder {path.parent} does not exist")
+        raise FileNotFoundError(f"out={path}: folder {path.parent} does not exist")
     if not os.access(path.parent, os.W_OK):
-        raise PermissionError(f"--out: cannot write to folder {path.parent}")
+        raise PermissionError(f"out={path}: cannot write to folder {path.parent}")
     return path
 
 
