@@ -85,6 +85,21 @@ def test_filterbank_exact_where_halo_covers_receptive_field(client, tmp_path):
     assert border_dist.max() <= 4  # 4 cells = 64 px ≥ the filter bank's widest kernel radius
 
 
+def test_blocks_follow_the_backbones_own_grid_and_halo(client, tmp_path):
+    # An 8-px filter bank: blocks, halo and output grid come from the backbone (stride 8, halo 16), not from 16.
+    vol = _em_volume(2, 96)[:, :, :80]
+    src = _zarr(tmp_path / "in.zarr", vol)
+    spec = "filterbank[patch_size=8,sigmas=[1,2]]"
+    bb = worker_backbone(spec)
+    assert (bb.stride, bb.halo) == (8, 16)
+    rec = volume_features(src, tmp_path / "f.zarr", client, backbone=spec, block=32)
+    assert rec["stride"] == 8 and rec["halo"] == 16
+    got = _features(tmp_path / "f.zarr")
+    assert got.shape == (2, 12, 10, bb.feature_dim)
+    lo, hi = rec["intensity_range"]
+    np.testing.assert_array_equal(got, np.stack([section_features(s, bb, lo, hi) for s in vol]))
+
+
 @pytest.mark.slow
 def test_vit_random_blockwise_only_approximates_whole_sections(client, tmp_path):
     vol = _em_volume(1, 192)

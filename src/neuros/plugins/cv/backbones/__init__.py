@@ -1,14 +1,16 @@
-"""Backbones: one registry (``get_backbone``/``list_backbones``), the DINOv3 family and ``BackboneSpec``."""
+"""Backbones: one registry (``get_backbone``/``list_backbones``), the DINOv3 family, the filter bank and
+``BackboneSpec``.
 
-from .base import (
-    Backbone,
-    UnknownBackboneError,
-    backbone_info,
-    get_backbone,
-    list_backbones,
-    register_backbone,
-)
+The registry (:mod:`.registry`) and the protocol (:mod:`.base`) import no implementation; importing this
+package imports every implementation module, and each registers its backbones (as timm's model modules do).
+"""
+
+from . import dinov3, filterbank  # noqa: F401  (importing an implementation registers it)
+from .base import Backbone
 from .dinov3 import VARIANTS, DINOv3Backbone
+from .filterbank import FilterBankBackbone
+from .placeholder import PlaceholderBackbone
+from .registry import UnknownBackboneError, backbone_info, get_backbone, list_backbones, register_backbone
 from .spec import BackboneSpec
 
 __all__ = [
@@ -16,6 +18,8 @@ __all__ = [
     "Backbone",
     "BackboneSpec",
     "DINOv3Backbone",
+    "FilterBankBackbone",
+    "PlaceholderBackbone",
     "UnknownBackboneError",
     "backbone_info",
     "get_backbone",

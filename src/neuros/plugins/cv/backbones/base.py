@@ -1,22 +1,37 @@
-"""The backbone protocol and the one registry that maps names to backbones.
+"""The backbone protocol; the registry's names are re-exported from :mod:`.registry`.
 
 A backbone turns an image into a :class:`~neuros.plugins.cv.features.FeatureMap`. Every backbone — DINOv3
-variants, the report's placeholder, the classical filter bank — registers here, so listing, lookup and
-close-match suggestions for unknown names come from one table (the shape of timm's ``create_model``).
+variants, the report's placeholder, the classical filter bank — registers in :mod:`.registry`, so listing,
+lookup and close-match suggestions for unknown names come from one table (the shape of timm's
+``create_model``). This module imports no implementation: each implementation imports it, and the package
+``__init__`` imports every implementation.
+
+Besides its features a backbone says how its grid sits on the input — :attr:`Backbone.stride` (input pixels
+per grid cell), :attr:`Backbone.receptive_field` (input pixels one cell depends on) and :attr:`Backbone.halo`
+(context pixels a block needs on each side so that blockwise features equal whole-image ones) — so blockwise
+code (:mod:`neuros.plugins.cv.scale`) asks the backbone instead of guessing.
 """
 
 from __future__ import annotations
 
-import difflib
+import math
 from abc import ABC, abstractmethod
-from collections.abc import Callable
-from dataclasses import dataclass, field
 from typing import Any, ClassVar
 
 import numpy as np
 
 from .._validation import as_image_list
 from ..features import FeatureMap
+from .registry import (
+    BackboneEntry,
+    UnknownBackboneError,
+    backbone_info,
+    get_backbone,
+    list_backbones,
+    lookup,
+    register_backbone,
+    register_resolver,
+)
 from .spec import BackboneSpec, non_default_options
 
 __all__ = [
@@ -26,12 +41,15 @@ __all__ = [
     "backbone_info",
     "get_backbone",
     "list_backbones",
+    "lookup",
     "register_backbone",
+    "register_resolver",
 ]
 
-
-class UnknownBackboneError(ValueError):
-    """Raised for a backbone name that is not registered; the message suggests close names."""
+#: Context a backbone with a global receptive field (a ViT) gets per block side, in grid cells: blockwise
+#: features then only approximate whole-image ones (a compromise between agreement and re-computation; see
+#: docs/scaling.md).
+GLOBAL_HALO_CELLS = 4
 
 
 class Backbone(ABC):
@@ -107,6 +125,39 @@ class Backbone(ABC):
             raise ValueError(f"grid is {h}×{w}, not square; use grid_shape instead of grid_size")
         return h
 
+    # ------------------------------------------------------------------ geometry
+    @property
+    def stride(self) -> float:
+        """Input pixels per feature-grid cell (the grid step); the patch size unless a subclass says otherwise."""
+        return float(self.patch_size)
+
+    @property
+    def receptive_field(self) -> float:
+        """Width in input pixels of the window one grid cell's feature depends on (``math.inf``: global).
+
+        The base class knows nothing of the network, so it says global; bounded backbones override it.
+        """
+        return math.inf
+
+    @property
+    def halo_exact(self) -> bool:
+        """Whether a block carrying :attr:`halo` reproduces whole-image features exactly (bounded receptive
+        field); False for global attention, where :attr:`halo` is an approximation."""
+        return math.isfinite(self.receptive_field)
+
+    @property
+    def halo(self) -> int:
+        """Context in input pixels a block needs on each side, a whole number of grid cells.
+
+        With a bounded :attr:`receptive_field`: the pixels it reaches beyond a cell's own ``stride`` window,
+        ``(receptive_field - stride) / 2``, rounded up to whole cells — blockwise features then equal
+        whole-image ones (0 when each cell sees only itself). With a global one (ViT attention):
+        :data:`GLOBAL_HALO_CELLS` cells, an approximation (see :attr:`halo_exact`).
+        """
+        step, rf = self.stride, self.receptive_field
+        cells = math.ceil(max(0.0, (rf - step) / 2) / step - 1e-9) if math.isfinite(rf) else GLOBAL_HALO_CELLS
+        return math.ceil(cells * step - 1e-9)
+
     def describe(self) -> dict[str, Any]:
         """A JSON-serialisable description: name, weights used, spec, patch size and feature dimension."""
         return {
@@ -119,90 +170,3 @@ class Backbone(ABC):
 
     def __repr__(self) -> str:
         return f"{type(self).__name__}(name={self.name!r}, weights={self.weights!r})"
-
-
-@dataclass(frozen=True)
-class BackboneEntry:
-    """One registry row: a name, how to build it, and facts to list without building it."""
-
-    name: str
-    factory: Callable[..., Backbone]
-    summary: str
-    family: str
-    info: dict[str, Any] = field(default_factory=dict)
-
-
-_REGISTRY: dict[str, BackboneEntry] = {}
-
-
-def register_backbone(
-    name: str, factory: Callable[..., Backbone], *, summary: str, family: str, **info: Any
-) -> None:
-    """Register ``factory`` under ``name``; ``info`` (feature_dim, hub_id, …) is shown by listings."""
-    if name in _REGISTRY:
-        raise ValueError(f"backbone {name!r} is already registered")
-    _REGISTRY[name] = BackboneEntry(name, factory, summary, family, dict(info))
-
-
-_RESOLVERS: list[Callable[[str], BackboneEntry | None]] = []
-
-
-def register_resolver(resolve: Callable[[str], BackboneEntry | None]) -> None:
-    """Let ``lookup`` accept names outside the table (a local folder, a hub id): ``resolve(name)`` returns an
-    entry or None."""
-    _RESOLVERS.append(resolve)
-
-
-def _ensure_loaded() -> None:
-    # Importing the modules registers their backbones; done lazily to avoid import cycles.
-    from . import dinov3, placeholder  # noqa: F401
-
-    try:
-        from . import filterbank  # noqa: F401
-    except ImportError:  # pragma: no cover - filterbank is optional until it exists
-        pass
-
-
-def _suggest(name: str) -> str:
-    close = difflib.get_close_matches(str(name), list(_REGISTRY), n=3, cutoff=0.5)
-    return f"; did you mean {', '.join(repr(c) for c in close)}?" if close else ""
-
-
-def lookup(name: str) -> BackboneEntry:
-    """The registry entry for ``name``, or :class:`UnknownBackboneError` with suggestions."""
-    _ensure_loaded()
-    if not isinstance(name, str):
-        raise TypeError(f"backbone name must be a string, got {type(name).__name__}")
-    if name not in _REGISTRY:
-        for resolve in _RESOLVERS:  # e.g. local DINOv3 folders and hub ids (backbones/dinov3.py)
-            entry = resolve(name)
-            if entry is not None:
-                return entry
-        raise UnknownBackboneError(
-            f"unknown backbone {name!r}{_suggest(name)} (see `neuros-cv backbones` for the list)"
-        )
-    return _REGISTRY[name]
-
-
-def get_backbone(name: str, **kwargs: Any) -> Backbone:
-    """Build the backbone registered as ``name`` with keyword arguments passed to its factory.
-
-    Examples
-    --------
-    >>> bb = get_backbone("vit-small", weights="placeholder")
-    >>> bb.feature_dim
-    384
-    """
-    return lookup(name).factory(**kwargs)
-
-
-def list_backbones(family: str | None = None) -> list[str]:
-    """Registered backbone names, optionally only one ``family`` (``"dinov3"``, ``"classical"``, …)."""
-    _ensure_loaded()
-    return [n for n, e in _REGISTRY.items() if family is None or e.family == family]
-
-
-def backbone_info(name: str) -> dict[str, Any]:
-    """Listing facts of a registered backbone (name, family, summary and its ``info``)."""
-    e = lookup(name)
-    return {"name": e.name, "family": e.family, "summary": e.summary, **e.info}

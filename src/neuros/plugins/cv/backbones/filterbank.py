@@ -6,13 +6,17 @@ intensity. The per-pixel stack (:func:`pixel_features`) is pooled to the 16-pixe
 deviation within each patch) so it plugs into every head and experiment like a DINOv3 backbone. No learned
 weights: every output says ``weights="none (classical filters)"``.
 
-Gaussians come from scipy.ndimage; derivatives are finite differences of each scale's smoothed image (see
-:func:`pixel_features`); colour images are converted to luminance first so the feature dimension does not depend on the
-input.
+Gaussians come from scipy.ndimage, truncated at :data:`TRUNCATE` σ; derivatives are finite differences of
+each scale's smoothed image (see :func:`pixel_features`); colour images are converted to luminance first so
+the feature dimension does not depend on the input. Every response depends only on the pixels within
+:func:`pixel_radius` of it, so the backbone's :attr:`~FilterBankBackbone.receptive_field` and
+:attr:`~FilterBankBackbone.halo` are exact: blocks carrying that halo reproduce whole-image features bit for
+bit.
 """
 
 from __future__ import annotations
 
+import math
 from typing import Any, ClassVar
 
 import numpy as np
@@ -23,11 +27,36 @@ from ..features import FeatureMap
 from ..preprocess import pad_to_multiple, to_float01
 from .base import Backbone, register_backbone
 
-__all__ = ["FILTERS", "FilterBankBackbone", "pixel_features"]
+__all__ = ["FILTERS", "TRUNCATE", "FilterBankBackbone", "pixel_features", "pixel_radius"]
 
 FILTERS = ("gaussian", "log", "gradient", "dog", "st_eig1", "st_eig2", "hess_eig1", "hess_eig2")
 DEFAULT_SIGMAS = (1.0, 2.0, 4.0, 8.0)
 WEIGHTS = "none (classical filters)"
+#: Gaussian kernels are cut at this many σ (scipy.ndimage's ``truncate``).
+TRUNCATE = 3.0
+#: The difference of Gaussians subtracts a Gaussian this many times wider.
+DOG_RATIO = 1.6
+
+
+def _kernel_radius(sigma: float) -> int:
+    """Radius in pixels of scipy.ndimage's Gaussian kernel of ``sigma`` truncated at :data:`TRUNCATE` σ."""
+    return int(TRUNCATE * float(sigma) + 0.5)
+
+
+def pixel_radius(sigmas: tuple[float, ...] = DEFAULT_SIGMAS) -> int:
+    """How far (pixels) :func:`pixel_features` reaches: each response depends only on pixels this close.
+
+    Per scale, with ``r`` the Gaussian's radius: the structure tensor smooths products of one-pixel
+    differences of the smoothed image (``2r + 1``), the Hessian takes differences of differences (``r + 2``),
+    and the difference of Gaussians reaches the wider Gaussian's radius.
+
+    Examples
+    --------
+    >>> pixel_radius((1.0, 2.0, 4.0, 8.0))  # 2·int(3·8 + 0.5) + 1
+    49
+    """
+    return max(max(2 * _kernel_radius(s) + 1, _kernel_radius(s) + 2, _kernel_radius(DOG_RATIO * s))
+               for s in sigmas)
 
 
 def _grey01(image: np.ndarray) -> np.ndarray:
@@ -55,18 +84,18 @@ def pixel_features(image: np.ndarray, sigmas: tuple[float, ...] = DEFAULT_SIGMAS
     g = _grey01(image)
     chans = [g]
     for s in sigmas:
-        smooth = ndimage.gaussian_filter(g, s, truncate=3.0)
+        smooth = ndimage.gaussian_filter(g, s, truncate=TRUNCATE)
         gy, gx = np.gradient(smooth)
         gyy, gyx = np.gradient(gy)
         gxx = np.gradient(gx, axis=1)
         h1, h2 = _eig2(gyy, gyx, gxx)
-        jyy, jxy, jxx = (ndimage.gaussian_filter(p, s, truncate=3.0) for p in (gy * gy, gx * gy, gx * gx))
+        jyy, jxy, jxx = (ndimage.gaussian_filter(p, s, truncate=TRUNCATE) for p in (gy * gy, gx * gy, gx * gx))
         s1, s2 = _eig2(jyy, jxy, jxx)
         chans += [
             smooth,
             (gyy + gxx) * s**2,  # Laplacian of Gaussian
             np.hypot(gy, gx) * s,
-            smooth - ndimage.gaussian_filter(g, 1.6 * s, truncate=3.0),
+            smooth - ndimage.gaussian_filter(g, DOG_RATIO * s, truncate=TRUNCATE),
             s1 * s**2, s2 * s**2, h1 * s**2, h2 * s**2,
         ]
     return np.stack(chans, axis=-1).astype(np.float32)
@@ -103,6 +132,16 @@ class FilterBankBackbone(Backbone):
         self.weights = WEIGHTS
         per_pixel = 1 + len(FILTERS) * len(self.sigmas)
         self.feature_dim = per_pixel * (2 if pool == "mean+std" else 1)
+
+    @property
+    def receptive_field(self) -> float:
+        """A patch plus :func:`pixel_radius` of its sigmas on each side, in pixels (exact, not an estimate)."""
+        return float(self.patch_size + 2 * pixel_radius(self.sigmas))
+
+    @property
+    def halo(self) -> int:
+        """:func:`pixel_radius` rounded up to whole patches: blocks with it equal whole images exactly."""
+        return math.ceil(pixel_radius(self.sigmas) / self.patch_size) * self.patch_size
 
     def extract(self, image: np.ndarray) -> FeatureMap:
         """Pooled filter-bank features of one image (padded by reflection to the grid, like DINOv3)."""

@@ -1,6 +1,7 @@
-"""The report's deterministic stand-in for a DINOv3 backbone.
+"""The report's deterministic stand-in for a DINOv3 backbone: :class:`PlaceholderBackbone`.
 
-Each 16×16 patch's pixels (after scaling to [0, 1] and replication to RGB) are mapped to a C-dimensional
+``DINOv3Backbone(model_id, weights="placeholder")`` — or ``weights="auto"`` on a machine without the weights —
+returns one. Each 16×16 patch's pixels (after scaling to [0, 1] and replication to RGB) are mapped to a C-dimensional
 vector by a fixed random projection seeded by a stable hash of the model id. It is *not* a pretrained model:
 every output that uses it says ``weights="placeholder"`` and carries :data:`PLACEHOLDER_NOTE`, the one text
 that explains what the placeholder is (:func:`placeholder_notice` is the terminal line of a CLI).
@@ -10,13 +11,20 @@ from __future__ import annotations
 
 import hashlib
 from functools import lru_cache
+from typing import Any, ClassVar
 
 import numpy as np
+
+from .grid import GridBackbone
+from .resolve import variant_for
+from .variants import Variant
+from .weights import WeightsNotFoundError
 
 __all__ = [
     "PLACEHOLDER_NOTE",
     "PLACEHOLDER_STAND_IN",
     "PLACEHOLDER_WEIGHTS",
+    "PlaceholderBackbone",
     "is_placeholder",
     "placeholder_features",
     "placeholder_notice",
@@ -79,3 +87,69 @@ def placeholder_features(padded_rgb01: np.ndarray, model_id: str, feature_dim: i
     )
     proj = _projection(model_id, patch * patch * c, int(feature_dim))
     return ((patches.astype(np.float32) - 0.5) @ proj).astype(np.float32)
+
+
+class PlaceholderBackbone(GridBackbone):
+    """The placeholder for DINOv3 variant ``model_id``: its feature dimension and 16-px grid, no network.
+
+    Its features depend only on the pixels (after ``scaling``, ``channels`` and ``scale``) and the model id,
+    so its spec is ``<model_id>@placeholder`` with at most those three options; each cell sees only its own
+    patch, so blocks need no halo (at ``scale`` 1). Usually built by
+    :class:`~.dinov3.DINOv3Backbone`, which also checks the network options this class ignores.
+
+    Parameters
+    ----------
+    model_id : str
+        A DINOv3 short id, hub id or checkpoint folder (it seeds the projection and sets ``feature_dim``).
+    variant : Variant, optional
+        Its architecture, when already resolved.
+    scale, scaling, channels, tile, overlap, batch_size
+        As for :class:`~.dinov3.DINOv3Backbone`.
+    note : str, optional
+        Why the placeholder runs (``weights="auto"`` found no weights); shown by :meth:`describe`.
+
+    Examples
+    --------
+    >>> bb = PlaceholderBackbone("vit-small")
+    >>> bb.extract(np.zeros((40, 32))).grid_shape, bb.weights, bb.halo
+    ((3, 2), 'placeholder', 0)
+    """
+
+    weights = PLACEHOLDER_WEIGHTS
+    #: The placeholder reads only the pixels: the DINOv3 options that shape a network do not apply.
+    spec_defaults: ClassVar[dict[str, Any]] = {"scale": 1.0, "scaling": "auto", "channels": None}
+
+    def __init__(self, model_id: str = "vit-small", variant: Variant | None = None, *, scale: float = 1.0,
+                 scaling: str = "auto", channels: tuple[int, int, int] | None = None, tile: int | None = None,
+                 overlap: int = 64, batch_size: int = 8, note: str | None = None) -> None:
+        super().__init__()
+        variant = variant_for(model_id) if variant is None else variant
+        if not variant.feature_dim:
+            raise WeightsNotFoundError(
+                f"{model_id}: the placeholder needs a known variant; no weights for this hub id here"
+            )
+        self._init_grid(model_id, variant, grid_step=variant.patch_size, scale=scale, scaling=scaling,
+                        channels=channels, tile=tile, overlap=overlap, batch_size=batch_size)
+        self.note = note
+        self.feature_dim = variant.feature_dim
+
+    @property
+    def receptive_field(self) -> float:
+        """One patch (plus what resizing by ``scale`` mixes in), in input pixels."""
+        return self.stride + 2 * self._resize_margin()
+
+    def _min_size(self) -> int:
+        return max(1, int(np.ceil(self.patch_size / self.scale)))
+
+    def _forward(self, batch: np.ndarray) -> np.ndarray:
+        return np.stack([placeholder_features(im, self.variant.model_id, self.feature_dim, self.patch_size)
+                         for im in batch])
+
+    def _meta(self) -> dict[str, Any]:
+        return {"arch": self.variant.arch, "scale": self.scale, "preprocessing": self._preprocessing()}
+
+    def describe(self) -> dict[str, Any]:
+        """As every backbone's, plus what the placeholder is (``stand_in`` and the ``placeholder`` note)."""
+        d = super().describe()
+        d.update(stand_in=PLACEHOLDER_STAND_IN, placeholder=PLACEHOLDER_NOTE)
+        return d

@@ -29,10 +29,9 @@ import math
 import re
 from collections.abc import Mapping
 from dataclasses import dataclass, field, replace
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
-if TYPE_CHECKING:  # pragma: no cover
-    from .base import Backbone
+from .registry import entry_class, get_backbone, lookup
 
 __all__ = [
     "EXECUTION_OPTIONS",
@@ -190,14 +189,11 @@ def _split_options(text: str) -> tuple[str, str | None]:
 
 def _backbone_class(name: str) -> type | None:
     """The Backbone class the registry builds for ``name`` (None when it cannot tell)."""
-    from .base import lookup
-
     try:
-        factory = lookup(name).factory
+        entry = lookup(name)
     except (ValueError, TypeError, OSError):  # unknown here (e.g. a folder that has gone): building will say so
         return None
-    cls = factory if isinstance(factory, type) else getattr(factory, "func", None)
-    return cls if isinstance(cls, type) else None
+    return entry_class(entry)
 
 
 def option_defaults(name: str) -> dict[str, Any]:
@@ -354,14 +350,12 @@ class BackboneSpec:
         return f"features were extracted with {key}={theirs} but the head was trained with {key}={mine}"
 
     # ------------------------------------------------------------------ building
-    def build(self, **extra: Any) -> Backbone:
-        """Build the backbone through the registry (:func:`~.base.get_backbone`).
+    def build(self, **extra: Any) -> Any:
+        """Build the backbone (a :class:`~.base.Backbone`) through the registry (:func:`~.registry.get_backbone`).
 
         ``extra`` are execution options (``device``, ``batch_size``, ``tile``, ``download``, …); identity options
         and weights must be part of the spec.
         """
-        from .base import get_backbone
-
         defaults = option_defaults(self.name)
         clash = sorted(k for k in extra if k == "weights" or k in defaults)
         if clash:

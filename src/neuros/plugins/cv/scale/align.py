@@ -27,7 +27,7 @@ import scipy.ndimage as ndi
 
 from .blocks import Block, iter_blocks, n_blocks
 from .features import pending_blocks, resolve_block
-from .models import PATCH, worker_backbone
+from .models import worker_backbone
 from .ome import ome_name, read_geometry, write_image_metadata
 from .resume import DEFAULT_TIMEOUT, ProgressFactory, finish_output, mark_done, open_output, run_blocks
 from .zarr_io import open_volume
@@ -35,6 +35,8 @@ from .zarr_io import open_volume
 __all__ = ["accumulate_shifts", "read_extent", "shift_region", "volume_align"]
 
 ORDERS = (0, 1)
+#: Output blocks are multiples of this many pixels (chunk-friendly; the shift step reads no feature grid).
+BLOCK_GRID = 16
 
 
 def accumulate_shifts(pairwise: np.ndarray) -> np.ndarray:
@@ -174,9 +176,9 @@ def volume_align(
         raise ValueError(f"input has {z} section(s); alignment needs at least two")
     low = arr if register_level == 0 else open_volume(src, register_level, component)
     factor = (h / low.shape[1], w / low.shape[2])
-    by, bx = resolve_block(arr, block)
-    if by <= 0 or bx <= 0 or by % PATCH or bx % PATCH:
-        raise ValueError(f"block must be positive multiples of {PATCH} px, got {by}×{bx}")
+    by, bx = resolve_block(arr, block, BLOCK_GRID)
+    if by <= 0 or bx <= 0 or by % BLOCK_GRID or bx % BLOCK_GRID:
+        raise ValueError(f"block must be positive multiples of {BLOCK_GRID} px, got {by}×{bx}")
     bname = None if backbone in (None, "none", "structure") else backbone
     if bname is not None:
         worker_backbone(bname, weights)  # fail early on a bad name
@@ -208,7 +210,7 @@ def volume_align(
         group.attrs["neuros_cv"] = meta
     shifts = np.asarray(meta["shifts"], dtype=np.float64)
     x = da.from_zarr(arr)
-    blocks = list(iter_blocks(arr.shape, (by, bx), 0, PATCH))
+    blocks = list(iter_blocks(arr.shape, (by, bx), 0, BLOCK_GRID))
     todo = pending_blocks(out, "aligned", blocks)
     task = _ShiftTask(str(Path(out).expanduser().resolve()), int(order), float(fill))
     fn = dask.delayed(_shift_block, pure=False)

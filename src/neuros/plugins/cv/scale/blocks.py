@@ -3,8 +3,9 @@
 A volume is cut into blocks of one section (z) by ``block`` pixels in y and x. Each block reads its *core*
 plus a *halo* on every side, clipped at the volume's edges (never padded: an edge block sees the same border as
 a whole-section run, so bounded-receptive-field backbones agree exactly there too). Blocks and halos are
-multiples of the 16-pixel patch grid, so every block's patch grid is a sub-grid of the whole section's grid and
-its features can be cropped out of the halo'd result without resampling.
+multiples of the backbone's feature grid step (its ``stride``: 16 px for ViT/16, 8 at ``scale=2``, …), so every
+block's grid is a sub-grid of the whole section's grid and its features can be cropped out of the halo'd result
+without resampling.
 """
 
 from __future__ import annotations
@@ -66,10 +67,10 @@ def check_geometry(shape_yx: tuple[int, int], block: tuple[int, int], halo: int,
     """
     by, bx = (int(b) for b in block)
     if halo < 0 or halo % patch:
-        raise ValueError(f"halo must be a non-negative multiple of the {patch}-px patch grid, got {halo} px")
+        raise ValueError(f"halo must be a non-negative multiple of the {patch}-px feature grid, got {halo} px")
     for name, b in (("y", by), ("x", bx)):
         if b <= 0 or b % patch:
-            raise ValueError(f"block {name} size must be a positive multiple of the {patch}-px patch grid, got {b}")
+            raise ValueError(f"block {name} size must be a positive multiple of the {patch}-px feature grid, got {b}")
     if halo > min(by, bx):
         raise ValueError(
             f"chunking too small for the halo: blocks of {by}×{bx} px cannot carry a {halo}-px halo; "

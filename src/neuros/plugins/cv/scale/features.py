@@ -1,10 +1,12 @@
 """Blockwise dense features of every section of a zarr volume, on ``dask.distributed``, written to zarr.
 
 Each block is one section's core of ``block`` pixels plus a halo, read as a lazy slice of a ``dask.array``
-backed by the input zarr; its features are cropped to the core's cells of the 16-px patch grid and written into
-the output array at the same grid position, then the block is marked done. With a halo that covers the
-backbone's receptive field the result equals :func:`section_features` on the whole section *exactly*
-(placeholder: one patch; filter bank: ≈ 4·σ_max); ViT attention is global, so ViT features only approximate it.
+backed by the input zarr; its features are cropped to the core's cells of the backbone's feature grid (its
+``stride``) and written into the output array at the same grid position, then the block is marked done. The
+default halo is the backbone's own :attr:`~neuros.plugins.cv.backbones.base.Backbone.halo`: where its receptive
+field is bounded (placeholder: one patch, halo 0; filter bank: its Gaussians' reach; ConvNeXt: its stage's
+window) the result equals :func:`section_features` on the whole section *exactly*; ViT attention is global, so
+ViT features only approximate it (``halo_exact`` is False).
 """
 
 from __future__ import annotations
@@ -17,13 +19,15 @@ from typing import Any
 import numpy as np
 
 from .blocks import Block, check_geometry, iter_blocks, n_blocks
-from .models import PATCH, default_halo, worker_backbone
+from .models import worker_backbone
 from .ome import ome_name, read_geometry, write_image_metadata
 from .resume import DEFAULT_TIMEOUT, ProgressFactory, done_indices, finish_output, mark_done, open_output, run_blocks
 from .zarr_io import open_volume
 
 __all__ = [
+    "grid_step",
     "intensity_range",
+    "plan_blocks",
     "scale_intensity",
     "section_features",
     "volume_features",
@@ -80,6 +84,19 @@ def section_features(section: np.ndarray, backbone: Any, lo: float, hi: float) -
     return backbone.extract(scale_intensity(section, lo, hi)).features
 
 
+def grid_step(backbone: Any) -> int:
+    """The backbone's feature stride in input pixels as a whole number: the grid blocks and halos align to.
+
+    Raises a one-line ``ValueError`` for a fractional stride (e.g. ``scale=3`` on a /16 model): its cells do not
+    start on whole pixels, so blocks could not be cut on the grid.
+    """
+    stride = float(backbone.stride)
+    if stride < 1 or not stride.is_integer():
+        raise ValueError(f"backbone {backbone.name!r} has a feature stride of {stride:g} px; blockwise processing "
+                         "needs a whole number of pixels (choose a scale that divides its patch size)")
+    return int(stride)
+
+
 @dataclass(frozen=True)
 class _FeatureTask:
     out: str
@@ -87,6 +104,7 @@ class _FeatureTask:
     weights: str | None
     lo: float
     hi: float
+    step: int
 
 
 def _features_block(region: np.ndarray, block: Block, task: _FeatureTask) -> tuple[int, int, int]:
@@ -94,18 +112,18 @@ def _features_block(region: np.ndarray, block: Block, task: _FeatureTask) -> tup
     import zarr
 
     feats = section_features(region, worker_backbone(task.backbone, task.weights), task.lo, task.hi)
-    gy, gx = block.out_grid(PATCH)
+    gy, gx = block.out_grid(task.step)
     arr = zarr.open_array(str(Path(task.out) / "features"), mode="r+")  # (c, z, y, x): OME-NGFF axis order
-    arr[:, block.z, gy, gx] = np.moveaxis(feats[block.inner_grid(PATCH)], -1, 0)
+    arr[:, block.z, gy, gx] = np.moveaxis(feats[block.inner_grid(task.step)], -1, 0)
     mark_done(task.out, "features", block.index)
     return block.index
 
 
-def resolve_block(array, block: int | tuple[int, int] | None) -> tuple[int, int]:
-    """Processing block (y, x): given, or the zarr chunk rounded up to the patch grid."""
+def resolve_block(array, block: int | tuple[int, int] | None, step: int = 16) -> tuple[int, int]:
+    """Processing block (y, x): given, or the zarr chunk rounded up to the ``step``-px grid."""
     if block is None:
         cy, cx = array.chunks[1], array.chunks[2]
-        return (-(-cy // PATCH) * PATCH, -(-cx // PATCH) * PATCH)
+        return (-(-cy // step) * step, -(-cx // step) * step)
     by, bx = (block, block) if np.isscalar(block) else tuple(block)
     return int(by), int(bx)
 
@@ -113,11 +131,12 @@ def resolve_block(array, block: int | tuple[int, int] | None) -> tuple[int, int]
 def plan_blocks(
     array, backbone: Any, block: int | tuple[int, int] | None, halo: int | None, extra: int = 0
 ) -> tuple[tuple[int, int], int]:
-    """Block size and halo for ``array`` and ``backbone`` (default halo: its receptive field + ``extra``),
-    checked against each other and the patch grid (``ValueError`` naming the problem)."""
-    by, bx = resolve_block(array, block)
-    halo = default_halo(backbone) + extra if halo is None else int(halo)
-    check_geometry(array.shape[1:], (by, bx), halo, PATCH)
+    """Block size and halo for ``array`` and ``backbone`` (default halo: the backbone's ``halo`` + ``extra``
+    pixels), checked against each other and the backbone's feature grid (``ValueError`` naming the problem)."""
+    step = grid_step(backbone)
+    by, bx = resolve_block(array, block, step)
+    halo = int(backbone.halo) + extra if halo is None else int(halo)
+    check_geometry(array.shape[1:], (by, bx), halo, step)
     return (by, bx), halo
 
 
@@ -153,17 +172,19 @@ def volume_features(
     src : path-like
         Input zarr array / OME-Zarr group holding a (z, y, x) volume.
     out : path-like
-        Output zarr group, an OME-Zarr image: ``features`` (C, z, ⌈y/16⌉, ⌈x/16⌉) float32 (axes c, z, y, x),
-        one chunk per block, with the input's voxel size × 16 in y and x (cells centred 7.5 input voxels in).
+        Output zarr group, an OME-Zarr image: ``features`` (C, z, ⌈y/s⌉, ⌈x/s⌉) float32 (axes c, z, y, x), with
+        ``s`` the backbone's stride (16 for ViT/16), one chunk per block, with the input's voxel size × s in y
+        and x (cells centred (s - 1)/2 input voxels in).
         An existing output of the same run is resumed (finished blocks are skipped).
     client : distributed.Client
         Where the blocks run (see :func:`~neuros.plugins.cv.scale.cluster.dask_client`).
     backbone, weights : str
         A registered backbone and its weights; built once per worker.
     block : int or (int, int), optional
-        Block size in y, x (multiples of 16). Default: the input's zarr chunk rounded up to 16.
+        Block size in y, x (multiples of the backbone's stride). Default: the input's zarr chunk rounded up to it.
     halo : int, optional
-        Context read around each block (multiple of 16). Default: covers the backbone's receptive field.
+        Context read around each block (a multiple of the stride). Default: the backbone's ``halo`` (its receptive
+        field where bounded: blocks then equal whole sections exactly; an approximation for ViTs).
     scaling : {"auto", "dtype", "percentile"}
         Global intensity scaling; see :func:`intensity_range`.
     level, component
@@ -192,29 +213,30 @@ def volume_features(
     geometry = read_geometry(src, level, component).with_voxel_size(voxel_size, voxel_unit)
     bb = worker_backbone(backbone, weights)  # validates the name here; workers build their own copy
     (by, bx), halo = plan_blocks(arr, bb, block, halo)
+    step = grid_step(bb)
     x = da.from_zarr(arr)
     lo, hi = intensity_range(x, scaling)
     z, h, w = arr.shape
-    gh, gw = -(-h // PATCH), -(-w // PATCH)
+    gh, gw = -(-h // step), -(-w // step)
     dim = int(bb.feature_dim)
     run = {
         "task": "features", "input": str(Path(src).expanduser().resolve()), "component": arr.path, "shape": [z, h, w],
         "backbone": bb.name, "weights": bb.weights, "block": [by, bx], "halo": halo, "intensity_range": [lo, hi],
-        "stride": PATCH, "layout": "czyx",
+        "stride": step, "layout": "czyx",
     }
     group, resumed = open_output(
         out, run,
-        {"features": {"shape": (dim, z, gh, gw), "chunks": (dim, 1, by // PATCH, bx // PATCH), "dtype": "float32",
+        {"features": {"shape": (dim, z, gh, gw), "chunks": (dim, 1, by // step, bx // step), "dtype": "float32",
                       "fill_value": 0.0, "dimension_names": ("c", "z", "y", "x")}},
         {"features": n_blocks(arr.shape, (by, bx))},
         overwrite,
         inputs=[src],
     )
-    grid = geometry.strided(PATCH, PATCH)
+    grid = geometry.strided(step, step)
     write_image_metadata(group, ome_name(out), [("features", grid)], channels=True)
-    blocks = list(iter_blocks(arr.shape, (by, bx), halo, PATCH))
+    blocks = list(iter_blocks(arr.shape, (by, bx), halo, step))
     todo = pending_blocks(out, "features", blocks)
-    task = _FeatureTask(str(Path(out).expanduser().resolve()), backbone, weights, lo, hi)
+    task = _FeatureTask(str(Path(out).expanduser().resolve()), backbone, weights, lo, hi, step)
     import dask
 
     fn = dask.delayed(_features_block, pure=False)

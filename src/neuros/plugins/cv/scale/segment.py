@@ -2,10 +2,10 @@
 
 Each block computes features of its halo'd region with the head's own backbone (rebuilt from the spec in its
 ``head.json``: name, weights and every option that changes the features), asks the head for pixel-level
-class probabilities (patch-grid probabilities upsampled bilinearly), crops the core and writes labels (and,
-optionally, the probabilities). The halo is the backbone's plus one patch, since bilinear upsampling near a
-block's edge uses the neighbouring patch; with it, blocks equal :func:`section_probabilities` on whole sections
-exactly for bounded-receptive-field backbones.
+class probabilities (grid probabilities upsampled bilinearly), crops the core and writes labels (and,
+optionally, the probabilities). The halo is the backbone's own (``Backbone.halo``) plus one grid cell (its
+``stride``), since bilinear upsampling near a block's edge uses the neighbouring cell; with it, blocks equal
+:func:`section_probabilities` on whole sections exactly for bounded-receptive-field backbones.
 """
 
 from __future__ import annotations
@@ -19,8 +19,8 @@ import numpy as np
 
 from ..backbones.spec import BackboneSpec
 from .blocks import Block, iter_blocks, n_blocks
-from .features import intensity_range, pending_blocks, plan_blocks, scale_intensity
-from .models import PATCH, worker_backbone, worker_head
+from .features import grid_step, intensity_range, pending_blocks, plan_blocks, scale_intensity
+from .models import worker_backbone, worker_head
 from .ome import ome_name, read_geometry, relative_source, write_image_metadata, write_label_metadata
 from .resume import DEFAULT_TIMEOUT, ProgressFactory, finish_output, open_output, run_blocks
 from .zarr_io import open_volume
@@ -115,7 +115,7 @@ def volume_segment(
         features.
     block, halo, scaling, level, component, retries, overwrite, progress, timeout, voxel_size, voxel_unit
         As in :func:`~neuros.plugins.cv.scale.features.volume_features`; the default halo is the backbone's
-        plus one patch (for the bilinear upsampling of probabilities).
+        plus one grid cell (for the bilinear upsampling of probabilities).
 
     Returns
     -------
@@ -131,7 +131,8 @@ def volume_segment(
     bb = worker_backbone(spec)
     arr = open_volume(src, level, component)
     geometry = read_geometry(src, level, component).with_voxel_size(voxel_size, voxel_unit)
-    (by, bx), halo = plan_blocks(arr, bb, block, halo, extra=PATCH)
+    step = grid_step(bb)
+    (by, bx), halo = plan_blocks(arr, bb, block, halo, extra=step)
     x = da.from_zarr(arr)
     lo, hi = intensity_range(x, scaling)
     z, h, w = arr.shape
@@ -156,7 +157,7 @@ def volume_segment(
     write_label_metadata(group, classes.tolist(), relative_source(src, out))
     if save_proba:
         write_image_metadata(group["probabilities"], f"{name} probabilities", [("0", geometry)], channels=True)
-    blocks = list(iter_blocks(arr.shape, (by, bx), halo, PATCH))
+    blocks = list(iter_blocks(arr.shape, (by, bx), halo, step))
     todo = pending_blocks(out, "labels", blocks)
     task = _SegmentTask(str(Path(out).expanduser().resolve()), str(head_dir), spec, lo, hi, bool(save_proba))
     fn = dask.delayed(_segment_block, pure=False)
