@@ -38,3 +38,15 @@ def tiny_convnext_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
     from tiny_models import make_tiny_convnext
 
     return make_tiny_convnext(tmp_path_factory.mktemp("models") / "tiny-dinov3-convnext")
+
+
+@pytest.fixture()
+def offline_env(monkeypatch, tmp_path):
+    """No NEUROS_CV_WEIGHTS and an empty HF cache, whatever this machine has."""
+    from neuros.plugins.cv.backbones import weights
+
+    cache = tmp_path / "hf-cache"
+    cache.mkdir()
+    monkeypatch.setenv("HF_HUB_CACHE", str(cache))
+    monkeypatch.delenv(weights.WEIGHTS_ENV, raising=False)
+    return cache

@@ -14,26 +14,9 @@ from safetensors.torch import save_file
 from neuros.plugins.cv.backbones import DINOv3Backbone, UnknownBackboneError
 from neuros.plugins.cv.backbones import weights as W
 from neuros.plugins.cv.backbones.base import lookup
+from tiny_models import features_of
 
 HUB = "facebook/dinov3-vits16-pretrain-lvd1689m"
-
-
-@pytest.fixture()
-def offline_env(monkeypatch, tmp_path):
-    """No NEUROS_CV_WEIGHTS and an empty HF cache, whatever this machine has."""
-    cache = tmp_path / "hf-cache"
-    cache.mkdir()
-    monkeypatch.setenv("HF_HUB_CACHE", str(cache))
-    monkeypatch.delenv(W.WEIGHTS_ENV, raising=False)
-    return cache
-
-
-def _img() -> np.ndarray:
-    return np.random.default_rng(0).random((32, 48)).astype(np.float32)
-
-
-def _feats(bb: DINOv3Backbone) -> np.ndarray:
-    return bb.extract(_img()).features
 
 
 def test_env_var_folder_of_model_subfolders(offline_env, monkeypatch, tmp_path, tiny_vit_dir):
@@ -43,7 +26,7 @@ def test_env_var_folder_of_model_subfolders(offline_env, monkeypatch, tmp_path, 
     bb = DINOv3Backbone("vit-small", weights="auto")
     assert bb.weights == f"pretrained:{root / 'vit-small'}" and "note" not in bb.describe()
     ref = DINOv3Backbone(str(tiny_vit_dir), weights="pretrained")
-    np.testing.assert_allclose(_feats(bb), _feats(ref), atol=1e-6)
+    np.testing.assert_allclose(features_of(bb), features_of(ref), atol=1e-6)
     # the hub name works as a sub-folder name too
     (root / "vit-small").rename(root / "dinov3-vits16-pretrain-lvd1689m")
     assert DINOv3Backbone("vit-small", weights="pretrained").weights.endswith("dinov3-vits16-pretrain-lvd1689m")

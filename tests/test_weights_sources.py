@@ -14,35 +14,25 @@ from neuros.plugins.cv.backbones import DINOv3Backbone
 from neuros.plugins.cv.backbones import weights as W
 from neuros.plugins.cv.backbones.base import lookup
 from neuros.plugins.cv.backbones.dinov3 import weights_available
-from tiny_models import hf_cache_snapshot, make_tiny_vit, meta_rope_periods, meta_state_dict, save_timm_folder
+from tiny_models import (
+    features_of,
+    hf_cache_snapshot,
+    make_tiny_vit,
+    meta_rope_periods,
+    meta_state_dict,
+    save_timm_folder,
+    small_image,
+)
 
 VITS_QKVB = "timm/vit_small_patch16_dinov3_qkvb.lvd1689m"
 VITS_RELEASE = "dinov3_vits16_pretrain_lvd1689m-08c60483.pth"
-
-
-@pytest.fixture()
-def offline_env(monkeypatch, tmp_path):
-    """No NEUROS_CV_WEIGHTS and an empty HF cache, whatever this machine has."""
-    cache = tmp_path / "hf-cache"
-    cache.mkdir()
-    monkeypatch.setenv("HF_HUB_CACHE", str(cache))
-    monkeypatch.delenv(W.WEIGHTS_ENV, raising=False)
-    return cache
-
-
-def _img() -> np.ndarray:
-    return np.random.default_rng(0).random((32, 48)).astype(np.float32)
-
-
-def _feats(bb: DINOv3Backbone) -> np.ndarray:
-    return bb.extract(_img()).features
 
 
 @pytest.fixture(scope="module")
 def vits():
     """A random ViT-S/16 with the release architecture, and its features: the reference every layout must give."""
     bb = DINOv3Backbone("vit-small", weights="random(seed=5)", device="cpu")
-    return bb.model, _feats(bb)
+    return bb.model, features_of(bb)
 
 
 def _qkvb_folder(path, model):
@@ -57,12 +47,12 @@ def test_unknown_hub_id_in_hf_cache_reads_its_own_architecture(offline_env, vits
     for weights in ("pretrained", "auto"):
         bb = DINOv3Backbone(VITS_QKVB, weights=weights)
         assert bb.weights == f"pretrained:{snap}" and bb.feature_dim == 384
-        np.testing.assert_allclose(_feats(bb), ref, atol=1e-5)
+        np.testing.assert_allclose(features_of(bb), ref, atol=1e-5)
     placeholder = DINOv3Backbone(VITS_QKVB, weights="placeholder")  # the id is known without loading it
     assert placeholder.feature_dim == 384 and placeholder.variant.config["num_register_tokens"] == 4
     entry = lookup(VITS_QKVB)
     assert entry.info["feature_dim"] == 384 and entry.info["params_m"] == 21.6
-    np.testing.assert_allclose(_feats(DINOv3Backbone(str(snap), weights="pretrained")), ref, atol=1e-5)
+    np.testing.assert_allclose(features_of(DINOv3Backbone(str(snap), weights="pretrained")), ref, atol=1e-5)
 
 
 @pytest.mark.parametrize("with_model_args", [True, False])
@@ -79,10 +69,10 @@ def test_unknown_timm_architecture_from_model_args_or_shapes(offline_env, tmp_pa
     repo = "someone/vit_tiny_patch8_dinov3.test"
     snap = save_timm_folder(hf_cache_snapshot(offline_env, repo), sd, "vit_tiny_patch8_dinov3", "test", **extra)
     bb = DINOv3Backbone(repo, weights="pretrained")
-    fm = bb.extract(_img())
+    fm = bb.extract(small_image())
     assert bb.weights == f"pretrained:{snap}" and fm.features.shape == (4, 6, size["hidden_size"])
     assert fm.stride == 8 and bb.model.config.num_attention_heads == 2
-    np.testing.assert_allclose(fm.features, _feats(DINOv3Backbone(str(src), weights="pretrained")), atol=1e-5)
+    np.testing.assert_allclose(fm.features, features_of(DINOv3Backbone(str(src), weights="pretrained")), atol=1e-5)
 
 
 def test_meta_file_as_model_id_or_source_reads_its_shapes(offline_env, tmp_path):
@@ -93,15 +83,15 @@ def test_meta_file_as_model_id_or_source_reads_its_shapes(offline_env, tmp_path)
                         hidden_act="silu")
     pth = tmp_path / "dinov3_tiny_pretrain.pth"
     torch.save(meta_state_dict(DINOv3ViTModel.from_pretrained(src)), pth)
-    ref = _feats(DINOv3Backbone(str(src), weights="pretrained"))
+    ref = features_of(DINOv3Backbone(str(src), weights="pretrained"))
     bb = DINOv3Backbone(str(pth), weights="auto")
     cfg = bb.model.config
     assert bb.weights == f"pretrained:{pth}" and (cfg.num_attention_heads, cfg.num_register_tokens) == (2, 3)
     assert cfg.use_gated_mlp and cfg.patch_size == 8 and lookup(str(pth)).info["patch_size"] == 8
-    np.testing.assert_allclose(_feats(bb), ref, atol=1e-5)
+    np.testing.assert_allclose(features_of(bb), ref, atol=1e-5)
     # an id no table names and no cache holds takes its architecture from the explicit source
     other = DINOv3Backbone("someone/dinov3-custom", weights=f"pretrained:{pth}")
-    np.testing.assert_allclose(_feats(other), ref, atol=1e-5)
+    np.testing.assert_allclose(features_of(other), ref, atol=1e-5)
 
 
 def test_unknown_timm_convnext_from_shapes(offline_env, tmp_path, tiny_convnext_dir):
@@ -114,8 +104,8 @@ def test_unknown_timm_convnext_from_shapes(offline_env, tmp_path, tiny_convnext_
     bb = DINOv3Backbone(repo, weights="pretrained")
     assert bb.weights == f"pretrained:{snap}" and bb.model.config.hidden_sizes == [8, 16, 24, 32]
     assert bb.feature_dim == 24 and lookup(repo).info["feature_dim"] == 24
-    np.testing.assert_allclose(_feats(bb), _feats(DINOv3Backbone(str(tiny_convnext_dir), weights="pretrained")),
-                               atol=1e-5)
+    ref = DINOv3Backbone(str(tiny_convnext_dir), weights="pretrained")
+    np.testing.assert_allclose(features_of(bb), features_of(ref), atol=1e-5)
 
 
 # ------------------------------------------------------------ 2. NEUROS_CV_WEIGHTS by release names
@@ -131,7 +121,7 @@ def test_env_folder_finds_meta_release_file(offline_env, monkeypatch, tmp_path, 
     monkeypatch.setenv(W.WEIGHTS_ENV, str(root))
     for weights in ("pretrained", "auto"):
         bb = DINOv3Backbone("vit-small", weights=weights)
-        fm = bb.extract(_img())
+        fm = bb.extract(small_image())
         assert bb.weights == fm.weights == bb.describe()["weights"] == f"pretrained:{pth}"
         assert "note" not in bb.describe()
         np.testing.assert_allclose(fm.features, ref, atol=1e-5)
@@ -141,7 +131,7 @@ def test_env_folder_finds_meta_release_file(offline_env, monkeypatch, tmp_path, 
     assert weights_available("vit-large") is None and weights_available("vit-base") is None
     # as the model id, a file named as a release is that release
     assert lookup(str(pth)).info["params_m"] == 21.6
-    np.testing.assert_allclose(_feats(DINOv3Backbone(str(pth), weights="pretrained")), ref, atol=1e-5)
+    np.testing.assert_allclose(features_of(DINOv3Backbone(str(pth), weights="pretrained")), ref, atol=1e-5)
     # the release file also counts inside a sub-folder named for the model
     sub = root / "vit-small"
     sub.mkdir()
@@ -157,7 +147,7 @@ def test_env_folder_and_hf_cache_find_qkvb_mirror(offline_env, monkeypatch, tmp_
     for weights in ("pretrained", "auto"):
         bb = DINOv3Backbone("vit-small", weights=weights)
         assert bb.weights == f"pretrained:{folder}" and "note" not in bb.describe()
-        np.testing.assert_allclose(_feats(bb), ref, atol=1e-5)
+        np.testing.assert_allclose(features_of(bb), ref, atol=1e-5)
     # the same mirror in the HF cache, with no NEUROS_CV_WEIGHTS
     monkeypatch.delenv(W.WEIGHTS_ENV)
     snap = hf_cache_snapshot(offline_env, VITS_QKVB)

@@ -12,15 +12,19 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
+import numpy as np
+
 __all__ = [
     "TINY_CONVNEXT",
     "TINY_VIT",
+    "features_of",
     "hf_cache_snapshot",
     "make_tiny_convnext",
     "make_tiny_vit",
     "meta_rope_periods",
     "meta_state_dict",
     "save_timm_folder",
+    "small_image",
 ]
 
 # A ViT with the released checkpoints' token layout (CLS + 4 registers) and patch 16, but 2 blocks of width 32.
@@ -128,3 +132,13 @@ def hf_cache_snapshot(cache: str | Path, repo_id: str, revision: str = "01234567
     (repo / "refs").mkdir(exist_ok=True)
     (repo / "refs" / "main").write_text(revision)
     return snap
+
+
+def small_image() -> np.ndarray:
+    """A fixed 32×48 random image (not a multiple of the patch size: padding is exercised)."""
+    return np.random.default_rng(0).random((32, 48)).astype(np.float32)
+
+
+def features_of(backbone) -> np.ndarray:
+    """The features of :func:`small_image` from ``backbone``."""
+    return backbone.extract(small_image()).features
