@@ -37,6 +37,7 @@ __all__ = [
     "check_output_file",
     "disk_full_error",
     "dumps_json",
+    "honour_umask",
     "is_disk_full",
     "owned_files",
 ]
@@ -69,8 +70,9 @@ def _umask() -> int:
     return mask
 
 
-def _apply_umask(root: Path) -> None:
+def honour_umask(root: PathLike) -> None:
     """Give ``root`` and everything below it the permissions a plain ``open``/``mkdir`` would have given."""
+    root = Path(root)
     mask = _umask()
     dir_mode, file_mode = 0o777 & ~mask, 0o666 & ~mask
     paths = [root, *root.rglob("*")] if root.is_dir() else [root]
@@ -240,7 +242,7 @@ def _write_marker(folder: Path, files: list[str], command: str | None) -> None:
         target, text = folder / MARKER, dumps_json(doc)
     tmp = folder / f".{target.name}.tmp-{os.getpid()}"
     tmp.write_text(text, encoding="utf-8")
-    _apply_umask(tmp)
+    honour_umask(tmp)
     os.replace(tmp, target)
 
 
@@ -249,7 +251,7 @@ def _commit(tmp: Path, path: Path, command: str | None) -> None:
     new = sorted(p.name for p in tmp.iterdir())
     if not path.exists():
         _write_marker(tmp, new, command)
-        _apply_umask(tmp)
+        honour_umask(tmp)
         tmp.rename(path)
         return
     old = owned_files(path) or []
@@ -258,7 +260,7 @@ def _commit(tmp: Path, path: Path, command: str | None) -> None:
     if foreign:
         raise OutputExistsError(f"out={path}: {foreign[0]} exists and neuros-cv did not write it; "
                                 "refusing to replace it: choose a new folder")
-    _apply_umask(tmp)
+    honour_umask(tmp)
     trash = Path(tempfile.mkdtemp(prefix=".neuros-cv-old-", dir=path))
     moved_old: list[str] = []
     moved_new: list[str] = []
@@ -352,7 +354,7 @@ def atomic_output_file(out: PathLike, overwrite: bool = False, inputs: Iterable[
     tmp = Path(name)
     try:
         yield tmp
-        _apply_umask(tmp)
+        honour_umask(tmp)
         os.replace(tmp, path)
     except BaseException as e:
         with contextlib.suppress(OSError):

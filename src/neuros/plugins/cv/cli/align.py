@@ -15,8 +15,7 @@ from pathlib import Path
 
 import numpy as np
 
-from ..datasets.io import honour_umask
-from ..output import check_output_file, disk_full_error, is_disk_full
+from ..output import check_output_file, disk_full_error, honour_umask, is_disk_full
 from .register import add_download, add_registration_options, check_nifti_out, read_image, registration_kwargs
 
 IMAGE_SUFFIXES = (".tif", ".tiff", ".png", ".jpg", ".jpeg", ".npy")

@@ -26,12 +26,13 @@ from typing import Any
 
 import numpy as np
 
+from ..output import honour_umask
+
 __all__ = [
     "IMAGE_SUFFIXES",
     "NIFTI_SUFFIXES",
     "expand_paths",
     "file_format",
-    "honour_umask",
     "image_slices",
     "is_single_image",
     "label_palette",
@@ -291,13 +292,6 @@ def label_palette() -> np.ndarray:
     pal[1:255] = np.round(hsv_to_rgb(hsv) * 255).astype(np.uint8)
     pal[255] = 255
     return pal
-
-
-def honour_umask(path: str | os.PathLike[str]) -> None:
-    """Give a file made by ``tempfile.mkstemp`` (mode 0600) the mode a plain ``open`` would: 0666 & ~umask."""
-    mask = os.umask(0)
-    os.umask(mask)
-    os.chmod(path, 0o666 & ~mask)
 
 
 @contextlib.contextmanager
