@@ -4,7 +4,6 @@ and tight — one grid cell less is not enough. Also: the backbone registry is a
 
 from __future__ import annotations
 
-import ast
 import copy
 import math
 from pathlib import Path
@@ -123,30 +122,16 @@ def test_tiny_convnext_halo_covers_its_stage_and_is_tight(tiny_convnext_dir):
 
 
 # ---------------------------------------------------------------------------------------------- import graph
-def _imports(path: Path) -> set[str]:
-    """Sibling modules of the backbones package that ``path`` imports anywhere (top level or inside functions)."""
-    names = set()
-    for node in ast.walk(ast.parse(path.read_text())):
-        if isinstance(node, ast.ImportFrom) and node.level == 1:
-            if node.module:
-                names.add(node.module.split(".")[0])
-            else:
-                names.update(a.name for a in node.names)
-    return names
+def test_backbone_registry_is_a_leaf_and_base_and_spec_import_no_implementation():
+    """The specifics of the backbones package; circles anywhere are tests/test_architecture.py's job."""
+    from test_architecture import _imports, _modules
 
-
-def test_backbone_registry_is_a_leaf_and_the_package_has_no_import_circle():
-    graph = {p.stem: _imports(p) & {q.stem for q in BACKBONES.glob("*.py")} for p in BACKBONES.glob("*.py")}
+    mods = _modules()
+    known = set(mods)
+    graph = {m.split(".", 1)[1] if "." in m else "__init__": {d.split(".", 1)[1] for d in _imports(m, p, known)
+                                                            if d.startswith("backbones.")}
+             for m, p in mods.items() if m == "backbones" or m.startswith("backbones.")}
     implementations = {"dinov3", "placeholder", "filterbank", "grid", "resolve"}
     assert graph["registry"] == set()
     assert not graph["base"] & implementations and not graph["spec"] & implementations
     assert {"dinov3", "filterbank"} <= graph["__init__"]  # the package imports each implementation
-
-    def visit(node: str, stack: tuple[str, ...]) -> None:
-        assert node not in stack, f"import circle: {' -> '.join((*stack, node))}"
-        for nxt in graph.get(node, ()):
-            if nxt != "__init__":
-                visit(nxt, (*stack, node))
-
-    for start in graph:
-        visit(start, ())
