@@ -18,10 +18,7 @@ from typing import Any
 
 import numpy as np
 from scipy.optimize import linear_sum_assignment
-from skimage.metrics import adapted_rand_error, variation_of_information
 from sklearn.metrics import accuracy_score, f1_score
-
-from .instances import membrane_regions
 
 __all__ = [
     "accuracy",
@@ -133,6 +130,24 @@ def bootstrap_ci(
         }
 
 
+def _labelled_pixels(
+    y_true: Sequence[np.ndarray], y_pred: Sequence[np.ndarray], n_classes: int, ignore: int
+) -> tuple[list[np.ndarray], list[np.ndarray]]:
+    """The (truth, prediction) pixels of each image whose truth is not ``ignore``, as 1-D arrays."""
+    if 0 < ignore < n_classes:
+        raise ValueError(f"ignore={ignore} is one of the classes 1..{n_classes - 1}; mark unlabelled pixels with 0 "
+                         f"or a value outside 0..{n_classes - 1} (e.g. 255)")
+    truths, preds = [], []
+    for i, (t, p) in enumerate(zip(y_true, y_pred, strict=True)):
+        keep = np.asarray(t) != ignore
+        if not keep.any():
+            raise ValueError(f"image {i} has no labelled pixel (every truth pixel equals ignore={ignore}); "
+                             "drop it or label some of its pixels")
+        truths.append(np.asarray(t)[keep])
+        preds.append(np.asarray(p)[keep])
+    return truths, preds
+
+
 def score_images(
     y_true: Sequence[np.ndarray],
     y_pred: Sequence[np.ndarray],
@@ -141,6 +156,7 @@ def score_images(
     n_boot: int = 1000,
     seed: int = 0,
     require_classes: bool = True,
+    ignore: int | None = None,
 ) -> dict[str, Any]:
     """Pixel scores per image and pooled over images, with bootstrap 95 % CIs over images.
 
@@ -154,6 +170,10 @@ def score_images(
         Names for the K classes (default ``"class0"``…).
     require_classes : bool
         Raise when a foreground class never occurs in the truth (its Dice would be meaningless).
+    ignore : int, optional
+        Sparse truth: the value of unlabelled truth pixels (e.g. 0 in a scribble mask, or 255). Those pixels
+        are left out entirely — neither truth nor error, whatever is predicted there. It must be 0 (then the
+        means run over classes 1..K-1 as usual) or a value outside 0..K-1. Default: every pixel is scored.
 
     Returns
     -------
@@ -168,6 +188,8 @@ def score_images(
     for i, (t, p) in enumerate(zip(y_true, y_pred, strict=True)):
         if np.shape(t) != np.shape(p):
             raise ValueError(f"image {i}: truth shape {np.shape(t)} differs from prediction shape {np.shape(p)}")
+    if ignore is not None:
+        y_true, y_pred = _labelled_pixels(y_true, y_pred, n_classes, int(ignore))
     names = list(class_names) if class_names is not None else [f"class{i}" for i in range(n_classes)]
     confs = np.stack([confusion(t, p, n_classes) for t, p in zip(y_true, y_pred, strict=True)])
     support = confs.sum(axis=(0, 2))
@@ -332,8 +354,10 @@ def region_scores(true_regions: np.ndarray, pred_regions: np.ndarray) -> dict[st
     Returns
     -------
     dict
-        ``adapted_rand_error`` (0 = the same partition, up to 1), ``rand_precision`` and ``rand_recall`` (of
-        same-region pixel pairs; a false merge lowers precision, a false split lowers recall),
+        ``adapted_rand_error`` (0 = the same partition, up to 1; 1 − the F-score of ``rand_precision`` and
+        ``rand_recall``); ``rand_precision``: of the pixel pairs in one predicted region, the fraction in one
+        true region (a false merge lowers it); ``rand_recall``: of the pixel pairs in one true region, the
+        fraction in one predicted region (a false split lowers it);
         ``vi_split`` = H(pred | truth) and ``vi_merge`` = H(truth | pred) in bits, and ``vi`` their sum.
 
     Raises
@@ -350,17 +374,24 @@ def region_scores(true_regions: np.ndarray, pred_regions: np.ndarray) -> dict[st
     .. [3] W. M. Rand, "Objective criteria for the evaluation of clustering methods", *Journal of the
        American Statistical Association* 66(336):846–850, 1971.
     """
+    from skimage.metrics import adapted_rand_error, variation_of_information  # lazy: skimage imports slowly
+
     t, p = _label_pair(true_regions, pred_regions, ("true_regions", "pred_regions"))
     keep = t != 0
     if not keep.any():
         raise ValueError("true_regions is 0 everywhere; there is no region to score")
     t, p = t[keep].astype(np.int64), p[keep].astype(np.int64)  # a predicted 0 is one more region here
-    are, prec, rec = adapted_rand_error(t, p, ignore_labels=())
+    # skimage returns (error, pairs-in-both / true pairs, pairs-in-both / predicted pairs): the last two are
+    # recall and precision in the usual sense, the reverse of its docstring (scikit-image issue #6485).
+    # With no pixel pair inside any predicted (true) region, nothing is merged (split): precision (recall) 1.
+    with np.errstate(invalid="ignore", divide="ignore"):
+        are, rec, prec = (float(np.nan_to_num(v, nan=d)) for v, d in
+                          zip(adapted_rand_error(t, p, ignore_labels=()), (0.0, 1.0, 1.0), strict=True))
     split, merge = variation_of_information(t, p, ignore_labels=())
     return {
-        "adapted_rand_error": float(are),
-        "rand_precision": float(prec),
-        "rand_recall": float(rec),
+        "adapted_rand_error": are,
+        "rand_precision": prec,
+        "rand_recall": rec,
         "vi_split": float(split),
         "vi_merge": float(merge),
         "vi": float(split + merge),
@@ -395,6 +426,8 @@ def membrane_region_scores(
     .. [1] I. Arganda-Carreras et al., "Crowdsourcing the creation of image segmentation algorithms for
        connectomics", *Frontiers in Neuroanatomy* 9:142, 2015, doi:10.3389/fnana.2015.00142.
     """
+    from .instances import membrane_regions  # lazy, like skimage, which it imports
+
     t = np.asarray(true_membrane)
     if t.dtype != bool and not np.issubdtype(t.dtype, np.integer):
         raise ValueError(f"true_membrane must be a boolean or integer membrane mask, got dtype {t.dtype}")
