@@ -93,6 +93,11 @@ def test_region_scores_tell_merges_from_splits():
     split = region_scores(t, t * 2 + (np.indices(t.shape)[1] % 2))  # every region cut into two
     assert split["rand_recall"] < 1 and split["rand_precision"] == 1
     assert split["vi_split"] == pytest.approx(1.0) and split["vi_merge"] == pytest.approx(0, abs=1e-12)
+    for s in (merged, split):  # the error is 1 − the harmonic mean of the two fractions (SNEMI3D / ISBI)
+        p, r = s["rand_precision"], s["rand_recall"]
+        assert s["adapted_rand_error"] == pytest.approx(1 - 2 * p * r / (p + r))
+    singles = region_scores(t, np.arange(t.size).reshape(t.shape))  # every pixel its own region
+    assert (singles["rand_precision"], singles["rand_recall"], singles["adapted_rand_error"]) == (1.0, 0.0, 1.0)
     # Truth 0 is not scored, whatever is predicted there.
     t0 = t.copy()
     t0[:, 9:11] = 0
