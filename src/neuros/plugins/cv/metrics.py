@@ -279,9 +279,10 @@ def match_instances(true_labels: np.ndarray, pred_labels: np.ndarray, iou_thresh
     """Object-level detection scores: one-to-one matching of true and predicted objects at IoU ≥ a threshold.
 
     The IoU of every overlapping pair comes from a sparse contingency of the two label images (no dense
-    object × object table over the image); the matching maximises the number of pairs with IoU ≥
-    ``iou_threshold`` and, among those, their summed IoU (``scipy.optimize.linear_sum_assignment`` on the
-    candidate pairs only). At ``iou_threshold ≥ 0.5`` the match of each object is unique. The numbers equal
+    object × object table over the image). At ``iou_threshold > 0.5`` an object has at most one candidate,
+    so the candidates are the matching; otherwise, where an object has several, the matching maximises the
+    number of pairs with IoU ≥ ``iou_threshold`` and then their summed IoU
+    (``scipy.optimize.linear_sum_assignment`` on the candidate pairs only). The numbers equal
     ``stardist.matching.matching`` [1]_ at thresholds ≥ 0.5 (and its conventions: a score is 0 when nothing
     is matched).
 
