@@ -105,6 +105,15 @@ def test_pixel_train_predict_writes_probabilities_and_instances_equal_to_the_hea
     np.testing.assert_array_equal(pred, head.classes_[ref.argmax(axis=2)])
     np.testing.assert_array_equal(inst, label_instances(ref, cls=2, min_size=10))
     assert 0 < inst.max() == np.unique(inst[inst > 0]).size  # objects numbered 1..n
+    # A stack: (Z, H, W) uint32, each slice's objects as in 2-D, ids numbered on (none repeats across slices).
+    tifffile.imwrite(tmp_path / "stack.tif", np.stack([image, image[::-1]]), photometric="minisblack")
+    assert main(["segment", "predict", "--head", str(tmp_path / "head"), str(tmp_path / "stack.tif"),
+                 "--instances", "2", "--min-size", "10", "--out", str(tmp_path / "pred_stack")]) == 0
+    stack = tifffile.imread(tmp_path / "pred_stack" / "stack_instances.tif")
+    assert stack.dtype == np.uint32 and stack.shape == (2, 128, 128)
+    np.testing.assert_array_equal(stack[0], inst)
+    ids = np.unique(stack[1][stack[1] > 0])
+    assert ids.size > 0 and ids.min() == inst.max() + 1 and ids.max() == inst.max() + ids.size
     # Better than the majority class on a held-out section (measured: accuracy 0.70 vs 0.59; the quality of
     # pixel heads is measured by the real suite, not here).
     truth = tifffile.imread(d / "dense08.tif")
