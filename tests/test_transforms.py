@@ -10,6 +10,7 @@ from neuros.plugins.cv.transforms import (
     CompositeTransform,
     DisplacementField,
     LinearTransform,
+    index_geometry,
     load_transform,
     save_transform,
 )
@@ -105,13 +106,14 @@ def test_linear_files_map_physical_points_as_itk_reads_them(tmp_path, suffix, nd
     angles = 0.3 if ndim == 2 else (0.1, 0.2, -0.3)
     t = LinearTransform.similarity(0.9, angles, shift=np.linspace(-3, 4, ndim), center=np.full(ndim, 12.0))
     spacing, origin = np.linspace(0.5, 1.5, ndim), np.linspace(-20, 10, ndim)
-    path = save_transform(t, tmp_path / f"affine{suffix}", spacing, origin)
+    geo = index_geometry(ndim, spacing, origin)
+    path = save_transform(t, tmp_path / f"affine{suffix}", geo, geo)
     itk = sitk.ReadTransform(str(path))
     idx = np.random.default_rng(4).random((10, ndim)) * 30
     phys = (idx * spacing + origin)[:, ::-1]  # ITK: physical x, y, z = reversed NumPy axes
     got = np.array([itk.TransformPoint(tuple(p)) for p in phys])[:, ::-1]
     np.testing.assert_allclose((got - origin) / spacing, t.map_points(idx), atol=1e-9)
-    back = load_transform(path, spacing, origin)
+    back = load_transform(path, geo, geo)
     np.testing.assert_allclose(back.map_points(idx), t.map_points(idx), atol=1e-9)
 
 
@@ -128,15 +130,16 @@ def test_itk_euler_files_with_a_centre_load_as_linear(tmp_path):
 def test_fields_are_nifti_displacement_fields_for_itk(tmp_path, shape):
     field = DisplacementField(_smooth_field(shape, 3.0, sigma=4.0))
     spacing = np.linspace(0.8, 1.2, len(shape))
-    path = save_transform(field, tmp_path / "warp.nii.gz", spacing)
+    path = save_transform(field, tmp_path / "warp.nii.gz", index_geometry(len(shape), spacing),
+                          index_geometry(len(shape), spacing))
     img = sitk.ReadImage(str(path))
     assert img.GetNumberOfComponentsPerPixel() == len(shape) and img.GetSize() == shape[::-1]
     itk = sitk.DisplacementFieldTransform(sitk.Cast(img, sitk.sitkVectorFloat64))
     idx = np.random.default_rng(6).random((10, len(shape))) * (np.array(shape) - 2) + 0.5
     got = np.array([itk.TransformPoint(tuple((p * spacing)[::-1])) for p in idx])[:, ::-1] / spacing
     np.testing.assert_allclose(got, field.map_points(idx), atol=1e-4)
-    back = load_transform(path)
-    np.testing.assert_allclose(back.field, field.field, atol=1e-5)
+    back = load_transform(path, moving=index_geometry(len(shape), spacing))
+    np.testing.assert_allclose(back.field, field.field, atol=1e-4)
     import nibabel as nib
 
     assert nib.load(str(path)).shape[: len(shape)] == shape[::-1]  # opens as NIfTI (FSLeyes, ANTs)
@@ -180,3 +183,33 @@ def test_ants_applies_saved_linear_and_warp_files_like_we_do(tmp_path):
         inside = ((pts >= 1) & (pts <= np.array(img.shape) - 2)).all(axis=1).reshape(img.shape)
         assert inside.mean() > 0.7
         np.testing.assert_allclose(theirs[inside], ours[inside], atol=2e-3)
+
+
+def test_nifti_volumes_keep_their_scanner_space(tmp_path):
+    """A transform found on nibabel arrays, saved with the NIfTI headers, warps the files in ITK as it warps
+    the arrays here — with an oblique affine and anisotropic voxels, so axis order and RAS/LPS matter."""
+    import nibabel as nib
+
+    rng = np.random.default_rng(8)
+    vol = ndimage.gaussian_filter(rng.random((30, 34, 26)), 2).astype(np.float32)
+    rot = LinearTransform.rigid((0.1, -0.2, 0.15)).matrix
+    affine = np.eye(4)
+    affine[:3, :3] = rot @ np.diag([1.2, 0.9, 2.0])
+    affine[:3, 3] = (-20.0, 15.0, -7.5)
+    nib.save(nib.Nifti1Image(vol, affine), str(tmp_path / "vol.nii.gz"))
+    t = LinearTransform.rigid((0.05, 0.1, -0.08), shift=(1.5, -1.0, 0.5), center=(15, 17, 13))
+    field = DisplacementField(_smooth_field(vol.shape, 1.5, seed=3, sigma=4.0))
+    ref = sitk.ReadImage(str(tmp_path / "vol.nii.gz"))
+    for tr, name in ((t, "affine.tfm"), (field, "warp.nii.gz")):
+        path = save_transform(tr, tmp_path / name, fixed=tmp_path / "vol.nii.gz", moving=tmp_path / "vol.nii.gz")
+        itk_tr = sitk.ReadTransform(str(path)) if name.endswith(".tfm") else sitk.DisplacementFieldTransform(
+            sitk.Cast(sitk.ReadImage(str(path)), sitk.sitkVectorFloat64))
+        theirs = np.transpose(sitk.GetArrayFromImage(sitk.Resample(ref, ref, itk_tr, sitk.sitkLinear, 0.0)))
+        ours = tr.apply(vol)
+        pts = tr.map_points(np.indices(vol.shape).reshape(3, -1).T)
+        inside = ((pts >= 1) & (pts <= np.array(vol.shape) - 2)).all(axis=1).reshape(vol.shape)
+        assert inside.mean() > 0.5
+        np.testing.assert_allclose(theirs[inside], ours[inside], atol=1e-3)
+        back = load_transform(path, fixed=tmp_path / "vol.nii.gz", moving=tmp_path / "vol.nii.gz",
+                              shape=vol.shape)
+        np.testing.assert_allclose(back.map_points(pts[:50]), tr.map_points(pts[:50]), atol=1e-3)

@@ -36,7 +36,10 @@ __all__ = [
     "DisplacementField",
     "LinearTransform",
     "Transform",
+    "as_geometry",
+    "index_geometry",
     "load_transform",
+    "nifti_geometry",
     "save_transform",
 ]
 
@@ -126,10 +129,9 @@ class Transform(ABC):
             raise ValueError(f"labels must be an integer or boolean label map, got dtype {arr.dtype}")
         return self.apply(arr, shape, order=0, cval=0)
 
-    def save(self, path: str | Path, spacing: Sequence[float] | None = None,
-             origin: Sequence[float] | None = None) -> Path:
+    def save(self, path: str | Path, fixed: Any = None, moving: Any = None) -> Path:
         """Write the transform in a format ANTs and ITK read (see :func:`save_transform`)."""
-        return save_transform(self, path, spacing, origin)
+        return save_transform(self, path, fixed, moving)
 
 
 class LinearTransform(Transform):
@@ -342,21 +344,59 @@ class CompositeTransform(Transform):
 
 
 # ---------------------------------------------------------------------- files
-def _geometry(ndim: int, spacing: Sequence[float] | None, origin: Sequence[float] | None
-              ) -> tuple[np.ndarray, np.ndarray]:
+# A geometry is an (n+1)×(n+1) matrix taking an array index (in the order the array holds its axes) to ITK's
+# physical point (x, y, z; millimetres, LPS). Arrays read from TIFF/PNG (and SimpleITK's GetArrayFromImage)
+# hold ITK's axes reversed (row = y); arrays read from NIfTI with nibabel hold them in file order (i, j, k).
+Geometry = np.ndarray
+_LPS = np.diag([-1.0, -1.0, 1.0, 1.0])  # NIfTI's RAS+ to ITK's LPS+
+
+
+def index_geometry(ndim: int, spacing: Sequence[float] | None = None,
+                   origin: Sequence[float] | None = None) -> Geometry:
+    """The geometry of a plain array: physical x is the last axis; ``spacing``/``origin`` in the array's order."""
     s = np.ones(ndim) if spacing is None else np.asarray(spacing, dtype=np.float64)
     o = np.zeros(ndim) if origin is None else np.asarray(origin, dtype=np.float64)
     if s.shape != (ndim,) or o.shape != (ndim,) or (s <= 0).any():
-        raise ValueError(f"spacing/origin must have {ndim} entries (NumPy axis order), spacing positive")
-    return s, o
+        raise ValueError(f"spacing/origin must have {ndim} entries (array axis order), spacing positive")
+    g = np.eye(ndim + 1)
+    g[:ndim, :ndim] = np.diag(s)[::-1]
+    g[:ndim, ndim] = o[::-1]
+    return g
+
+
+def nifti_geometry(path: str | Path) -> Geometry:
+    """The geometry of a NIfTI volume as nibabel reads it: its affine (sform/qform), turned from RAS to LPS."""
+    import nibabel as nib
+
+    img = nib.load(str(path))
+    if len(img.shape) < 3 or any(n != 1 for n in img.shape[3:]):
+        raise ValueError(f"{path}: a transform's space is a 3-D NIfTI volume, got shape {img.shape}")
+    return _LPS @ np.asarray(img.affine, dtype=np.float64)
+
+
+def as_geometry(geometry: Geometry | str | Path | None, ndim: int) -> Geometry:
+    """A geometry from None (a plain array's), a matrix, or a NIfTI file's header."""
+    if geometry is None:
+        return index_geometry(ndim)
+    if isinstance(geometry, (str, Path)):
+        geometry = nifti_geometry(geometry)
+    g = np.asarray(geometry, dtype=np.float64)
+    if g.shape != (ndim + 1, ndim + 1) or not np.isfinite(g).all() or abs(np.linalg.det(g)) < 1e-12:
+        raise ValueError(f"a {ndim}-D geometry is an invertible {ndim + 1}×{ndim + 1} matrix, got shape {g.shape}")
+    return g
+
+
+def _split(g: Geometry) -> tuple[np.ndarray, np.ndarray]:
+    n = g.shape[0] - 1
+    return g[:n, :n], g[:n, n]
 
 
 def _is_nifti(path: Path) -> bool:
     return path.name.lower().endswith(_NIFTI)
 
 
-def save_transform(transform: Transform, path: str | Path, spacing: Sequence[float] | None = None,
-                   origin: Sequence[float] | None = None) -> Path:
+def save_transform(transform: Transform, path: str | Path, fixed: Geometry | str | Path | None = None,
+                   moving: Geometry | str | Path | None = None) -> Path:
     """Write ``transform`` for ANTs/ITK: linear → ITK transform file, displacement field → NIfTI vector image.
 
     Parameters
@@ -366,79 +406,97 @@ def save_transform(transform: Transform, path: str | Path, spacing: Sequence[flo
     path : str or Path
         ``.tfm``, ``.txt`` or ``.mat`` for linear transforms (ITK's text and MATLAB formats, as ANTs writes
         ``0GenericAffine.mat``); ``.nii``/``.nii.gz`` for fields (ANTs' ``1Warp.nii.gz``).
-    spacing, origin : sequence of float, optional
-        Voxel size and position of index 0 in NumPy axis order (e.g. from a NIfTI header), so the file is in
-        physical coordinates; default 1 and 0 (index space).
-
-    Notes
-    -----
-    ITK orders physical axes x, y, z — the reverse of NumPy's index order — so matrices and vectors are
-    permuted on the way out (and back in :func:`load_transform`).
+    fixed, moving : geometry, NIfTI path or None
+        Where the fixed and moving arrays lie in physical space (:func:`index_geometry`, :func:`nifti_geometry`,
+        or a NIfTI file whose header to read); default: plain arrays at unit spacing. The file then maps fixed
+        physical points to moving physical points, as ANTs' files do, so ANTs applies it to the original files.
     """
     import SimpleITK as sitk
 
     p = Path(path)
-    s, o = _geometry(transform.ndim, spacing, origin)
-    rev = slice(None, None, -1)
+    n = transform.ndim
+    gf_m, gf_o = _split(as_geometry(fixed, n))
+    gm_m, gm_o = _split(as_geometry(moving, n))
     if isinstance(transform, LinearTransform):
         if _is_nifti(p):
             raise ValueError(f"{p.name}: a linear transform is saved as an ITK file (.tfm, .txt or .mat)")
-        # physical P = R(S y + o); T_phys(P) = R S A S⁻¹ R P + R(S t + o − S A S⁻¹ o)   (R reverses axis order)
-        a_phys = (np.diag(s) @ transform.matrix @ np.diag(1 / s))
-        t_phys = s * transform.offset + o - a_phys @ o
-        itk = sitk.AffineTransform(transform.ndim)
-        itk.SetMatrix(a_phys[rev, rev].ravel().tolist())
-        itk.SetTranslation(t_phys[rev].tolist())
+        # T_phys(P) = Gm(A Gf⁻¹(P) + t)
+        inv = np.linalg.inv(gf_m)
+        a_phys = gm_m @ transform.matrix @ inv
+        t_phys = gm_m @ transform.offset + gm_o - a_phys @ gf_o
+        itk = sitk.AffineTransform(n)
+        itk.SetMatrix(a_phys.ravel().tolist())
+        itk.SetTranslation(t_phys.tolist())
         sitk.WriteTransform(itk, str(p))
         return p
     if isinstance(transform, DisplacementField):
         if not _is_nifti(p):
             raise ValueError(f"{p.name}: a displacement field is saved as NIfTI (.nii or .nii.gz)")
-        phys = transform.field * s.reshape(-1, *([1] * transform.ndim))
-        img = sitk.GetImageFromArray(np.moveaxis(phys[rev], 0, -1).astype(np.float64), isVector=True)
-        img.SetSpacing(s[rev].tolist())
-        img.SetOrigin(o[rev].tolist())
+        pts = _grid_points(transform.shape)
+        u = (transform.map_points(pts) @ gm_m.T + gm_o) - (pts @ gf_m.T + gf_o)  # physical displacements
+        # the vector image's voxels are our grid; SimpleITK's arrays hold ITK's index axes reversed
+        cols = gf_m[:, ::-1]
+        spacing = np.linalg.norm(cols, axis=0)
+        img = sitk.GetImageFromArray(u.reshape(*transform.shape, n).astype(np.float64), isVector=True)
+        img.SetSpacing(spacing.tolist())
+        img.SetDirection((cols / spacing).ravel().tolist())
+        img.SetOrigin(gf_o.tolist())
         sitk.WriteImage(img, str(p))
         return p
     raise TypeError(f"cannot save a {type(transform).__name__}; compose it into a field with to_field(shape)")
 
 
-def load_transform(path: str | Path, spacing: Sequence[float] | None = None,
-                   origin: Sequence[float] | None = None) -> LinearTransform | DisplacementField:
-    """Read a transform written by :func:`save_transform`, ANTs or ITK (see there for ``spacing``/``origin``).
+def load_transform(path: str | Path, fixed: Geometry | str | Path | None = None,
+                   moving: Geometry | str | Path | None = None,
+                   shape: Sequence[int] | None = None) -> LinearTransform | DisplacementField:
+    """Read a transform written by :func:`save_transform`, ANTs or ITK, in the index coordinates of two arrays.
 
-    A NIfTI vector image is a displacement field (its own spacing and origin are used); anything else is read
-    as an ITK linear transform (affine, Euler, similarity, translation; ITK's centre of rotation is folded in).
+    ``fixed``/``moving`` as in :func:`save_transform`. A NIfTI vector image is a displacement field: it is
+    sampled (linearly, in physical space) on the fixed array's grid of ``shape`` (default: the field's own grid,
+    which needs the fixed geometry to be the field's). Anything else is read as an ITK linear transform
+    (affine, Euler, similarity, translation; ITK's centre of rotation is folded in).
     """
     import SimpleITK as sitk
 
     p = Path(path)
     if not p.is_file():
         raise FileNotFoundError(f"transform file not found: {p}")
-    rev = slice(None, None, -1)
     if _is_nifti(p):
         img = sitk.ReadImage(str(p))
-        if img.GetNumberOfComponentsPerPixel() != img.GetDimension():
+        n = img.GetDimension()
+        if img.GetNumberOfComponentsPerPixel() != n:
             raise ValueError(f"{p.name} is not a displacement field: {img.GetNumberOfComponentsPerPixel()} "
-                             f"components per voxel in a {img.GetDimension()}-D image")
-        s = np.asarray(img.GetSpacing())[rev]
-        arr = np.moveaxis(sitk.GetArrayFromImage(img), -1, 0)[rev]
-        return DisplacementField(arr / s.reshape(-1, *([1] * (arr.ndim - 1))))
+                             f"components per voxel in a {n}-D image")
+        u = sitk.GetArrayFromImage(img).astype(np.float64)  # (ITK index reversed..., n)
+        own = np.eye(n + 1)  # the field's own geometry, for its array (reversed ITK index) order
+        own[:n, :n] = (np.asarray(img.GetDirection()).reshape(n, n) * np.asarray(img.GetSpacing()))[:, ::-1]
+        own[:n, n] = img.GetOrigin()
+        gf = own if fixed is None else as_geometry(fixed, n)
+        gm_m, gm_o = _split(as_geometry(moving, n) if moving is not None else gf)
+        grid = tuple(u.shape[:n]) if shape is None else tuple(int(s) for s in shape)
+        pts = _grid_points(grid)
+        phys = pts @ gf[:n, :n].T + gf[:n, n]
+        at = np.linalg.solve(own[:n, :n], (phys - own[:n, n]).T)  # continuous index into the field's array
+        disp = np.stack([ndimage.map_coordinates(u[..., k], at, order=1, mode="nearest") for k in range(n)], 1)
+        moved = np.linalg.solve(gm_m, (phys + disp - gm_o).T).T
+        return DisplacementField((moved - pts).T.reshape(n, *grid))
     try:
         itk = sitk.ReadTransform(str(p))
     except RuntimeError as e:
         raise ValueError(f"cannot read {p.name} as an ITK transform: {str(e).strip().splitlines()[-1]}") from None
-    ndim = itk.GetDimension()
+    n = itk.GetDimension()
     # Any ITK linear transform (affine, Euler, similarity, translation; with its centre) from the images of the
     # origin and the unit vectors; a probe point checks that the transform is linear at all.
-    basis = np.vstack([np.zeros(ndim), np.eye(ndim)])
+    basis = np.vstack([np.zeros(n), np.eye(n)])
     images = np.array([itk.TransformPoint(tuple(float(v) for v in b)) for b in basis])
-    t, m = images[0], (images[1:] - images[0]).T
-    probe = np.arange(1, ndim + 1) * 37.25
-    if not np.allclose(itk.TransformPoint(tuple(probe.tolist())), m @ probe + t, atol=1e-6 * (1 + np.abs(t).max())):
+    t_phys, a_phys = images[0], (images[1:] - images[0]).T
+    probe = np.arange(1, n + 1) * 37.25
+    if not np.allclose(itk.TransformPoint(tuple(probe.tolist())), a_phys @ probe + t_phys,
+                       atol=1e-6 * (1 + np.abs(t_phys).max())):
         raise ValueError(f"{p.name} holds a {itk.GetName()}, not a linear transform")
-    s, o = _geometry(ndim, spacing, origin)
-    a_phys, t_phys = m[rev, rev], t[rev]
-    matrix = np.diag(1 / s) @ a_phys @ np.diag(s)
-    offset = (t_phys - o + a_phys @ o) / s
+    gf_m, gf_o = _split(as_geometry(fixed, n))
+    gm_m, gm_o = _split(as_geometry(moving, n))
+    # A x + t = Gm⁻¹(T_phys(Gf(x)))
+    matrix = np.linalg.solve(gm_m, a_phys @ gf_m)
+    offset = np.linalg.solve(gm_m, a_phys @ gf_o + t_phys - gm_o)
     return LinearTransform(matrix, offset, "affine")
