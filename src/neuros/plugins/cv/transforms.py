@@ -386,6 +386,13 @@ def as_geometry(geometry: Geometry | str | Path | None, ndim: int) -> Geometry:
     return g
 
 
+def _file_geometry(geometry: Geometry | str | Path | None, ndim: int, path: Path) -> Geometry:
+    """:func:`as_geometry`, with an error naming the transform file when dimensions differ."""
+    if isinstance(geometry, np.ndarray) and geometry.ndim == 2 and geometry.shape[0] != ndim + 1:
+        raise ValueError(f"{path.name} is a {ndim}-D transform but the image is {geometry.shape[0] - 1}-D")
+    return as_geometry(geometry, ndim)
+
+
 def _split(g: Geometry) -> tuple[np.ndarray, np.ndarray]:
     n = g.shape[0] - 1
     return g[:n, :n], g[:n, n]
@@ -471,8 +478,8 @@ def load_transform(path: str | Path, fixed: Geometry | str | Path | None = None,
         own = np.eye(n + 1)  # the field's own geometry, for its array (reversed ITK index) order
         own[:n, :n] = (np.asarray(img.GetDirection()).reshape(n, n) * np.asarray(img.GetSpacing()))[:, ::-1]
         own[:n, n] = img.GetOrigin()
-        gf = own if fixed is None else as_geometry(fixed, n)
-        gm_m, gm_o = _split(as_geometry(moving, n) if moving is not None else gf)
+        gf = own if fixed is None else _file_geometry(fixed, n, p)
+        gm_m, gm_o = _split(_file_geometry(moving, n, p) if moving is not None else gf)
         grid = tuple(u.shape[:n]) if shape is None else tuple(int(s) for s in shape)
         pts = _grid_points(grid)
         phys = pts @ gf[:n, :n].T + gf[:n, n]
@@ -494,8 +501,8 @@ def load_transform(path: str | Path, fixed: Geometry | str | Path | None = None,
     if not np.allclose(itk.TransformPoint(tuple(probe.tolist())), a_phys @ probe + t_phys,
                        atol=1e-6 * (1 + np.abs(t_phys).max())):
         raise ValueError(f"{p.name} holds a {itk.GetName()}, not a linear transform")
-    gf_m, gf_o = _split(as_geometry(fixed, n))
-    gm_m, gm_o = _split(as_geometry(moving, n))
+    gf_m, gf_o = _split(_file_geometry(fixed, n, p))
+    gm_m, gm_o = _split(_file_geometry(moving, n, p))
     # A x + t = Gm⁻¹(T_phys(Gf(x)))
     matrix = np.linalg.solve(gm_m, a_phys @ gf_m)
     offset = np.linalg.solve(gm_m, a_phys @ gf_o + t_phys - gm_o)
