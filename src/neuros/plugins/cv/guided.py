@@ -131,7 +131,8 @@ def guided_upsample(values: np.ndarray, stride: float, image: np.ndarray, radius
         Pixels of ``image`` per grid cell (≥ 1).
     image : ndarray
         The guide: (H, W) or (H, W, C) image of any real dtype; scaled to [0, 1] grey by :func:`guide_image`.
-        The output has its (H, W).
+        The output has its (H, W). uint8 and floats in [0, 1] are scaled alike in every tile; other images are
+        stretched between their own percentiles, so for tile-by-tile use pass them already in [0, 1].
     radius : int, optional
         Guided-filter window radius in pixels; default ``max(1, ceil(stride))`` — one grid cell, the width of
         the transition bilinear upsampling leaves at an edge.
