@@ -82,7 +82,7 @@ class FusedBackbone(Backbone):
         Weights for the parts that take weights and name none (a part's own weights win).
     **extra
         Execution options (``device``, ``batch_size``, ``tile``, ``download``, …), each given to the parts
-        that take it; one that no part takes is refused.
+        that take it; one that no part takes is refused (unless it is None: "not set").
 
     Examples
     --------
@@ -108,7 +108,7 @@ class FusedBackbone(Backbone):
                 raise ValueError(f"no part of {str(fused)!r} takes weights (got weights={weights!r})")
             fused = fused.with_weights(weights)
         given = [_accepted(p, extra) for p in fused.parts]
-        unused = sorted(set(extra) - {k for g in given for k in g})
+        unused = sorted(k for k in set(extra) - {k for g in given for k in g} if extra[k] is not None)
         if unused:
             raise ValueError(f"no part of fused backbone {str(fused)!r} takes {', '.join(unused)}")
         parts = [p.build(**g) for p, g in zip(fused.parts, given, strict=True)]
