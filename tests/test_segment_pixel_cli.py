@@ -26,17 +26,8 @@ from neuros.plugins.cv.metrics import match_instances, score_images
 CROP = (slice(256, 384), slice(352, 480))  # 128² crops with membranes and mitochondria in every section
 
 
-def _pixel_spec() -> str:
-    """Per-pixel filter bank: ``filterbank[stride=1]`` where the backbone takes a stride, else the unpooled
-    ``patch_size=1`` form (the same features at stride 1); two scales keep the test fast."""
-    try:
-        BackboneSpec.parse("filterbank[stride=1]").build()
-        return "filterbank[stride=1,sigmas=[1,2]]"
-    except ValueError:
-        return "filterbank[patch_size=1,sigmas=[1,2]]"
-
-
-PIXEL = _pixel_spec()
+#: The per-pixel filter bank (two scales keep the tests fast).
+PIXEL = "filterbank[stride=1,sigmas=[1,2]]"
 
 
 @pytest.fixture(autouse=True)
@@ -222,6 +213,9 @@ def test_bad_input_is_one_line_and_writes_nothing(em, tmp_path, capsys):
     assert main(["segment", "predict", "--head", str(out), str(d / "em08.png"), "--instances", "5", "--out",
                  str(tmp_path / "p")]) == 2
     assert "--instances 5 is not a class of the head (its classes: [0, 1, 2])" in _err(capsys)
+    assert main(["segment", "predict", "--head", str(out), str(d / "em08.png"), "--instances", "2",
+                 "--instance-threshold", "1.5", "--out", str(tmp_path / "p")]) == 2
+    assert _err(capsys) == "neuros-cv segment: error: --instance-threshold must lie in [0, 1], got 1.5"
     nan_in = ["segment", "predict", "--head", str(out), str(tmp_path / "nan.tif"), "--out", str(tmp_path / "p")]
     assert main(nan_in) == 2
     assert "NaN" in _err(capsys)
@@ -232,10 +226,7 @@ def test_fused_backbone_spec_passes_through(em, tmp_path, capsys):
     """A fused spec string is taken as written: trained, saved, rebuilt by predict, same masks as in-process."""
     d = em
     spec = "filterbank[stride=4,sigmas=[1,2]]+filterbank[stride=4,sigmas=[4]]"
-    try:
-        bb = BackboneSpec.parse(spec).build()
-    except ValueError as e:  # pragma: no cover - before fused backbones landed
-        pytest.skip(f"fused backbones not available: {e}")
+    bb = BackboneSpec.parse(spec).build()
     assert main(["segment", "train", "--images", str(d / "em00.png"), "--masks", str(d / "dense00.tif"),
                  "--backbone", spec, "--head", "logistic", "--out", str(tmp_path / "head")]) == 0
     assert f"(backbone spec {bb.spec})" in capsys.readouterr().out

@@ -19,16 +19,6 @@ from neuros.plugins.cv.scale.blocks import iter_blocks
 from neuros.plugins.cv.scale.features import scale_intensity
 
 
-def _pixel_spec() -> str:
-    """Per-pixel filter bank: ``filterbank[stride=1]`` where the backbone takes a stride, else the unpooled
-    ``patch_size=1`` form (the same features, stride 1)."""
-    try:
-        BackboneSpec.parse("filterbank[stride=1]").build()
-        return "filterbank[stride=1,sigmas=[1,2]]"
-    except ValueError:
-        return "filterbank[patch_size=1,sigmas=[1,2]]"
-
-
 @pytest.fixture(autouse=True)
 def _one_thread():
     """One BLAS/OpenMP thread: the test machine is shared, and oversubscribed OpenMP pools stall."""
@@ -54,7 +44,7 @@ def em(sstem_dir, tmp_path_factory):
     vol = np.stack([(im[272:368, 384:496] * 255).round().astype(np.uint8) for im in data.images])
     src = zarr.create_array(str(d / "em.zarr"), shape=vol.shape, chunks=(1, 48, 48), dtype=vol.dtype)
     src[...] = vol
-    bb = BackboneSpec.parse(_pixel_spec()).build()
+    bb = BackboneSpec.parse("filterbank[stride=1,sigmas=[1,2]]").build()
     train = [TiledFeatures(bb, im[:192, :192]) for im in data.images[:2]]
     head = make_head("rf", n_estimators=10, max_depth=8, class_weight="balanced", max_samples_per_class=400)
     head.fit(train, [m[:192, :192] for m in data.masks[:2]]).save(d / "head")

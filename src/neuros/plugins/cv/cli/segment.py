@@ -50,7 +50,8 @@ from ._batch import Batch, add_skip_errors
 from ._progress import note_placeholder, progress_callback
 from .register import add_download, download_kwargs
 
-__all__ = ["DEFAULT_PIXEL_SAMPLES", "TILED_BELOW_STRIDE", "add_instance_options", "add_parser", "run"]
+__all__ = ["DEFAULT_PIXEL_SAMPLES", "TILED_BELOW_STRIDE", "add_instance_options", "add_parser", "instance_index",
+           "instance_labels", "run"]
 
 #: Default per-class training budget at stride <= 4 (``--max-samples-per-class``): a 4096² image at stride 1 has
 #: 16 M labelled positions; 100 k per class (the ilastik recipe samples ~200 k pixels in all) train as well and
@@ -203,10 +204,16 @@ def instance_labels(proba: np.ndarray, index: int, args: argparse.Namespace) -> 
                            min_size=args.min_size)
 
 
-def instance_index(classes: np.ndarray, value: int | None, flag: str = "--instances") -> int | None:
-    """The column of class value ``value`` among a head's ``classes``; a one-line error if it is none of them."""
+def instance_index(classes: np.ndarray, value: int | None, flag: str = "--instances",
+                   args: argparse.Namespace | None = None) -> int | None:
+    """The column of class value ``value`` among a head's ``classes``; a one-line error if it is none of them
+    (or, given ``args``, if ``--instance-threshold`` / ``--min-size`` are out of range)."""
     if value is None:
         return None
+    if args is not None and not 0.0 <= args.instance_threshold <= 1.0:
+        raise ValueError(f"--instance-threshold must lie in [0, 1], got {args.instance_threshold:g}")
+    if args is not None and args.min_size < 0:
+        raise ValueError(f"--min-size must be >= 0 pixels, got {args.min_size}")
     hit = np.flatnonzero(np.asarray(classes) == int(value))
     if hit.size == 0:
         raise ValueError(f"{flag} {value} is not a class of the head (its classes: {np.asarray(classes).tolist()}); "
@@ -418,7 +425,7 @@ def _write_instances(path: Path, labels: np.ndarray, like: Path | None) -> None:
 
 def _predict(args: argparse.Namespace) -> int:
     head = load_head(args.head)
-    instance_index(head.classes_, args.instances)  # before any work
+    instance_index(head.classes_, args.instances, args=args)  # before any work
     inputs = [*args.inputs, args.head]
     out = check_output_dir(args.out, args.overwrite, inputs)
     paths = expand_paths(args.inputs)
@@ -544,7 +551,7 @@ def _evaluate(args: argparse.Namespace) -> int:
     if args.unlabelled is not None and args.instances is not None:
         raise ValueError("--instances scores whole objects, which sparse (--unlabelled) masks do not draw; "
                          "evaluate objects on dense masks")
-    instance_index(head.classes_, args.instances)
+    instance_index(head.classes_, args.instances, args=args)
     bb = _backbone_for(head, args)
     batch, truths, preds, used, matches = Batch(args.skip_errors), [], [], [], []
     with progress_callback(len(img_paths), "segment evaluate") as tick:

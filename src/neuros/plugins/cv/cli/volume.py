@@ -190,7 +190,7 @@ def run(args: argparse.Namespace) -> int:
         plan_blocks(arr, worker_backbone(args.backbone, args.weights), args.block, args.halo)
     elif cmd == "segment":
         hd = worker_head(args.head)
-        instance_index(hd.classes_, args.instances)
+        instance_index(hd.classes_, args.instances, args=args)
         bb = worker_backbone(head_backbone(hd))
         plan_blocks(arr, bb, args.block, args.halo, extra=int(bb.stride))
     if args.retries < 0:
