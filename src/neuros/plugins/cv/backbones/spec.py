@@ -42,7 +42,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field, replace
 from typing import Any
 
-from .registry import entry_class, get_backbone, lookup
+from .registry import BackboneEntry, entry_class, get_backbone, lookup, register_resolver
 
 #: Option names some backbone accepts as an old name of another (its ``spec_aliases``); only specs using one
 #: look their backbone's class up when they are made.
@@ -526,3 +526,21 @@ def split_options(name: str, options: Mapping[str, Any]) -> tuple[dict[str, Any]
     execution = {k: v for k, v in options.items() if k not in defaults and k != "weights"}
     return ident, execution
 
+
+
+def _spec_entry(name: str) -> BackboneEntry | None:
+    """Let :func:`~.registry.get_backbone` take a whole spec string (``"filterbank[stride=1]"``,
+    ``"vit-small@random(seed=3)[stride=4]"``): an entry that builds it (fused names have their own resolver)."""
+    if ("@" not in name and not name.endswith("]")) or len(split_fused(name)) > 1:
+        return None
+    try:
+        spec = BackboneSpec.parse(name)
+    except (ValueError, TypeError):
+        return None
+    if spec.name == name or (spec.weights is None and not spec.options):
+        return None
+    base = lookup(spec.name)
+    return BackboneEntry(name, lambda **extra: spec.build(**extra), base.summary, base.family, dict(base.info))
+
+
+register_resolver(_spec_entry)
