@@ -427,8 +427,9 @@ class BackboneSpec:
         if self.parts:
             if options:
                 first = sorted(options)[0]
+                owner = next((p.name for p in self.parts if first in option_defaults(p.name)), self.parts[-1].name)
                 raise ValueError(f"fused backbone {str(self)!r} has no options of its own ({', '.join(sorted(options))}"
-                                 f"); put them on a part, e.g. {self.parts[-1].name}[{first}=...]")
+                                 f"); put them on a part, e.g. {owner}[{first}=...]")
             return self
         merged = {**self.options_dict, **options}
         return replace(self, options=non_default_options(merged, option_defaults(self.name)))
