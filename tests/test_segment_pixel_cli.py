@@ -237,3 +237,8 @@ def test_fused_backbone_spec_passes_through(em, tmp_path, capsys):
     image = read_array(d / "em08.png")
     np.testing.assert_array_equal(read_array(tmp_path / "pred" / "em08.png"),
                                   head.predict(TiledFeatures(bb, image)))
+    # --weights names DINOv3 weights: a fused spec with no DINOv3 part refuses it in one line, writing nothing.
+    assert main(["segment", "train", "--images", str(d / "em00.png"), "--masks", str(d / "dense00.tif"),
+                 "--backbone", spec, "--weights", "random", "--out", str(tmp_path / "h2")]) == 2
+    assert "--weights applies to DINOv3 backbones" in _err(capsys)
+    assert not (tmp_path / "h2").exists()

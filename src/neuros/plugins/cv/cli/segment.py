@@ -335,6 +335,12 @@ def _class_weight(kind: str, balanced: bool | None) -> str | None:
 def _train_spec(backbone: str, weights: str | None) -> BackboneSpec:
     """The spec ``--backbone`` (a name or a spec string) and ``--weights`` ask for, checked before any work."""
     spec = BackboneSpec.parse(backbone)
+    if spec.parts:  # fused 'A+B': --weights fills the parts that take weights and name none
+        for part in spec.parts:
+            lookup(part.name)
+        if weights and not any(takes_weights(part.name) for part in spec.parts):
+            raise ValueError(f"--weights applies to DINOv3 backbones; {spec.name!r} has none")
+        return spec.with_weights(weights)
     lookup(spec.name)  # unknown names: one line with close matches
     if weights:
         if not takes_weights(spec.name):
