@@ -547,10 +547,10 @@ def _factors(shape: tuple[int, ...], size: int) -> int:
     return max(1, math.ceil(max(shape) / float(size)))
 
 
-def _pyramid(shape: tuple[int, ...], coarse_f: int, fine_size: int | None) -> list[int]:
+def _pyramid(shape: tuple[int, ...], coarse_f: int, fine_size: int) -> list[int]:
     """Downsampling factors of the fine step: the finest (``fine_size``) and, if still finer than the coarse
     search, twice that."""
-    fmin = 1 if fine_size is None else _factors(shape, fine_size)
+    fmin = _factors(shape, fine_size)
     return [2 * fmin, fmin] if 2 * fmin < coarse_f else [fmin]
 
 
@@ -609,8 +609,8 @@ def register(
     angle_range: float = 180.0,
     angle_step: float = 15.0,
     scales: Sequence[float] = (0.8, 1.0, 1.25),
-    coarse_size: int = 48,
-    fine_size: int | None = 128,
+    coarse_size: int | None = None,
+    fine_size: int | None = None,
     iterations: int | Sequence[int] = 30,
     grid_spacing: float = 8.0,
     smooth: float = 1.0,
@@ -636,13 +636,14 @@ def register(
         Degrees: the 2-D coarse rotation search covers ``±angle_range`` in steps of ``angle_step``.
     scales : sequence of float
         Coarse scale candidates for ``similarity``/``affine``/``deformable``.
-    coarse_size : int
-        Longer side (pixels) of the downsampled copy used by the global search.
-    fine_size : int or None
-        Longer side of the finest optimisation level of the linear stage (``None``: full resolution). The
-        optimum at the default 128 is already within ~0.05 px on 512² pairs (sub-pixel interpolation) and keeps
-        the cost independent of the image size. The deformable stage runs on the two levels finer than this
-        (down to full resolution or ``4 × fine_size``).
+    coarse_size : int, optional
+        Longer side (pixels) of the downsampled copy used by the global search. Default 48 in 2-D, 24 in 3-D.
+    fine_size : int, optional
+        Longer side of the finest optimisation level of the linear stage; pass the image's size for full
+        resolution. Default 128 in 2-D (the optimum is then within ~0.05 px on 512² same-contrast pairs,
+        sub-pixel interpolation does the rest, and the cost no longer grows with the image), 64 in 3-D.
+        The deformable stage runs on two levels finer than this (down to full resolution or
+        ``4 × fine_size``).
     iterations : int or sequence of int
         L-BFGS iterations per pyramid level (coarse to fine).
     grid_spacing : float
@@ -678,7 +679,7 @@ def register(
 
 
 def _register(fixed: Any, moving: Any, model: str, backbone: Any, min_overlap: float, angle_range: float,
-              angle_step: float, scales: Sequence[float], coarse_size: int, fine_size: int | None,
+              angle_step: float, scales: Sequence[float], coarse_size: int | None, fine_size: int | None,
               iterations: int | Sequence[int], grid_spacing: float, smooth: float,
               deformable_iterations: int | Sequence[int], check_consistency: bool,
               channel_axis: int | None) -> Registration:
@@ -694,6 +695,11 @@ def _register(fixed: Any, moving: Any, model: str, backbone: Any, min_overlap: f
     if f_img.ndim != m_img.ndim:
         raise ValueError(f"fixed is {f_img.ndim}-D {f_img.shape} and moving is {m_img.ndim}-D {m_img.shape}; "
                          "register images of the same dimension")
+    if model == "translation" and f_img.ndim == 2 and f_img.shape == m_img.shape:
+        return _translation(f_img, m_img, float(min_overlap), check_consistency, t0)
+    d = f_img.ndim
+    coarse_size = int(coarse_size) if coarse_size is not None else (48 if d == 2 else 24)
+    fine_size = int(fine_size) if fine_size is not None else (128 if d == 2 else 64)
     opts = {"min_overlap": float(min_overlap), "angle_range": float(angle_range),
             "angle_step": float(angle_step), "scales": scales, "coarse_size": int(coarse_size),
             "fine_size": fine_size, "iterations": iterations}
@@ -701,14 +707,14 @@ def _register(fixed: Any, moving: Any, model: str, backbone: Any, min_overlap: f
     consistency = float("nan")
     if check_consistency:
         # the reverse registration only has to be right to about a pixel: a coarser finest level
-        ropts = dict(opts, fine_size=64 if fine_size is None else max(32, int(fine_size) // 2))
+        ropts = dict(opts, fine_size=max(32, fine_size // 2))
         _, rev, _ = _linear_stage(m_img, f_img, "affine" if model == "deformable" else model, ropts)
         consistency = _mean_point_error(lin, rev, f_img.shape, m_img.shape)
     transform: Transform = lin
     folding = 0.0
     method = f"coarse-search+{'affine' if model == 'deformable' else model}"
     if model == "deformable":
-        fd = _factors(f_img.shape, 4 * int(fine_size or max(f_img.shape)))
+        fd = _factors(f_img.shape, 4 * fine_size)
         dlev = [_Level(f_img, m_img, f) for f in sorted({max(2 * fd, 1), fd}, reverse=True)]
         v = _optimise_field(dlev, lin, f_img.shape, float(grid_spacing),
                             _iterations(len(dlev), deformable_iterations), float(smooth))
@@ -722,6 +728,25 @@ def _register(fixed: Any, moving: Any, model: str, backbone: Any, min_overlap: f
                         reliable=not reasons, fixed_shape=tuple(f_img.shape), moving_shape=tuple(m_img.shape),
                         coarse=coarse, folding_fraction=folding, method=method,
                         seconds=time.perf_counter() - t0, reasons=reasons)
+
+
+def _translation(fixed: np.ndarray, moving: np.ndarray, min_overlap: float, check: bool, t0: float
+                 ) -> Registration:
+    """Same-shape 2-D translations: :func:`~neuros.plugins.cv.registration.register_translation` (unchanged)."""
+    from .registration import register_translation
+
+    t = register_translation(fixed, moving, min_overlap=min_overlap)
+    lin = LinearTransform.translation(t.shift)  # moving ≈ roll(fixed, shift): T(x) = x + shift
+    consistency = float("nan")
+    if check:
+        back = register_translation(moving, fixed, min_overlap=min_overlap)
+        consistency = float(np.hypot(t.dy + back.dy, t.dx + back.dx))
+    reasons = _reasons(t.score, t.overlap, consistency, min_overlap, fixed.shape)
+    return Registration(transform=lin, model="translation", score=t.score, overlap=t.overlap,
+                        consistency=consistency, reliable=not reasons, fixed_shape=tuple(fixed.shape),
+                        moving_shape=tuple(moving.shape), coarse=LinearTransform.translation(t.coarse),
+                        method=f"register_translation:{t.method}", seconds=time.perf_counter() - t0,
+                        reasons=reasons)
 
 
 def _evaluate(level: _Level, transform: Transform) -> tuple[float, float]:
