@@ -647,8 +647,8 @@ def register(
         Longer side of the finest optimisation level of the linear stage; pass the image's size for full
         resolution. Default 128 in 2-D (the optimum is then within ~0.05 px on 512² same-contrast pairs,
         sub-pixel interpolation does the rest, and the cost no longer grows with the image), 64 in 3-D.
-        The deformable stage runs on two levels finer than this (down to full resolution or
-        ``4 × fine_size``).
+        The deformable stage runs on two levels: the finest at ``4 × fine_size`` in 2-D (full resolution
+        up to 512²), at ``fine_size`` in 3-D (cost).
     iterations : int or sequence of int
         L-BFGS iterations per pyramid level (coarse to fine).
     grid_spacing : float
@@ -719,7 +719,7 @@ def _register(fixed: Any, moving: Any, model: str, backbone: Any, min_overlap: f
     folding = 0.0
     method = f"coarse-search+{'affine' if model == 'deformable' else model}"
     if model == "deformable":
-        fd = _factors(f_img.shape, 4 * fine_size)
+        fd = _factors(f_img.shape, (4 if d == 2 else 1) * fine_size)
         dlev = [_Level(f_img, m_img, f) for f in sorted({max(2 * fd, 1), fd}, reverse=True)]
         v = _optimise_field(dlev, lin, f_img.shape, float(grid_spacing),
                             _iterations(len(dlev), deformable_iterations), float(smooth))
