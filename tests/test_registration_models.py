@@ -208,3 +208,17 @@ def test_bad_inputs_are_one_line_errors():
         register(a, a, min_overlap=0)
     with pytest.raises(ValueError, match="2-D image or a 3-D volume"):
         register(a[0], a[0])
+
+
+def test_backbone_features_join_the_fine_step(em, tiny_vit_dir):
+    """A tiny random DINOv3 ViT's patch features run through the fine step; they carry no knowledge, so the
+    structure channels must keep the answer right (and the method says which backbone was used)."""
+    from neuros.plugins.cv.backbones.dinov3 import DINOv3Backbone
+
+    bb = DINOv3Backbone(str(tiny_vit_dir), weights="pretrained")
+    fixed, moving, truth = _pair(em, _linear(14.0, 1.07), (420, 420), (128, 128), (128, 128), shift=(3.0, -2.0))
+    r = register(fixed, moving, "similarity", bb, feature_weight=0.3, check_consistency=False)
+    assert bb.name in r.method
+    assert _tre(r.transform, truth, fixed.shape) < 1.0
+    with pytest.raises(ValueError, match="2-D only"):
+        register(np.zeros((16, 16, 16)), np.zeros((16, 16, 16)), "affine", bb)

@@ -399,9 +399,11 @@ def _skew(w: Any, d: int) -> Any:
 class _Level:
     """One pyramid level: fixed channels and the moving image, both downsampled by ``f``."""
 
-    def __init__(self, fixed: np.ndarray, moving: np.ndarray, f: int) -> None:
+    def __init__(self, fixed: np.ndarray, moving: np.ndarray, f: int, feats: tuple[Any, Any] | None = None,
+                 feature_weight: float = 0.0) -> None:
         torch = _torch()
         self.f = f
+        self.feats = None
         fl, ml = _downsample(fixed, f), _downsample(moving, f)
         self.fshape, self.mshape = fl.shape, ml.shape
         ft = torch.from_numpy(ndi.gaussian_filter(fl, 1.0))[None, None]
@@ -411,6 +413,10 @@ class _Level:
         g = _gradients(self.mov)
         self.eps_m = torch.sqrt((g * g).sum(1)).mean()
         self.points = torch.from_numpy(_level_points(fixed.shape, f).astype(np.float32))
+        if feats is not None and feature_weight > 0:
+            ff, fm = feats
+            self.feats = (_sample(_feature_tensor(ff), _feature_grid(self.points, ff))[0:1],
+                          _feature_tensor(fm), fm, float(feature_weight))
 
     def similarity(self, y: Any) -> tuple[Any, Any]:
         """(similarity, overlap fraction) of the moving image sampled at full-res coordinates ``y`` (*S_l, d)."""
@@ -420,11 +426,33 @@ class _Level:
         valid = inside * self.mf
         cw = _tensor_channels(warped, valid, self.eps_m)
         s = _masked_cosine(self.cf * valid, cw, valid)[0]
+        if self.feats is not None:  # backbone patch features, upsampled (bilinear) at the sampled points
+            ff, mt, fm, w = self.feats
+            wf = _sample(mt, _feature_grid(y, fm))
+            s = (1.0 - w) * s + w * _masked_cosine(ff * valid, wf * valid, valid)[0]
         # a differentiable overlap (a ramp one level pixel wide at the moving image's border) for the penalty
         torch = _torch()
         hi = torch.tensor([n - 1 for n in self.mshape], dtype=y.dtype)
         ramp = torch.clamp(torch.minimum(yl_ := (y - (self.f - 1) / 2.0) / self.f, hi - yl_) + 0.5, 0, 1)
         return s, ramp.prod(-1).mean()
+
+
+def _feature_tensor(fm: Any) -> Any:
+    """(1, C, gh, gw) torch tensor of a FeatureMap's unit-normalised patch features."""
+    torch = _torch()
+    f = np.asarray(fm.features, dtype=np.float32)
+    f = f / np.maximum(np.linalg.norm(f, axis=-1, keepdims=True), 1e-8)
+    return torch.from_numpy(np.ascontiguousarray(np.moveaxis(f, -1, 0)))[None]
+
+
+def _feature_grid(y: Any, fm: Any) -> Any:
+    """grid_sample coordinates in a FeatureMap's grid for pixel coordinates ``y`` (…, 2); cell ``i`` covers
+    pixels ``[i·stride, (i + 1)·stride)``."""
+    torch = _torch()
+    st = float(fm.stride)
+    g = (y - (st - 1) / 2.0) / st
+    size = torch.tensor([max(n - 1, 1) for n in fm.features.shape[:2]], dtype=y.dtype)
+    return (2.0 * g / size - 1.0).flip(-1)[None] if y.ndim == 3 else (2.0 * g / size - 1.0).flip(-1)
 
 
 def _linear_params(model: str, d: int) -> dict[str, int]:
@@ -589,7 +617,8 @@ def _linear_stage(fixed: np.ndarray, moving: np.ndarray, model: str, opts: dict[
         local = [coarse.matrix @ (k * r) for k in fine_scales
                  for r in (_rotations_2d(0, 1)[0], *(_rot2(a) for a in (-step, step)))]
         coarse, _ = _coarse_search(fixed, moving, fc, local, opts["min_overlap"])
-    levels = [_Level(fixed, moving, f) for f in _pyramid(fixed.shape, fc, opts["fine_size"])]
+    feats, fw = opts.get("feats"), opts.get("feature_weight", 0.0)
+    levels = [_Level(fixed, moving, f, feats, fw) for f in _pyramid(fixed.shape, fc, opts["fine_size"])]
     iters = _iterations(len(levels), opts["iterations"])
     lin = _optimise_linear(levels, coarse, lin_model, iters, opts["min_overlap"])
     return coarse, lin, levels
@@ -622,6 +651,8 @@ def register(
     deformable_iterations: int | Sequence[int] = 40,
     check_consistency: bool = True,
     channel_axis: int | None = None,
+    weights: str | None = None,
+    feature_weight: float = 0.5,
 ) -> Registration:
     """Register ``moving`` to ``fixed``: a transform from fixed-grid coordinates to moving-image coordinates.
 
@@ -631,9 +662,12 @@ def register(
         2-D images or 3-D volumes (both the same dimension; shapes may differ). The answer lies on the fixed
         image's grid: ``result.apply(moving)`` has ``fixed``'s shape.
     model : {"translation", "rigid", "similarity", "affine", "deformable"}
-    backbone : None
-        Reserved for DINOv3 patch features in the similarity; only the classical structure channels are used
-        today (random or placeholder features do not help registration), so anything but ``None`` raises.
+    backbone : Backbone, str or None
+        2-D only: also compare the backbone's patch features (unit-normalised, bilinearly upsampled, warped
+        with the moving image) in the fine step, weighted ``feature_weight`` against the structure channels.
+        Default ``None``: structure channels only — the features available offline here (placeholder,
+        random or tiny models) carry nothing a registration can use; pretrained DINOv3 features are the
+        point of the option (DINO-Reg, MICCAI 2024). The coarse search always uses the structure channels.
     min_overlap : float
         Smallest fraction of the fixed grid that must see the moving image (search constraint, optimisation
         penalty, and a condition of ``reliable``).
@@ -661,6 +695,10 @@ def register(
         Also register ``fixed`` to ``moving`` (the linear stage) and report the mean point distance.
     channel_axis : int, optional
         Average this axis of both inputs first (colour images).
+    weights : str, optional
+        Passed to ``get_backbone`` when ``backbone`` is a name.
+    feature_weight : float
+        Weight of the backbone-feature similarity (0–1) when ``backbone`` is given.
 
     Returns
     -------
@@ -678,7 +716,7 @@ def register(
     try:
         return _register(fixed, moving, model, backbone, min_overlap, angle_range, angle_step, scales,
                          coarse_size, fine_size, iterations, grid_spacing, smooth, deformable_iterations,
-                         check_consistency, channel_axis)
+                         check_consistency, channel_axis, weights, feature_weight)
     finally:
         torch.set_num_threads(threads)
 
@@ -687,40 +725,44 @@ def _register(fixed: Any, moving: Any, model: str, backbone: Any, min_overlap: f
               angle_step: float, scales: Sequence[float], coarse_size: int | None, fine_size: int | None,
               iterations: int | Sequence[int], grid_spacing: float, smooth: float,
               deformable_iterations: int | Sequence[int], check_consistency: bool,
-              channel_axis: int | None) -> Registration:
+              channel_axis: int | None, weights: str | None, feature_weight: float) -> Registration:
     t0 = time.perf_counter()
     if model not in MODELS:
         raise ValueError(f"model must be one of {', '.join(MODELS)}, got {model!r}")
-    if backbone is not None:
-        raise ValueError("register(backbone=...) is not supported yet: the structure channels are used; "
-                         "pass backbone=None")
     if not 0 < float(min_overlap) <= 1:
         raise ValueError(f"min_overlap must be a fraction in (0, 1], got {min_overlap}")
     f_img, m_img = _as_input(fixed, "fixed", channel_axis), _as_input(moving, "moving", channel_axis)
     if f_img.ndim != m_img.ndim:
         raise ValueError(f"fixed is {f_img.ndim}-D {f_img.shape} and moving is {m_img.ndim}-D {m_img.shape}; "
                          "register images of the same dimension")
-    if model == "translation" and f_img.ndim == 2 and f_img.shape == m_img.shape:
+    feats = _backbone_features(backbone, weights, fixed, moving, f_img, m_img, channel_axis)
+    if model == "translation" and f_img.ndim == 2 and f_img.shape == m_img.shape and feats is None:
         return _translation(f_img, m_img, float(min_overlap), check_consistency, t0)
     d = f_img.ndim
     coarse_size = int(coarse_size) if coarse_size is not None else (48 if d == 2 else 24)
     fine_size = int(fine_size) if fine_size is not None else (128 if d == 2 else 64)
     opts = {"min_overlap": float(min_overlap), "angle_range": float(angle_range),
             "angle_step": float(angle_step), "scales": scales, "coarse_size": int(coarse_size),
-            "fine_size": fine_size, "iterations": iterations}
+            "fine_size": fine_size, "iterations": iterations, "feats": feats,
+            "feature_weight": float(feature_weight)}
     coarse, lin, levels = _linear_stage(f_img, m_img, model, opts)
+    method = f"coarse-search+{'affine' if model == 'deformable' else model}"
     consistency = float("nan")
+    if feats is not None:
+        method += f"+{feats[0].backbone}"
     if check_consistency:
         # the reverse registration only has to be right to about a pixel: a coarser finest level
         ropts = dict(opts, fine_size=max(32, fine_size // 2))
+        if feats is not None:
+            ropts["feats"] = feats[::-1]
         _, rev, _ = _linear_stage(m_img, f_img, "affine" if model == "deformable" else model, ropts)
         consistency = _mean_point_error(lin, rev, f_img.shape, m_img.shape)
     transform: Transform = lin
     folding = 0.0
-    method = f"coarse-search+{'affine' if model == 'deformable' else model}"
     if model == "deformable":
         fd = _factors(f_img.shape, (4 if d == 2 else 1) * fine_size)
-        dlev = [_Level(f_img, m_img, f) for f in sorted({max(2 * fd, 1), fd}, reverse=True)]
+        dlev = [_Level(f_img, m_img, f, feats, float(feature_weight)) for f in sorted({max(2 * fd, 1), fd},
+                                                                                      reverse=True)]
         v = _optimise_field(dlev, lin, f_img.shape, float(grid_spacing),
                             _iterations(len(dlev), deformable_iterations), float(smooth))
         field_ = DisplacementField(_full_field(v, f_img.shape))
@@ -733,6 +775,23 @@ def _register(fixed: Any, moving: Any, model: str, backbone: Any, min_overlap: f
                         reliable=not reasons, fixed_shape=tuple(f_img.shape), moving_shape=tuple(m_img.shape),
                         coarse=coarse, folding_fraction=folding, method=method,
                         seconds=time.perf_counter() - t0, reasons=reasons)
+
+
+def _backbone_features(backbone: Any, weights: str | None, fixed: Any, moving: Any, f_img: np.ndarray,
+                       m_img: np.ndarray, channel_axis: int | None) -> tuple[Any, Any] | None:
+    """Patch features of both images from ``backbone`` (2-D only), or None."""
+    if backbone is None or backbone in ("none", "structure"):
+        if weights is not None:
+            raise ValueError("weights= needs a backbone name (e.g. backbone='vit-small')")
+        return None
+    from .registration import _resolve_backbone
+
+    bb = _resolve_backbone(backbone, weights)
+    if f_img.ndim != 2:
+        raise ValueError("backbone features are 2-D only; register 3-D volumes with backbone=None")
+    raw = [np.asarray(x) if channel_axis is None else np.moveaxis(np.asarray(x), channel_axis, -1)
+           for x in (fixed, moving)]
+    return bb.extract(raw[0]), bb.extract(raw[1])
 
 
 def _translation(fixed: np.ndarray, moving: np.ndarray, min_overlap: float, check: bool, t0: float
