@@ -125,10 +125,11 @@ class Registration:
         return self.transform.apply_labels(np.asarray(labels), self.fixed_shape)
 
     def as_dict(self) -> dict[str, Any]:
-        """JSON-serialisable summary (the linear part's matrix and offset; not the field)."""
+        """JSON-serialisable summary (the linear part's matrix and offset; not the field; NaN → None)."""
         lin = self.linear
         return {
-            "model": self.model, "score": self.score, "overlap": self.overlap, "consistency": self.consistency,
+            "model": self.model, "score": self.score, "overlap": self.overlap,
+            "consistency": None if np.isnan(self.consistency) else self.consistency,
             "reliable": self.reliable, "reasons": list(self.reasons), "fixed_shape": list(self.fixed_shape),
             "moving_shape": list(self.moving_shape), "grid": self.grid, "matrix": lin.matrix.tolist(),
             "offset": lin.offset.tolist(), "folding_fraction": self.folding_fraction, "method": self.method,
