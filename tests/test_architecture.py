@@ -22,6 +22,7 @@ LAYERS: list[tuple[str, int]] = [
     ("experiments", 5),
     ("scale", 5),
     ("registration", 4),
+    ("registration_models", 4),
     ("heads", 3),
     ("feature_matching", 3),
     ("backbones", 2),

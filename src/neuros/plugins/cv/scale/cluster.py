@@ -224,7 +224,7 @@ def dask_client(
     ----------
     scheduler : str, optional
         Address of a running scheduler. Default: start a ``LocalCluster`` of worker *processes* on 127.0.0.1
-        with no dashboard (each worker runs its own copy of the model, single-threaded: distributed sets
+        with its dashboard on a free loopback port (each worker runs its own copy of the model, single-threaded: distributed sets
         ``OMP_NUM_THREADS=1`` for worker processes). The workers ignore SIGINT: Ctrl-C interrupts this process,
         which closes them.
     n_workers, threads_per_worker, memory_limit
@@ -255,7 +255,7 @@ def dask_client(
             threads_per_worker=int(threads_per_worker),
             processes=True,
             host="127.0.0.1",
-            dashboard_address=None,
+            dashboard_address=":0",  # a free port on the loopback host: never clashes with another cluster
             memory_limit=memory_limit,
             silence_logs=logging.ERROR,
         )
