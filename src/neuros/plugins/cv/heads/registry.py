@@ -14,7 +14,7 @@ import numpy as np
 
 from ..backbones.spec import BackboneSpec, non_default_options, option_defaults, takes_weights
 from .base import FORMAT, SegmentationHead
-from .linear import IncrementalLinearHead, KNNHead, LogisticHead, RandomForestHead
+from .linear import GradientBoostingHead, IncrementalLinearHead, KNNHead, LogisticHead, RandomForestHead
 from .mlp import MLPHead
 
 __all__ = ["DEFAULT_HEAD", "HEADS", "HeadSettings", "head_class", "list_heads", "load_head", "make_head"]
@@ -35,7 +35,7 @@ class HeadSettings:
 DEFAULT_HEAD = HeadSettings()
 
 HEADS: dict[str, type[SegmentationHead]] = {
-    c.kind: c for c in (LogisticHead, IncrementalLinearHead, KNNHead, RandomForestHead, MLPHead)
+    c.kind: c for c in (LogisticHead, IncrementalLinearHead, KNNHead, RandomForestHead, GradientBoostingHead, MLPHead)
 }
 
 
@@ -54,7 +54,7 @@ def head_class(kind: str) -> type[SegmentationHead]:
 
 
 def make_head(kind: str = "logistic", seed: int = 0, class_weight: str | None = None, **params: Any):
-    """A fresh head of ``kind`` (``logistic``, ``sgd``, ``knn``, ``rf``, ``mlp``).
+    """A fresh head of ``kind`` (``logistic``, ``sgd``, ``knn``, ``rf``, ``hgb``, ``mlp``).
 
     The head fits feature maps + pixel masks; ``experiments.pipeline`` (the report's protocol) calls the same
     ``fit(maps, masks)`` with ``label_rule="majority", single_class="majority"``.
@@ -111,6 +111,7 @@ def load_head(folder: str | Path) -> SegmentationHead:
     if missing:
         raise FileNotFoundError(f"saved head {path} is incomplete: missing {', '.join(missing)}")
     try:
+        head._load_reduction(path)
         head._load_weights(path)
     except (OSError, ValueError, KeyError, EOFError, RuntimeError) as e:
         raise ValueError(f"cannot load head weights from {path}: {str(e).splitlines()[0] if str(e) else e}") from None
