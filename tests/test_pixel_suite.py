@@ -4,10 +4,13 @@ relative to dense training, the table, and the RealSuiteConfig / CLI wiring."""
 
 from __future__ import annotations
 
+import json
+
 import numpy as np
 import pytest
 
-from neuros.plugins.cv.experiments.pixel_suite import BASELINE, PixelSuiteConfig, load_pixel_data, run_pixel_suite
+from neuros.plugins.cv.cli import main
+from neuros.plugins.cv.experiments.pixel_suite import BASELINE, PixelSuiteConfig, load_pixel_data
 from neuros.plugins.cv.experiments.real_suite import RealSuiteConfig
 from neuros.plugins.cv.report.real_tables import pixel_table, real_tables
 
@@ -15,10 +18,21 @@ pytest.importorskip("stardist")
 
 
 @pytest.fixture(scope="module")
-def nuclei_rows():
-    config = PixelSuiteConfig(datasets=("nuclei",), baseline_trees=10, baseline_pixels=5000,
-                              max_samples_per_class=1500, pixel_heads=("logistic",), sparse=True, n_boot=20)
-    return run_pixel_suite(config)[0]
+def run_dir(tmp_path_factory):
+    """``neuros-cv bench --suite real --sparse`` on the nuclei image with small pixel-row budgets."""
+    tmp = tmp_path_factory.mktemp("pixel-suite")
+    cfg = tmp / "real.toml"
+    cfg.write_text('datasets = ["nuclei"]\nnuclei_tile = 256\nprotocols = false\ncrossmodal = false\n'
+                   'n_boot = 20\n[pixel]\nbaseline_trees = 10\nbaseline_pixels = 5000\n'
+                   'max_samples_per_class = 1500\npixel_heads = ["logistic"]\n')
+    assert main(["bench", "--suite", "real", "--config", str(cfg), "--backbones", "filterbank", "--sparse",
+                 "--out", str(tmp / "out")]) == 0
+    return tmp / "out"
+
+
+@pytest.fixture(scope="module")
+def nuclei_rows(run_dir):
+    return json.loads((run_dir / "results.json").read_text())
 
 
 def test_baseline_pixel_and_patch_rows_with_object_scores(nuclei_rows):
@@ -43,6 +57,24 @@ def test_scribble_rows_report_how_close_they_get_to_dense(nuclei_rows):
             dense = next(d for d in nuclei_rows["pixel"] if d["method"] == r["method"] and d["labels"] == "dense")
             assert rel == pytest.approx(r["classes"]["nucleus"]["dice"] / dense["classes"]["nucleus"]["dice"])
             assert rel > 0.7  # ~1 % of the pixels as strokes: measured 0.89–0.95 of dense Dice
+
+
+def test_cli_writes_the_pixel_rows(run_dir, nuclei_rows):
+    assert nuclei_rows["config"]["pixel"]["sparse"] is True  # --sparse
+    assert nuclei_rows["config"]["pixel"]["baseline_trees"] == 10  # the [pixel] table of the TOML
+    csv = (run_dir / "pixel.csv").read_text().splitlines()
+    assert csv[0].startswith("dataset,method,labels,class,dice") and len(csv) == 1 + 6
+    md = (run_dir / "tables.md").read_text()
+    assert "ilastik recipe" in md and "nuclei, pixel rows: one 512² image" in md
+
+
+def test_sparse_without_pixel_rows_is_a_one_line_error(tmp_path, capsys):
+    cfg = tmp_path / "off.toml"
+    cfg.write_text('datasets = ["nuclei"]\npixel = false\n')
+    assert main(["bench", "--suite", "real", "--config", str(cfg), "--sparse", "--out", str(tmp_path / "o")]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "--sparse" in err[0] and "pixel = false" in err[0]
+    assert not (tmp_path / "o").exists()
 
 
 def test_pixel_table_names_the_baseline_and_the_labels(nuclei_rows):
