@@ -21,7 +21,12 @@ Dice is membrane / mitochondria Dice pooled over the test pixels (``metrics.scor
 memory, Dice) are against the ilastik recipe measured in the same run. Peak memory includes the Python
 process, the libraries and the image arrays (``rss_base_mib`` is the peak before the method starts).
 
-    nice -n 10 .venv/bin/python benchmarks/bench_pixel.py --out results/bench_pixel [--quick]
+``--memory`` measures peak memory against image size instead: each method is trained once, small (sections
+00–01; forest of 10 trees, hgb of 20 iterations: memory per tile does not depend on the model's size, time
+does), then predicts one 1024² section and the 2048² and 4096² test mosaics, each in a fresh process. Peak
+memory must stay flat beyond one tile (1024² plus halo).
+
+    nice -n 10 .venv/bin/python benchmarks/bench_pixel.py --out results/bench_pixel [--quick | --memory]
 """
 
 from __future__ import annotations
@@ -87,12 +92,13 @@ def dataset(size: int, split: tuple[int, ...]) -> tuple[list[np.ndarray], list[n
 
 
 # --------------------------------------------------------------------------- methods
-def make_method(method: str, quick: bool) -> Any:
+def make_method(method: str, mode: str) -> Any:
+    small = mode != "full"
     if method == "ilastik":
         from neuros.plugins.cv.classical import IlastikRecipe
 
-        return IlastikRecipe(n_estimators=20 if quick else 100, max_pixels=50_000 if quick else 200_000,
-                             n_jobs=-1, seed=0)
+        trees = {"full": 100, "quick": 20, "memory": 10}[mode]
+        return IlastikRecipe(n_estimators=trees, max_pixels=50_000 if small else 200_000, n_jobs=-1, seed=0)
     try:  # issue 12: lazily tiled pixel features and pixel heads
         from neuros.plugins.cv import dense  # noqa: F401
         from neuros.plugins.cv.backbones.spec import BackboneSpec
@@ -104,7 +110,8 @@ def make_method(method: str, quick: bool) -> Any:
     except ValueError:
         backbone = BackboneSpec.parse(OURS_SPEC_OLD).build()
     return {"backbone": backbone,
-            "head": make_head("hgb", seed=0, max_samples_per_class=20_000 if quick else 70_000)}
+            "head": make_head("hgb", seed=0, max_iter=20 if mode == "memory" else 200,
+                              max_samples_per_class=20_000 if small else 70_000)}
 
 
 def fit(model: Any, method: str, images: list[np.ndarray], masks: list[np.ndarray]) -> Any:
@@ -126,12 +133,12 @@ def predict(model: Any, method: str, image: np.ndarray) -> np.ndarray:
 
 
 # --------------------------------------------------------------------------- one step in this process
-def worker(step: str, method: str, size: int, model_path: Path, quick: bool) -> dict[str, Any]:
-    train, test = (TRAIN[:2], TEST[:1]) if quick else (TRAIN, TEST)
+def worker(step: str, method: str, size: int, model_path: Path, mode: str) -> dict[str, Any]:
+    train, test = {"full": (TRAIN, TEST), "quick": (TRAIN[:2], TEST[:1]), "memory": (TRAIN[:2], TEST)}[mode]
     if step == "train":
         images, masks = dataset(size, train)
         base = peak_rss_mib()
-        model = make_method(method, quick)
+        model = make_method(method, mode)
         t0, c0 = time.perf_counter(), cpu_seconds()
         model = fit(model, method, images, masks)
         seconds, cpu = time.perf_counter() - t0, cpu_seconds() - c0
@@ -141,7 +148,9 @@ def worker(step: str, method: str, size: int, model_path: Path, quick: bool) -> 
                 "train_pixels": int(sum(m.size for m in masks))}
     from neuros.plugins.cv.metrics import score_images
 
-    images, masks = dataset(size, test)
+    images, masks = dataset(1024 if mode == "memory" else size, test)
+    if mode == "memory":  # one image of each size: the 1024² one is section 08 alone
+        images, masks = [mosaic(images, size // 1024)], [mosaic(masks, size // 1024)]
     with open(model_path, "rb") as fh:
         model = pickle.load(fh)
     base = peak_rss_mib()
@@ -156,10 +165,10 @@ def worker(step: str, method: str, size: int, model_path: Path, quick: bool) -> 
             "dice_ci": {c: s["classes"][c]["dice_ci"] for c in CLASSES[1:]}}
 
 
-def run_step(step: str, method: str, size: int, model_path: Path, quick: bool) -> dict[str, Any]:
+def run_step(step: str, method: str, size: int, model_path: Path, mode: str) -> dict[str, Any]:
     """Run one step in a fresh interpreter and return its JSON result (or the error it raised)."""
     cmd = [sys.executable, __file__, "--worker", step, "--method", method, "--size", str(size),
-           "--model", str(model_path)] + (["--quick"] if quick else [])
+           "--model", str(model_path), "--mode", mode]
     t0 = time.perf_counter()
     proc = subprocess.run(cmd, capture_output=True, text=True, env=os.environ.copy())
     wall = time.perf_counter() - t0
@@ -173,14 +182,15 @@ def run_step(step: str, method: str, size: int, model_path: Path, quick: bool) -
 
 # --------------------------------------------------------------------------- report
 def table(results: dict[str, Any]) -> str:
-    lines = ["| image | method | train (s) | predict (s) | total (s) | peak RSS train / predict (MiB) | "
+    lines = ["| image | method | train (s) | predict (s) | total (s) | CPU train / predict (s) | "
+             "peak RSS train / predict (MiB) | "
              "membrane Dice | mito Dice | time vs ilastik | Dice vs ilastik (mem / mito) |",
-             "|---|---|---:|---:|---:|---:|---:|---:|---:|---:|"]
+             "|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|"]
     for size, per in results["sizes"].items():
         ref = per.get("ilastik", {})
         for method, r in per.items():
             if "error" in r:
-                lines.append(f"| {size}² | {method} | — | — | — | — | — | — | — | pending: {r['error']} |")
+                lines.append(f"| {size}² | {method} | — | — | — | — | — | — | — | — | pending: {r['error']} |")
                 continue
             total = r["train"]["seconds"] + r["predict"]["seconds"]
             d = r["predict"]["dice"]
@@ -193,9 +203,53 @@ def table(results: dict[str, Any]) -> str:
                 ratio, dratio = "1 (reference)", "1 / 1"
             lines.append(
                 f"| {size}² | {method} | {r['train']['seconds']:.1f} | {r['predict']['seconds']:.1f} | {total:.1f} | "
+                f"{r['train']['cpu_seconds']:.0f} / {r['predict']['cpu_seconds']:.0f} | "
                 f"{r['train']['rss_peak_mib']:.0f} / {r['predict']['rss_peak_mib']:.0f} | "
                 f"{d['membrane']:.3f} | {d['mitochondria']:.3f} | {ratio} | {dratio} |")
     return "\n".join(lines)
+
+
+def memory_table(results: dict[str, Any]) -> str:
+    lines = ["| method | image | predict (s) | predict CPU (s) | peak RSS before / during predict (MiB) |",
+             "|---|---|---:|---:|---:|"]
+    for method, per in results["memory"].items():
+        for size, r in per.items():
+            if "error" in r:
+                lines.append(f"| {method} | {size}² | — | — | pending: {r['error']} |")
+            else:
+                lines.append(f"| {method} | {size}² | {r['seconds']:.1f} | {r['cpu_seconds']:.1f} | "
+                             f"{r['rss_base_mib']:.0f} / {r['rss_peak_mib']:.0f} |")
+    return "\n".join(lines)
+
+
+def run_comparison(sizes: list[int], methods: list[str], mode: str, tmp: Path) -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    for size in sizes:
+        per: dict[str, Any] = {}
+        for method in methods:
+            path = tmp / f"{method}-{size}.pkl"
+            tr = run_step("train", method, size, path, mode)
+            if "error" in tr:
+                per[method] = {"error": tr["error"]}
+            else:
+                pr = run_step("predict", method, size, path, mode)
+                per[method] = {"error": pr["error"]} if "error" in pr else {"train": tr, "predict": pr}
+            print(f"{size}² {method}: {json.dumps(per[method])}", file=sys.stderr, flush=True)
+            path.unlink(missing_ok=True)
+        out[str(size)] = per
+    return out
+
+
+def run_memory(sizes: list[int], methods: list[str], tmp: Path) -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    for method in methods:
+        path = tmp / f"{method}-memory.pkl"
+        tr = run_step("train", method, 1024, path, "memory")
+        out[method] = {str(s): ({"error": tr["error"]} if "error" in tr
+                                else run_step("predict", method, s, path, "memory")) for s in sizes}
+        print(f"memory {method}: {json.dumps(out[method])}", file=sys.stderr, flush=True)
+        path.unlink(missing_ok=True)
+    return out
 
 
 def main() -> None:
@@ -205,39 +259,36 @@ def main() -> None:
     ap.add_argument("--sizes", type=int, nargs="+", default=[1024, 2048, 4096], choices=[1024, 2048, 4096],
                     help="image sides to run (default 1024 2048 4096)")
     ap.add_argument("--methods", nargs="+", default=list(METHODS), choices=METHODS)
-    ap.add_argument("--quick", action="store_true",
-                    help="smoke run: 1024 only, train on sections 00–01, test on 08, smaller forest and budgets")
+    how = ap.add_mutually_exclusive_group()
+    how.add_argument("--quick", action="store_true",
+                     help="smoke run: 1024 only, train on sections 00–01, test on 08, smaller forest and budgets")
+    how.add_argument("--memory", action="store_true",
+                     help="peak memory against image size (small models trained once, predict at each size)")
     ap.add_argument("--worker", choices=("train", "predict"), help=argparse.SUPPRESS)
     ap.add_argument("--method", choices=METHODS, help=argparse.SUPPRESS)
     ap.add_argument("--size", type=int, help=argparse.SUPPRESS)
     ap.add_argument("--model", type=Path, help=argparse.SUPPRESS)
+    ap.add_argument("--mode", choices=("full", "quick", "memory"), default="full", help=argparse.SUPPRESS)
     args = ap.parse_args()
     if args.worker:
-        print(json.dumps(worker(args.worker, args.method, args.size, args.model, args.quick)))
+        print(json.dumps(worker(args.worker, args.method, args.size, args.model, args.mode)))
         return
-    sizes = [1024] if args.quick else args.sizes
     command = "nice -n 10 .venv/bin/python benchmarks/bench_pixel.py " + " ".join(sys.argv[1:])
     results: dict[str, Any] = {"machine": machine(), "command": command.strip(), "quick": args.quick,
-                               "started": time.strftime("%Y-%m-%d %H:%M:%S UTC", time.gmtime()), "sizes": {}}
+                               "started": time.strftime("%Y-%m-%d %H:%M:%S UTC", time.gmtime())}
     with tempfile.TemporaryDirectory() as tmp:
-        for size in sizes:
-            per: dict[str, Any] = {}
-            for method in args.methods:
-                path = Path(tmp) / f"{method}-{size}.pkl"
-                tr = run_step("train", method, size, path, args.quick)
-                if "error" in tr:
-                    per[method] = {"error": tr["error"]}
-                else:
-                    pr = run_step("predict", method, size, path, args.quick)
-                    per[method] = {"error": pr["error"]} if "error" in pr else {"train": tr, "predict": pr}
-                print(f"{size}² {method}: {json.dumps(per[method])}", file=sys.stderr, flush=True)
-                path.unlink(missing_ok=True)
-            results["sizes"][str(size)] = per
+        if args.memory:
+            results["memory"] = run_memory(args.sizes, args.methods, Path(tmp))
+            body = memory_table(results)
+        else:
+            mode = "quick" if args.quick else "full"
+            results["sizes"] = run_comparison([1024] if args.quick else args.sizes, args.methods, mode, Path(tmp))
+            body = table(results)
     results["finished"] = time.strftime("%Y-%m-%d %H:%M:%S UTC", time.gmtime())
     args.out.mkdir(parents=True, exist_ok=True)
     (args.out / "results.json").write_text(json.dumps(results, indent=2) + "\n")
     md = (f"Machine: {results['machine']}\n\nCommand: `{results['command']}` ({results['started']} → "
-          f"{results['finished']})\n\n{table(results)}\n")
+          f"{results['finished']})\n\n{body}\n")
     (args.out / "results.md").write_text(md)
     print(md)
 
