@@ -20,6 +20,7 @@ features — and therefore predictions — equal whole-image ones exactly. The f
 
 from __future__ import annotations
 
+import os
 from collections.abc import Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
@@ -118,8 +119,6 @@ class IlastikRecipe(BaseEstimator):
         return int(4.0 * float(self.sigma_max) + 0.5) + 2
 
     def _workers(self) -> int:
-        import os
-
         return (os.cpu_count() or 1) if self.n_jobs in (None, -1) else max(1, int(self.n_jobs))
 
     def features(self, image: np.ndarray) -> np.ndarray:
@@ -163,7 +162,7 @@ class IlastikRecipe(BaseEstimator):
         for (rows, cols), feats in self._tile_features(image):
             sel = (r >= rows.start) & (r < rows.stop) & (c >= cols.start) & (c < cols.stop)
             if not sel.any():
-                continue  # pragma: no cover - dense masks touch every tile
+                continue
             if out is None:
                 out = np.empty((flat.size, feats.shape[-1]), np.float32)
             out[sel] = feats[r[sel] - rows.start, c[sel] - cols.start]
@@ -241,6 +240,9 @@ class IlastikRecipe(BaseEstimator):
             n_estimators=self.n_estimators, max_depth=self.max_depth, n_jobs=self.n_jobs,
             random_state=self.seed)
         self.forest_.fit(X, y)
+        # Predict one thread per row chunk (_forest_proba): trees summed in a fixed order, so a pixel's
+        # probabilities do not depend on how the image is tiled or on thread timing.
+        self.forest_.set_params(n_jobs=1)
         self.classes_ = self.forest_.classes_
         self.n_features_ = X.shape[1]
         self.n_channels_ = chans.pop()
@@ -261,7 +263,6 @@ class IlastikRecipe(BaseEstimator):
     def _forest_proba(self, X: np.ndarray) -> np.ndarray:
         """Forest probabilities, rows split across threads, trees summed in a fixed order (deterministic)."""
         workers = self._workers()
-        self.forest_.n_jobs = 1  # one thread per row chunk: the same sum order however the rows are split
         chunks = np.array_split(np.arange(X.shape[0]), max(1, min(workers, X.shape[0] // 4096)))
         if len(chunks) == 1:
             return self.forest_.predict_proba(X).astype(np.float32)
