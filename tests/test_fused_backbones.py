@@ -124,3 +124,17 @@ def test_weights_given_to_a_fused_spec_fill_the_parts_that_take_weights():
     assert fused == BackboneSpec.parse("vit-small@placeholder+filterbank")
     bb = get_backbone("vit-small+" + FB, weights="placeholder")
     assert bb.weights == "placeholder+none (classical filters)"
+
+
+def test_features_cli_takes_a_fused_backbone_with_weights(tmp_path, capsys):
+    import tifffile
+
+    from neuros.plugins.cv.cli import main
+
+    tifffile.imwrite(tmp_path / "a.tif", (np.random.default_rng(0).random((48, 48)) * 255).astype(np.uint8))
+    assert main(["features", str(tmp_path / "a.tif"), "--backbone", "vit-small+filterbank[stride=4]",
+                 "--weights", "random(seed=2)", "--out", str(tmp_path / "out")]) == 0
+    assert "random(seed=2)+none (classical filters)" in capsys.readouterr().out
+    assert main(["features", str(tmp_path / "a.tif"), "--backbone", "vit-small+filterbank[stride=4]", "--l2",
+                 "--out", str(tmp_path / "out2")]) != 0
+    assert "put them on a part, e.g. vit-small[l2=...]" in capsys.readouterr().err

@@ -42,7 +42,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field, replace
 from typing import Any
 
-from .registry import entry_class, get_backbone, lookup
+from .registry import BackboneEntry, entry_class, get_backbone, lookup, register_resolver
 
 #: Option names some backbone accepts as an old name of another (its ``spec_aliases``); only specs using one
 #: look their backbone's class up when they are made.
@@ -427,8 +427,9 @@ class BackboneSpec:
         if self.parts:
             if options:
                 first = sorted(options)[0]
+                owner = next((p.name for p in self.parts if first in option_defaults(p.name)), self.parts[-1].name)
                 raise ValueError(f"fused backbone {str(self)!r} has no options of its own ({', '.join(sorted(options))}"
-                                 f"); put them on a part, e.g. {self.parts[-1].name}[{first}=...]")
+                                 f"); put them on a part, e.g. {owner}[{first}=...]")
             return self
         merged = {**self.options_dict, **options}
         return replace(self, options=non_default_options(merged, option_defaults(self.name)))
@@ -526,3 +527,21 @@ def split_options(name: str, options: Mapping[str, Any]) -> tuple[dict[str, Any]
     execution = {k: v for k, v in options.items() if k not in defaults and k != "weights"}
     return ident, execution
 
+
+
+def _spec_entry(name: str) -> BackboneEntry | None:
+    """Let :func:`~.registry.get_backbone` take a whole spec string (``"filterbank[stride=1]"``,
+    ``"vit-small@random(seed=3)[stride=4]"``): an entry that builds it (fused names have their own resolver)."""
+    if ("@" not in name and not name.endswith("]")) or len(split_fused(name)) > 1:
+        return None
+    try:
+        spec = BackboneSpec.parse(name)
+    except (ValueError, TypeError):
+        return None
+    if spec.name == name or (spec.weights is None and not spec.options):
+        return None
+    base = lookup(spec.name)
+    return BackboneEntry(name, lambda **extra: spec.build(**extra), base.summary, base.family, dict(base.info))
+
+
+register_resolver(_spec_entry)
