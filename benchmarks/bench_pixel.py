@@ -51,7 +51,6 @@ TRAIN, TEST = tuple(range(8)), tuple(range(8, 14))
 CLASSES = ("other", "membrane", "mitochondria")
 METHODS = ("ilastik", "ours")
 OURS_SPEC = "filterbank[stride=1]"
-OURS_SPEC_OLD = "filterbank[patch_size=1,pool=mean]"  # the same per-pixel stack before `stride` was its name
 
 
 def cpu_seconds() -> float:
@@ -105,11 +104,7 @@ def make_method(method: str, mode: str) -> Any:
         from neuros.plugins.cv.heads import make_head
     except ImportError as err:
         raise NotImplementedError(f"ours needs issue 12's dense features and pixel heads ({err})") from err
-    try:
-        backbone = BackboneSpec.parse(OURS_SPEC).build()
-    except ValueError:
-        backbone = BackboneSpec.parse(OURS_SPEC_OLD).build()
-    return {"backbone": backbone,
+    return {"backbone": BackboneSpec.parse(OURS_SPEC).build(),
             "head": make_head("hgb", seed=0, max_iter=20 if mode == "memory" else 200,
                               max_samples_per_class=20_000 if small else 70_000)}
 
