@@ -46,6 +46,7 @@ def test_baseline_pixel_and_patch_rows_with_object_scores(nuclei_rows):
     assert dice["patch", "dense"] < dice["pixel:logistic", "dense"] - 0.05  # pixels beat 16-px cells at edges
     obj = rows["baseline", "dense"]["objects"]["nucleus"]
     assert obj["f1"] > 0.6 and obj["tp"] > 20 and 0.5 <= obj["mean_matched_iou"] <= 1.0
+    assert obj["method"] == "watershed" and 0 < obj["min_size"] < 200  # touching nuclei split; specks dropped
     assert rows["baseline", "dense"]["fit_seconds"] > 0 and rows["patch", "dense"]["predict_seconds"] > 0
 
 
@@ -91,6 +92,9 @@ def test_em_rows_are_full_resolution_with_cropped_test_sections(sstem_dir):
     assert "centre-cropped to 512²" in data["notes"][0]
     truth = data["true_objects"][0]
     assert truth.max() > 3 and np.array_equal(truth > 0, data["test"][1][0] == 2)
+    # True mitochondria are connected components, so predicted ones are made the same way; the speck size
+    # comes from the training objects (5th percentile of their areas).
+    assert data["object_method"] == "components" and data["min_object"] > 50
 
 
 def test_real_suite_config_carries_the_pixel_rows():

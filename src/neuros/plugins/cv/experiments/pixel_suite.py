@@ -13,9 +13,11 @@ axial slices at the template's 1 mm; nuclei: stardist's 512² image, top half �
 
 Each row: pixel Dice per class with a bootstrap CI over test images (``metrics.score_images``), train and
 predict seconds, and for mitochondria (EM) and nuclei the object scores (``metrics.match_instances`` at IoU ≥
-0.5) of the predicted class map split into objects (``instances.label_instances``, seeded watershed). True
-mitochondria are the connected components of the ssTEM mask (the dataset has no instance ids); true nuclei
-are stardist's instance labels.
+0.5) of the predicted class map split into objects (``instances.label_instances``) the way the true objects
+are defined: true mitochondria are the connected components of the ssTEM mask (the dataset has no instance
+ids), so predicted ones are connected components too; true nuclei are stardist's instance labels, and
+predicted nuclei are split by a seeded watershed. Predicted objects smaller than the 5th percentile of the
+training objects' areas are dropped (specks; the threshold comes from the training masks, never the test).
 
 With ``sparse=True`` every row is also trained from simulated scribbles
 (:func:`~neuros.plugins.cv.scribbles.simulate_scribbles`, ~1 % of the pixels, fixed by the seed) and reports
@@ -49,8 +51,8 @@ __all__ = ["PIXEL_DATASETS", "PixelSuiteConfig", "load_pixel_data", "pixel_suite
 
 PIXEL_DATASETS = ("em", "mri", "nuclei")
 BASELINE = "ilastik recipe"
-#: Predicted objects smaller than this (pixels) are dropped before matching (specks, not objects).
-MIN_OBJECT = 16
+#: Predicted objects smaller than this percentile of the training objects' areas are dropped (specks).
+MIN_OBJECT_PERCENTILE = 5.0
 
 
 @dataclass(frozen=True)
@@ -116,13 +118,22 @@ def _nuclei() -> dict[str, Any]:
     fg = (inst > 0).astype(np.uint8)
     return {"train": ([img[:half]], [fg[:half]]), "test": ([img[half:]], [fg[half:]]),
             "classes": ("background", "nucleus"), "objects": 1, "true_objects": [inst[half:]],
+            "object_method": "watershed", "min_object": _min_object([inst[:half]]),
             "source": "stardist test_image_nuclei_2d (2018 Data Science Bowl, Caicedo et al. 2019)",
             "notes": ["one 512² image: top half trains, bottom half tests; true objects = stardist's instance ids"]}
 
 
+def _min_object(instances: Sequence[np.ndarray]) -> int:
+    """Speck threshold: the :data:`MIN_OBJECT_PERCENTILE` of the training objects' areas (pixels)."""
+    areas = np.concatenate([np.bincount(a.ravel())[1:] for a in instances])
+    areas = areas[areas > 0]
+    return int(np.percentile(areas, MIN_OBJECT_PERCENTILE)) if areas.size else 0
+
+
 def load_pixel_data(config: PixelSuiteConfig) -> dict[str, dict[str, Any]]:
     """Per dataset: ``train``/``test`` (images, masks), ``classes``, ``objects`` (class index scored as objects
-    or None), ``true_objects`` (instance labels of the test images or None), ``source`` and ``notes``."""
+    or None), ``true_objects`` (instance labels of the test images or None), ``object_method`` and
+    ``min_object`` (how predicted objects are made), ``source`` and ``notes``."""
     out: dict[str, dict[str, Any]] = {}
     if "em" in config.datasets:
         tr = load_sstem(sections=config.em_train, downsample=1)
@@ -133,8 +144,10 @@ def load_pixel_data(config: PixelSuiteConfig) -> dict[str, dict[str, Any]]:
                 f"{list(config.em_test)}" + (f" centre-cropped to {imgs[0].shape[0]}² (time budget)"
                                              if imgs[0].shape != te.images[0].shape else " (1024²)"),
                 "true mitochondria = connected components of the mask (ssTEM has no instance ids)"]
+        train_objects = [label_instances(m, cls=2, method="components") for m in tr.masks]
         out["em"] = {"train": (tr.images, tr.masks), "test": (imgs, msks), "classes": tr.class_names,
                      "objects": 2, "true_objects": [label_instances(m, cls=2, method="components") for m in msks],
+                     "object_method": "components", "min_object": _min_object(train_objects),
                      "source": tr.source, "notes": note}
     if "mri" in config.datasets:
         tr, te = load_mni152(config.mri_train, scale=1), load_mni152(config.mri_test, scale=1)
@@ -194,17 +207,18 @@ def _class_maps(proba: list[np.ndarray], classes: np.ndarray, offset: int, k: in
     return out
 
 
-def _objects(pred: list[np.ndarray], truth: list[np.ndarray], cls: int) -> dict[str, Any]:
+def _objects(pred: list[np.ndarray], split: Mapping[str, Any]) -> dict[str, Any]:
     """Object scores pooled over the test images (counts summed, IoU averaged over matched pairs)."""
-    scores = [match_instances(t, label_instances(p, cls=cls, method="watershed", min_size=MIN_OBJECT))
-              for p, t in zip(pred, truth, strict=True)]
+    scores = [match_instances(t, label_instances(p, cls=split["objects"], method=split["object_method"],
+                                                 min_size=split["min_object"]))
+              for p, t in zip(pred, split["true_objects"], strict=True)]
     tp, fp, fn = (sum(s[k] for s in scores) for k in ("tp", "fp", "fn"))
     n_true, n_pred = tp + fn, tp + fp
     iou = sum(s["mean_matched_iou"] * s["tp"] for s in scores)
     return {"precision": tp / n_pred if n_pred else 0.0, "recall": tp / n_true if n_true else 0.0,
             "f1": 2 * tp / (n_true + n_pred) if n_true + n_pred else 0.0,
             "mean_matched_iou": iou / tp if tp else 0.0, "tp": int(tp), "fp": int(fp), "fn": int(fn),
-            "iou_threshold": 0.5}
+            "iou_threshold": 0.5, "method": split["object_method"], "min_size": split["min_object"]}
 
 
 def _row(d: str, label: str, kind: str, split: dict[str, Any], config: PixelSuiteConfig,
@@ -224,7 +238,7 @@ def _row(d: str, label: str, kind: str, split: dict[str, Any], config: PixelSuit
     rec.update(classes={c: {"dice": v["dice"], "dice_ci": v["dice_ci"]} for c, v in s["classes"].items()},
                fit_seconds=t_fit, predict_seconds=t_pred)
     if split["objects"] is not None:
-        rec["objects"] = {split["classes"][split["objects"]]: _objects(pred, split["true_objects"], split["objects"])}
+        rec["objects"] = {split["classes"][split["objects"]]: _objects(pred, split)}
     return rec
 
 
