@@ -240,9 +240,6 @@ class IlastikRecipe(BaseEstimator):
             n_estimators=self.n_estimators, max_depth=self.max_depth, n_jobs=self.n_jobs,
             random_state=self.seed)
         self.forest_.fit(X, y)
-        # Predict one thread per row chunk (_forest_proba): trees summed in a fixed order, so a pixel's
-        # probabilities do not depend on how the image is tiled or on thread timing.
-        self.forest_.set_params(n_jobs=1)
         self.classes_ = self.forest_.classes_
         self.n_features_ = X.shape[1]
         self.n_channels_ = chans.pop()
@@ -261,19 +258,21 @@ class IlastikRecipe(BaseEstimator):
         return img
 
     def _forest_proba(self, X: np.ndarray) -> np.ndarray:
-        """Forest probabilities, rows split across threads, trees summed in a fixed order (deterministic)."""
-        workers = self._workers()
-        chunks = np.array_split(np.arange(X.shape[0]), max(1, min(workers, X.shape[0] // 4096)))
-        if len(chunks) == 1:
-            return self.forest_.predict_proba(X).astype(np.float32)
-        out = np.empty((X.shape[0], self.classes_.size), np.float32)
+        """Forest probabilities: rows split across threads, each chunk summing the trees in a fixed order, so a
+        pixel's probabilities do not depend on how the image is tiled or on thread timing."""
+        X = np.ascontiguousarray(X, dtype=np.float32)  # the trees' input type: no per-tree conversion
+        trees = self.forest_.estimators_
+        out = np.zeros((X.shape[0], self.classes_.size), np.float64)
 
         def run(idx: np.ndarray) -> None:
-            out[idx[0]:idx[-1] + 1] = self.forest_.predict_proba(X[idx[0]:idx[-1] + 1])
+            rows = slice(idx[0], idx[-1] + 1)
+            for tree in trees:  # a loop over trees, as RandomForestClassifier.predict_proba does
+                out[rows] += tree.predict_proba(X[rows], check_input=False)
 
+        chunks = np.array_split(np.arange(X.shape[0]), max(1, min(self._workers(), X.shape[0] // 4096)))
         with ThreadPoolExecutor(max_workers=len(chunks)) as ex:
-            list(ex.map(run, chunks))
-        return out
+            list(ex.map(run, [c for c in chunks if c.size]))
+        return (out / len(trees)).astype(np.float32)
 
     def _tile_proba(self, img: np.ndarray) -> Iterator[tuple[tuple[slice, slice], np.ndarray]]:
         for core, feats in self._tile_features(img):
