@@ -25,7 +25,7 @@ def small(sstem_dir):
         backbones=("vit-small@placeholder", "filterbank"),
         datasets=("em", "nuclei"),
         em_train=(0, 1), em_test=(12, 13), em_downsample=4, nuclei_tile=128,
-        protocols=False, n_boot=200,
+        protocols=False, n_boot=200, pixel=None,  # the pixel rows: tests/test_pixel_suite.py
     )
     results, _ = run_real_suite(config)
     return config, results
@@ -102,7 +102,7 @@ def test_config_and_cli_errors(tmp_path, capsys):
 def test_cli_end_to_end_from_a_toml_config(sstem_dir, tmp_path, capsys):
     cfg = tmp_path / "real.toml"
     cfg.write_text('datasets = ["nuclei"]\nnuclei_tile = 256\nprotocols = false\ncrossmodal = false\n'
-                   'n_boot = 100\n')
+                   'n_boot = 100\npixel = false\n')  # the pixel rows' CLI run: tests/test_pixel_suite.py
     out = tmp_path / "out"
     assert main(["bench", "--suite", "real", "--config", str(cfg), "--backbones", "filterbank",
                  "--out", str(out)]) == 0

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import sys
 from pathlib import Path
 
@@ -44,11 +45,18 @@ def _config(args: argparse.Namespace) -> RealSuiteConfig:
         except tomllib.TOMLDecodeError as e:
             raise ValueError(f"--config {path}: invalid TOML: {e}") from None
     over = {"backbones": getattr(args, "backbones", None), "seed": getattr(args, "seed", None)}
-    return RealSuiteConfig.from_dict({**data, **{k: v for k, v in over.items() if v is not None}})
+    config = RealSuiteConfig.from_dict({**data, **{k: v for k, v in over.items() if v is not None}})
+    if getattr(args, "sparse", False):
+        if config.pixel is None:
+            raise ValueError("--sparse trains the pixel rows from scribbles, but the config turns them off "
+                             "(pixel = false); remove that line or drop --sparse")
+        config = dataclasses.replace(config, pixel=dataclasses.replace(config.pixel, sparse=True))
+    return config
 
 
 def write_real_outputs(folder, config: RealSuiteConfig, results: dict, timings: dict) -> None:
-    """results.json, tables.md, segmentation.csv, crossmodal.csv and report.html into ``folder``."""
+    """results.json, tables.md, segmentation.csv, crossmodal.csv, pixel.csv (with pixel rows) and report.html
+    into ``folder``."""
     doc = {"schema": SCHEMA, "config": config.to_dict(), **results, "provenance": provenance(timings)}
     (folder / "results.json").write_text(dumps_json(doc), encoding="utf-8")
     (folder / "tables.md").write_text(real_markdown(results), encoding="utf-8")
@@ -60,6 +68,14 @@ def write_real_outputs(folder, config: RealSuiteConfig, results: dict, timings: 
     (folder / "crossmodal.csv").write_text(
         to_csv(results["crossmodal"], ["train", "test", "spec", "weights", "dice", "dice_ci", "accuracy"]),
         encoding="utf-8")
+    if results.get("pixel"):
+        prow = [{"dataset": r["dataset"], "method": r["method"], "labels": r["labels"], "class": c,
+                 "dice": v["dice"], "dice_ci_low": v["dice_ci"][0], "dice_ci_high": v["dice_ci"][1],
+                 "dice_vs_dense": (r.get("dice_vs_dense") or {}).get(c),
+                 "object_f1": (r.get("objects") or {}).get(c, {}).get("f1"),
+                 "fit_seconds": r["fit_seconds"], "predict_seconds": r["predict_seconds"]}
+                for r in results["pixel"] for c, v in r["classes"].items()]
+        (folder / "pixel.csv").write_text(to_csv(prow, list(prow[0])), encoding="utf-8")
     write_html(folder / "report.html", doc, title="neurOS cv real-data benchmark report")
 
 

@@ -68,6 +68,9 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
         "and nuclei with CIs, filterbank baseline, transfer, report-vs-better protocol (--backbones NAME[@WEIGHTS]; "
         "--config FILE.toml of RealSuiteConfig keys)",
     )
+    p.add_argument("--sparse", action="store_true",
+                   help="--suite real: also train the pixel rows from simulated scribbles (~1 %% of pixels) and "
+                   "report how close they get to dense training")
     p.set_defaults(func=run)
 
 

@@ -7,6 +7,11 @@ test on others, downsampled ×2 by default to fit the time budget); MRI — axia
 template (grey / white matter; train and test slabs separated by a gap); nuclei — stardist's labelled image
 cut into tiles (train on the top half, test on the bottom half).
 
+Pixel rows (``pixel``, a :class:`~.pixel_suite.PixelSuiteConfig`; ``pixel = false`` in the TOML turns them
+off): the same datasets at full resolution, pixel heads beside a patch head and the ilastik recipe as a named
+baseline, with object metrics, and with ``sparse`` a variant trained from simulated scribbles
+(:mod:`.pixel_suite`). They share the suite's splits, seed and bootstrap replicates.
+
 Backbones are named in the config by their spec string (``BackboneSpec``): ``"name"``, ``"name@weights"`` or
 with options that change the features (``vit-small@placeholder``, ``vit-small@random(seed=3)[scale=2]``,
 ``filterbank``); a backbone that cannot be built here (e.g. weights not available) is
@@ -18,7 +23,7 @@ from __future__ import annotations
 import dataclasses
 import time
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 from ..backbones.base import Backbone, lookup
@@ -26,6 +31,7 @@ from ..backbones.spec import BackboneSpec
 from ..datasets.catalog import LabelledSet, load_mni152, load_nuclei, load_sstem
 from ..heads import DEFAULT_HEAD, list_heads
 from .pipeline import FeatureStore
+from .pixel_suite import PixelSuiteConfig, pixel_suite_steps, run_pixel_suite
 from .protocols import fit_and_score, fit_on, run_protocol_comparison, score_on
 from .suite import reject_unknown_keys
 
@@ -65,6 +71,7 @@ class RealSuiteConfig:
     synthetic_size: int = 128
     n_boot: int = 1000
     seed: int = 0
+    pixel: PixelSuiteConfig | None = field(default_factory=PixelSuiteConfig)
 
     def __post_init__(self) -> None:
         if not self.backbones:
@@ -83,10 +90,29 @@ class RealSuiteConfig:
     def from_dict(cls, data: Mapping[str, Any]) -> RealSuiteConfig:
         """Build from a mapping; unknown keys are rejected by name; lists become tuples."""
         reject_unknown_keys(cls, data, "real suite config")
-        return cls(**{k: tuple(v) if isinstance(v, list) else v for k, v in data.items()})
+        kw = {k: tuple(v) if isinstance(v, list) else v for k, v in data.items()}
+        if "pixel" in kw:  # a [pixel] table of PixelSuiteConfig keys, or false to leave the pixel rows out
+            p = kw["pixel"]
+            kw["pixel"] = (None if p is False or p is None else p if isinstance(p, PixelSuiteConfig)
+                           else PixelSuiteConfig.from_dict({} if p is True else p))
+        return cls(**kw)
 
     def to_dict(self) -> dict[str, Any]:
-        return {k: list(v) if isinstance(v, tuple) else v for k, v in dataclasses.asdict(self).items()}
+        out = {k: list(v) if isinstance(v, tuple) else v for k, v in dataclasses.asdict(self).items()
+               if k != "pixel"}
+        out["pixel"] = self.pixel.to_dict() if self.pixel is not None else False
+        return out
+
+    def pixel_config(self) -> PixelSuiteConfig | None:
+        """The pixel rows' config with this suite's datasets, splits, seed and bootstrap replicates."""
+        if self.pixel is None:
+            return None
+        datasets = tuple(d for d in self.pixel.datasets if d in self.datasets)
+        if not datasets:
+            return None
+        return dataclasses.replace(self.pixel, datasets=datasets, em_train=self.em_train, em_test=self.em_test,
+                                   mri_train=self.mri_train, mri_test=self.mri_test, seed=self.seed,
+                                   n_boot=self.n_boot)
 
 
 def build_backbone(spec: str) -> Backbone:
@@ -114,7 +140,8 @@ def load_real_data(config: RealSuiteConfig) -> dict[str, dict[str, LabelledSet]]
 def real_suite_steps(config: RealSuiteConfig) -> int:
     """Progress steps reported by :func:`run_real_suite`."""
     per = 1 + len(config.datasets) + (len(config.datasets) if config.crossmodal else 0) + int(config.protocols)
-    return 1 + len(config.backbones) * per
+    pixel = config.pixel_config()
+    return 1 + len(config.backbones) * per + (pixel_suite_steps(pixel) if pixel is not None else 0)
 
 
 def run_real_suite(
@@ -179,4 +206,11 @@ def run_real_suite(
         timings[f"backbone:{spec}"] = time.perf_counter() - t0
     notes = {r["report"]["note"] for r in res["protocols"] if r["report"].get("note")}
     res["notes"] = sorted(notes)
+    pixel = config.pixel_config()
+    if pixel is not None:
+        t0 = time.perf_counter()
+        pix, pix_timings = run_pixel_suite(pixel, progress=tick)
+        res.update(pix)
+        timings.update(pix_timings)
+        timings["pixel"] = time.perf_counter() - t0
     return res, timings

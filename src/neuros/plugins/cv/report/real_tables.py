@@ -9,7 +9,7 @@ from typing import Any
 
 from .tables import display_name, markdown_table
 
-__all__ = ["real_markdown", "real_tables"]
+__all__ = ["pixel_table", "real_markdown", "real_tables"]
 
 
 def _ci(value: float, ci: list[float]) -> str:
@@ -20,6 +20,38 @@ def _label(rec: Mapping[str, Any]) -> str:
     return f"{display_name(rec['backbone'])} [{rec['weights']}]"
 
 
+def _labels_cell(rec: Mapping[str, Any], cname: str) -> str:
+    if rec["labels"] != "scribbles":
+        return "dense"
+    cell = f"scribbles ({100 * rec['labelled_fraction']:.1f} % of pixels)"
+    rel = (rec.get("dice_vs_dense") or {}).get(cname)
+    return cell + (f", {rel:.2f} × dense" if rel is not None else "")
+
+
+def _objects_cell(rec: Mapping[str, Any], cname: str) -> str:
+    o = (rec.get("objects") or {}).get(cname)
+    if o is None:
+        return ""
+    return f"{o['f1']:.3f} / {o['precision']:.3f} / {o['recall']:.3f} (IoU {o['mean_matched_iou']:.2f})"
+
+
+def pixel_table(results: Mapping[str, Any]) -> tuple[str, tuple[list[str], list[list[str]]]] | None:
+    """The pixel rows (full resolution): Dice per class per method with the ilastik recipe as a named
+    baseline, object scores, and fit/predict seconds; ``None`` when the results have no pixel rows."""
+    rows_in = results.get("pixel") or []
+    if not rows_in:
+        return None
+    rows = []
+    for r in rows_in:
+        for cname, v in r["classes"].items():
+            rows.append([r["dataset"].upper() if r["dataset"] != "nuclei" else "Nuclei", cname, r["method"],
+                         _labels_cell(r, cname), _ci(v["dice"], v["dice_ci"]), _objects_cell(r, cname),
+                         f"{r['fit_seconds']:.1f}", f"{r['predict_seconds']:.1f}"])
+    return ("Real data at full resolution, pixel rows: pixel Dice per class [95% CI over test images]; objects "
+            "matched at IoU ≥ 0.5 (F1 / precision / recall, mean matched IoU); the ilastik recipe is the baseline.",
+            (["Dataset", "Class", "Method", "Labels", "Dice", "Objects F1 / P / R", "Fit (s)", "Predict (s)"], rows))
+
+
 def real_tables(results: Mapping[str, Any]) -> list[tuple[str, tuple[list[str], list[list[str]]]]]:
     """The real suite's tables as ``(caption, (header, rows))``: Dice per class per backbone (filterbank column
     beside every DINOv3 column), cross-modality transfer, and report-vs-better protocol.
@@ -28,7 +60,8 @@ def real_tables(results: Mapping[str, Any]) -> list[tuple[str, tuple[list[str], 
     ----------
     results : mapping
         ``run_real_suite``'s results (or a ``results.json`` of ``bench --suite real``): ``segmentation``
-        records, optional ``crossmodal`` and ``protocols`` records.
+        records, optional ``crossmodal``, ``protocols`` and ``pixel`` records (the last table,
+        :func:`pixel_table`).
 
     Returns
     -------
@@ -66,6 +99,9 @@ def real_tables(results: Mapping[str, Any]) -> list[tuple[str, tuple[list[str], 
         out.append(("Synthetic data, report protocol (patch accuracy/F1, majority labels, unweighted head) vs "
                     "better protocol (random placement, balanced head, pixel Dice [95% CI]).",
                     (["Modality", "Model", "Report acc/F1 (patch)", "Better Dice (pixel)"], rows)))
+    pixel = pixel_table(results)
+    if pixel is not None:
+        out.append(pixel)
     return out
 
 
@@ -92,7 +128,9 @@ def real_markdown(results: Mapping[str, Any], title: str = "neurOS cv real-data 
     for d, info in results["datasets"].items():
         parts.append(f"- {d}: {info['source']}; {info['n_train']} train / {info['n_test']} test images "
                      f"({'; '.join(info['train'] + info['test'])})")
-    for s in results.get("skipped", []):
+    for d, info in (results.get("pixel_datasets") or {}).items():
+        parts.append(f"- {d}, pixel rows: {'; '.join(info['notes'])}")
+    for s in [*results.get("skipped", []), *results.get("pixel_skipped", [])]:
         parts.append(f"- skipped backbone {s['backbone']}: {s['reason']}")
     if results.get("notes"):
         parts += ["", "Notes (cells marked *):", ""] + [f"- {n}" for n in results["notes"]]
