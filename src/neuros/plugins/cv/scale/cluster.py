@@ -225,8 +225,8 @@ def dask_client(
     scheduler : str, optional
         Address of a running scheduler. Default: start a ``LocalCluster`` of worker *processes* on 127.0.0.1,
         its dashboard on a free loopback port (each worker runs its own copy of the model, single-threaded:
-        distributed sets ``OMP_NUM_THREADS=1`` for worker processes). The workers ignore SIGINT: Ctrl-C interrupts this process,
-        which closes them.
+        distributed sets ``OMP_NUM_THREADS=1`` for worker processes). The workers ignore SIGINT: Ctrl-C
+        interrupts this process, which closes them.
     n_workers, threads_per_worker, memory_limit
         LocalCluster settings (ignored with ``scheduler``).
     timeout : float
