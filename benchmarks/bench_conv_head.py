@@ -30,7 +30,7 @@ from neuros.plugins.cv.backbones.filterbank import WEIGHTS, pixel_features
 from neuros.plugins.cv.datasets.catalog import load_sstem
 from neuros.plugins.cv.features import FeatureMap
 from neuros.plugins.cv.heads.conv import ConvDecoderHead
-from neuros.plugins.cv.metrics import score_images
+from neuros.plugins.cv.metrics import confusion, score_images
 
 CLASSES = ("other", "membrane", "mitochondria")
 
@@ -125,15 +125,15 @@ def main(argv: list[str] | None = None) -> dict:
     p.add_argument("--sigmas", default="0.7,1,2,4,8,16", help="filter-bank scales")
     p.add_argument("--channels", type=int, default=32)
     p.add_argument("--dilations", default="1,2,4,8,16")
-    p.add_argument("--trunk-stride", type=int, default=2)
-    p.add_argument("--steps", type=int, default=600)
+    p.add_argument("--trunk-stride", type=int, default=4)
+    p.add_argument("--steps", type=int, default=500)
     p.add_argument("--crop", type=int, default=128)
     p.add_argument("--batch", type=int, default=4)
     p.add_argument("--lr", type=float, default=3e-3)
     p.add_argument("--class-weight", default="balanced", type=lambda s: None if s == "none" else s)
     p.add_argument("--samples", type=int, default=200_000, help="pixels sampled for hgb/rf (class-balanced)")
     p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--threads", type=int, default=2)
+    p.add_argument("--threads", type=int, default=1)
     p.add_argument("--json", type=Path, help="write the rows here")
     p.add_argument("--cache", type=Path, help="keep extracted features here (float32 .npy) to rerun quickly")
     args = p.parse_args(argv)
@@ -152,7 +152,8 @@ def main(argv: list[str] | None = None) -> dict:
                "mitochondria": scores["classes"]["mitochondria"]["dice"],
                "membrane_ci": scores["classes"]["membrane"]["dice_ci"],
                "mitochondria_ci": scores["classes"]["mitochondria"]["dice_ci"],
-               "train_s": t_fit, "predict_s": t_pred, "params": params}
+               "train_s": t_fit, "predict_s": t_pred, "params": params,
+               "confusion": sum(confusion(t, q, 3) for t, q in zip(test_masks, pred, strict=True)).tolist()}
         rows.append(row)
         print(f"| {kind} | {row['membrane']:.3f} | {row['mitochondria']:.3f} | {t_fit:.0f} | {t_pred:.0f} |",
               flush=True)

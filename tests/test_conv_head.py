@@ -104,11 +104,12 @@ def test_same_seed_same_weights_other_seed_other_weights(blobs) -> None:
     assert np.array_equal(a.predict_proba(fm), b.predict_proba(fm))
 
 
-def test_tiles_with_halo_equal_the_whole_image(blobs) -> None:
+@pytest.mark.parametrize("trunk_stride", [1, 2, 4])
+def test_tiles_with_halo_equal_the_whole_image(blobs, trunk_stride) -> None:
     fm, mask = blobs
-    head = ConvDecoderHead(**SMALL, tile=4096).fit(fm, [mask])
+    head = ConvDecoderHead(**SMALL, trunk_stride=trunk_stride, tile=4096).fit(fm, [mask])
     whole = head.predict_proba(fm)
-    tiled = head.set_params(tile=14).predict_proba(fm)  # 5×6 tiles, each with the halo
+    tiled = head.set_params(tile=14).predict_proba(fm)  # tiles of 14 cells rounded up to the pooling grid
     np.testing.assert_allclose(tiled, whole, atol=1e-5)
 
 

@@ -35,19 +35,21 @@ __all__ = ["ConvDecoderHead", "decoder_halo"]
 _WEIGHTS = "conv.safetensors"
 
 
-def decoder_halo(dilations: Sequence[int], trunk_stride: int = 2) -> int:
-    """Grid cells of context the decoder reads on each side of an output cell (an upper bound, even).
+def decoder_halo(dilations: Sequence[int], trunk_stride: int = 4) -> int:
+    """Grid cells of context the decoder reads on each side of an output cell (an upper bound).
 
     The full-resolution 3×3 convolution reads 1 cell; the trunk's 3×3 convolutions read ``sum(dilations)``
     trunk cells, plus one for the bilinear upsampling and one for the pooling, each ``trunk_stride`` cells wide.
+    Rounded up to whole trunk cells, so that tiles carrying it pool on the whole image's pooling grid.
 
     Examples
     --------
     >>> decoder_halo((1, 2, 4, 8), trunk_stride=2)
     36
     """
-    reach = 1 + int(trunk_stride) * (sum(int(d) for d in dilations) + 2)
-    return reach + reach % 2
+    step = int(trunk_stride)
+    reach = 1 + step * (sum(int(d) for d in dilations) + 2)
+    return -(-reach // step) * step
 
 
 def _network(n_in: int, channels: int, dilations: Sequence[int], trunk_stride: int, n_out: int):
@@ -114,8 +116,8 @@ class ConvDecoderHead(SegmentationHead):
 
     kind = "conv"
 
-    def __init__(self, channels: int = 32, dilations: tuple[int, ...] = (1, 2, 4, 8, 16), trunk_stride: int = 2,
-                 steps: int = 300,
+    def __init__(self, channels: int = 32, dilations: tuple[int, ...] = (1, 2, 4, 8, 16), trunk_stride: int = 4,
+                 steps: int = 500,
                  crop: int = 128, batch_size: int = 4, lr: float = 3e-3, weight_decay: float = 1e-4,
                  tile: int = 512, *, unlabelled: int | None = None, label_rule: str = "argmax",
                  threshold: float = 0.5, class_weight: str | None = "balanced", seed: int = 0,
