@@ -5,6 +5,8 @@ PY      = $(VENV)/bin/python
 PIP     = $(PY) -m pip
 STAMP   = $(VENV)/.installed
 OUT    ?= results/bench
+# Test processes (pytest-xdist): one per core of the 2-core machines the project runs on; 0 runs in-process.
+TEST_WORKERS ?= 2
 
 .PHONY: all setup browser bench test lint clean
 
@@ -37,7 +39,7 @@ browser:
 ## Second README command: set up and run the tests.
 test: $(STAMP) browser
 	$(PY) -m ruff check src tests benchmarks create_advanced_notebook.py
-	$(PY) -m pytest
+	$(PY) -m pytest -n $(TEST_WORKERS) --dist loadfile
 
 lint: $(STAMP)
 	$(PY) -m ruff check src tests benchmarks create_advanced_notebook.py

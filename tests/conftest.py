@@ -11,6 +11,13 @@ import pytest
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
 
+# Under pytest-xdist (`make test` runs one worker per core) each worker computes with one thread: two workers
+# with two OpenMP/torch threads each on two cores spin against each other (scikit-learn's gradient boosting
+# took 10x longer that way). Set before numpy, scikit-learn or torch start their thread pools.
+if int(os.environ.get("PYTEST_XDIST_WORKER_COUNT", "1")) > 1:
+    for _var in ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS"):
+        os.environ.setdefault(_var, "1")
+
 REPO_ROOT = Path(__file__).resolve().parents[1]
 SHARED_DATA = REPO_ROOT.parent / "shared" / "data"
 SSTEM = SHARED_DATA / "sstem_drosophila_vnc"

@@ -26,7 +26,7 @@ LAYERS: list[tuple[str, int]] = [
     ("feature_matching", 3),
     ("backbones", 2),
     ("datasets", 2),
-    ("", 1),  # ground floor: _validation, output, features, labels, metrics, preprocess, shifts, tiling
+    ("", 1),  # ground floor: _validation, output, features, dense, labels, metrics, instances, preprocess, …
 ]
 
 

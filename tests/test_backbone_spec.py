@@ -270,3 +270,14 @@ def test_features_cli_writes_the_spec(data, tmp_path, tiny_vit_dir):
     doc = json.loads((out / "features.json").read_text())
     assert doc["backbone_spec"]["string"] == f"{tiny_vit_dir}@random(seed=3)[l2=true,scale=2]"
     assert doc["images"][0]["spec"] == doc["backbone_spec"]["string"] and doc["images"][0]["stride"] == 8
+
+
+def test_get_backbone_takes_a_whole_spec_string():
+    from neuros.plugins.cv.backbones import get_backbone
+
+    bb = get_backbone("filterbank[stride=1]")
+    assert str(bb.spec) == "filterbank[stride=1]" and bb.stride == 1.0
+    vit = get_backbone("vit-small@random(seed=3)[stride=4]")
+    assert str(vit.spec) == "vit-small@random(seed=3)[stride=4]" and vit.stride == 4.0
+    with pytest.raises(ValueError, match="did you mean 'filterbank'"):
+        get_backbone("filterbnak[stride=1]")

@@ -146,7 +146,7 @@ def test_heads_take_feature_maps_only(em):
     head = make_head("logistic").fit(maps[:6], masks[:6])
     with pytest.raises(TypeError, match="feature_maps must be a FeatureMap"):
         head.predict(X)
-    assert set(list_heads()) == {"logistic", "sgd", "knn", "rf", "mlp"}
+    assert set(list_heads()) == {"logistic", "sgd", "knn", "rf", "hgb", "mlp", "conv"}
 
 
 def test_load_head_errors(tmp_path):
@@ -163,7 +163,10 @@ NON_DEFAULT = {
     "sgd": {"alpha": 1e-3, "epochs": 2, "batch_size": 128},
     "knn": {"n_neighbors": 3},
     "rf": {"n_estimators": 7, "max_depth": None, "n_jobs": 1},
+    "hgb": {"max_iter": 5, "learning_rate": 0.2, "max_leaf_nodes": 7, "l2_regularization": 0.5},
     "mlp": {"hidden": 8, "epochs": 2, "batch_size": 64, "lr": 1e-2, "weight_decay": 0.0, "dropout": 0.0},
+    "conv": {"channels": 4, "dilations": (1,), "trunk_stride": 2, "steps": 3, "crop": 16, "batch_size": 2,
+             "lr": 1e-2, "weight_decay": 0.0, "tile": 64},
 }
 
 
@@ -175,7 +178,8 @@ def test_clone_gives_an_unfitted_head_with_the_same_parameters(em, kind):
     params = head.get_params()
     assert list(params) == list(inspect.signature(type(head)).parameters)  # exactly the __init__ signature
     assert params == {**NON_DEFAULT[kind], "label_rule": "fraction", "threshold": 0.25, "class_weight": cw,
-                      "seed": 7, "single_class": "majority"}
+                      "seed": 7, "single_class": "majority", "unlabelled": None, "max_samples_per_class": None,
+                      "n_components": None}
     assert head.get_params(deep=True) == head.get_params(deep=False) == params
     maps, masks = em
     head.fit(maps[:6], masks[:6])

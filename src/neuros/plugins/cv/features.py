@@ -22,7 +22,10 @@ class FeatureMap:
     features : ndarray, shape (h, w, C), float32
         One C-dimensional vector per grid cell, row-major.
     stride : float
-        Input-image pixels per grid step (16 for DINOv3 ViT/16; ``16 / scale`` when the image was rescaled).
+        Input-image pixels per grid step: 16 for DINOv3 ViT/16 (``16 / scale`` when the image was rescaled), any
+        of 8, 4, 2, 1 for denser grids (``filterbank[stride=1]`` is per pixel; see docs/backbones.md, "Feature
+        maps at any stride"). Cell (i, j) covers pixels [i·s, (i+1)·s) × [j·s, (j+1)·s), centred on
+        ((i + 0.5)·s − 0.5, (j + 0.5)·s − 0.5).
     image_shape : (int, int)
         (H, W) of the source image before any padding; the grid covers ``ceil(H / stride)`` rows.
     backbone : str
@@ -64,7 +67,8 @@ class FeatureMap:
         return self.features.reshape(-1, self.features.shape[2])
 
     def to_pixels(self, values: np.ndarray | None = None) -> np.ndarray:
-        """Bilinearly upsample ``values`` (h, w[, K]; default: the features) to the source image's pixels."""
+        """Bilinearly upsample ``values`` (h, w[, K]; default: the features) to the source image's pixels (the
+        identity at stride 1). For edges that follow the image use :func:`~.guided.guided_upsample`."""
         return upsample_to_pixels(self.features if values is None else values, self.stride, self.image_shape)
 
 

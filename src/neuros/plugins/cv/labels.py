@@ -24,6 +24,7 @@ __all__ = [
     "patch_fractions",
     "patch_labels",
     "patch_targets",
+    "sample_positions",
 ]
 
 RULES = ("argmax", "majority", "fraction")
@@ -133,8 +134,9 @@ def mask_targets(
     rule: str = "argmax",
     threshold: float = 0.5,
     classes: np.ndarray | None = None,
+    unlabelled: int | None = None,
 ) -> tuple[list[np.ndarray], np.ndarray]:
-    """The one way from pixel masks to patch training targets: check, encode, per-patch fractions, rule.
+    """The one way from pixel masks to training targets at a grid's stride: check, encode, per-cell rule.
 
     Parameters
     ----------
@@ -143,32 +145,86 @@ def mask_targets(
     shapes : sequence of (H, W)
         Each image's shape; every mask must have it.
     patch : int
-        Pixels per patch side (the feature grid's stride).
+        Pixels per grid cell side (the feature map's stride: 16 for patches, 1 for pixels).
     rule : {"argmax", "majority", "fraction"}
-        How a patch's label follows from its pixels (:func:`patch_targets`).
+        How a cell's label follows from its pixels (:func:`patch_targets`). At ``patch=1`` every rule gives
+        the pixel's own label.
     threshold : float
         Foreground fraction for ``rule="fraction"``.
     classes : ndarray, optional
         Known label values (sorted); by default the union of values in ``masks`` (:func:`encode_masks`).
+    unlabelled : int, optional
+        A mask value that is no class (e.g. 0 in a scribble mask): its pixels are neither trained nor counted
+        in a cell's fractions, and a cell without any labelled pixel gets the target -1.
 
     Returns
     -------
     targets : list of ndarray
-        One (h, w) int64 grid per mask, of class indices into ``classes``.
+        One (h, w) int64 grid per mask, of class indices into ``classes`` (-1: unlabelled).
     classes : ndarray
-        The sorted label values.
+        The sorted label values (never ``unlabelled``).
     """
     if rule not in RULES:
         raise ValueError(f"label rule must be one of {', '.join(RULES)}, got {rule!r}")
-    encoded, classes = encode_masks(masks, shapes, classes)
+    encoded, classes = encode_masks(masks, shapes, classes, unlabelled=unlabelled)
     k = len(classes)
-    return [patch_targets(patch_fractions(m, patch, k), rule, threshold) for m in encoded], classes
+    if unlabelled is None and int(patch) > 1:  # the report's path, unchanged (Tables 1-3 are pinned to it)
+        return [patch_targets(patch_fractions(m, patch, k), rule, threshold) for m in encoded], classes
+    return [_sparse_cell_targets(m, int(patch), k, rule, threshold) for m in encoded], classes
+
+
+def _sparse_cell_targets(encoded: np.ndarray, patch: int, k: int, rule: str, threshold: float) -> np.ndarray:
+    """Cell targets of an encoded mask with -1 = unlabelled: the rule over each cell's labelled pixels."""
+    if patch == 1:
+        return encoded
+    h, w = -(-encoded.shape[0] // patch), -(-encoded.shape[1] // patch)
+    padded = np.full((h * patch, w * patch), -1, dtype=np.int64)
+    padded[: encoded.shape[0], : encoded.shape[1]] = encoded
+    # Per-cell class counts with one bincount over (cell, class) codes rather than a one-hot stack: an
+    # (H, W, K) float array would cost K times the mask's memory on large images.
+    cell = (np.arange(h * patch)[:, None] // patch) * w + (np.arange(w * patch)[None, :] // patch)
+    ok = padded >= 0
+    counts = np.bincount(cell[ok] * k + padded[ok], minlength=h * w * k).reshape(h, w, k).astype(np.float32)
+    total = counts.sum(axis=2)
+    targets = patch_targets(counts / np.maximum(total, 1)[:, :, None], rule, threshold)
+    targets[total == 0] = -1
+    return targets
+
+
+def sample_positions(
+    targets: Sequence[np.ndarray],
+    max_per_class: int | None = None,
+    seed: int = 0,
+) -> list[np.ndarray]:
+    """Flat grid indices of the labelled cells (target >= 0) to train on, per map, at most ``max_per_class``.
+
+    The budget is per class over all maps together: a class with more labelled cells than the budget keeps a
+    uniform random subset (``numpy.random.default_rng(seed)``, so the table is reproducible from the seed);
+    rarer classes keep every cell. Indices come back sorted within each map (row-major order).
+    """
+    flat = [np.asarray(t).ravel() for t in targets]
+    labelled = [np.flatnonzero(t >= 0) for t in flat]
+    if max_per_class is None:
+        return labelled
+    budget = int(max_per_class)
+    if budget < 1:
+        raise ValueError(f"max_samples_per_class must be >= 1, got {max_per_class}")
+    which = np.concatenate([np.full(idx.size, i, dtype=np.int64) for i, idx in enumerate(labelled)])
+    where = np.concatenate(labelled)
+    y = np.concatenate([t[idx] for t, idx in zip(flat, labelled, strict=True)])
+    rng = np.random.default_rng(int(seed))
+    keep = np.zeros(y.size, dtype=bool)
+    for c in np.unique(y):  # a loop over classes (a handful), not over positions
+        members = np.flatnonzero(y == c)
+        keep[members if members.size <= budget else rng.choice(members, budget, replace=False)] = True
+    return [np.sort(where[keep & (which == i)]) for i in range(len(flat))]
 
 
 def encode_masks(
     masks: Sequence[np.ndarray],
     shapes: Sequence[tuple[int, int]],
     classes: np.ndarray | None = None,
+    unlabelled: int | None = None,
 ) -> tuple[list[np.ndarray], np.ndarray]:
     """Check masks against image shapes and encode their label values to class indices 0..K-1.
 
@@ -181,11 +237,13 @@ def encode_masks(
     classes : ndarray, optional
         Known label values (sorted); by default the union of values in ``masks``. A label not in ``classes``
         raises.
+    unlabelled : int, optional
+        A value that is no class: encoded as -1, never in ``classes`` (a ``classes`` holding it raises).
 
     Returns
     -------
     encoded : list of ndarray
-        int64 masks with values in 0..K-1 (index into ``classes``).
+        int64 masks with values in 0..K-1 (index into ``classes``); -1 where the mask is ``unlabelled``.
     classes : ndarray
         The sorted label values.
     """
@@ -193,13 +251,25 @@ def encode_masks(
         raise ValueError(f"{len(shapes)} images but {len(masks)} masks")
     checked = [check_mask(m, s, name=f"masks[{i}]") for i, (m, s) in enumerate(zip(masks, shapes, strict=True))]
     values = np.unique(np.concatenate([np.unique(m) for m in checked])) if checked else np.array([], np.int64)
+    if unlabelled is not None:
+        values = values[values != int(unlabelled)]
+        if values.size == 0:
+            raise ValueError(f"the masks hold no labelled pixel: every pixel is the unlabelled value {unlabelled}; "
+                             "paint at least one stroke of each class")
     if classes is None:
         classes = values
     classes = np.asarray(classes, dtype=np.int64)
+    if unlabelled is not None and int(unlabelled) in classes:
+        raise ValueError(f"the unlabelled value {unlabelled} is also a class ({classes.tolist()}); pick an "
+                         "unlabelled value that no class uses")
     unknown = np.setdiff1d(values, classes)
     if unknown.size:
         raise ValueError(f"masks hold label(s) {unknown.tolist()} not among the known classes {classes.tolist()}")
-    return [np.searchsorted(classes, m.astype(np.int64)) for m in checked], classes
+    encoded = [np.searchsorted(classes, m.astype(np.int64)) for m in checked]
+    if unlabelled is not None:
+        for e, m in zip(encoded, checked, strict=True):
+            e[m == int(unlabelled)] = -1
+    return encoded, classes
 
 
 def class_balance_weights(y: np.ndarray, n_classes: int) -> np.ndarray:

@@ -33,7 +33,7 @@ import numpy as np
 
 from ..preprocess import IMAGENET_MEAN, IMAGENET_STD, SAT493M_MEAN, SAT493M_STD
 from . import weights as W
-from .grid import GridBackbone
+from .grid import DENSE_DEFAULTS, GridBackbone
 from .placeholder import PlaceholderBackbone
 from .registry import BackboneEntry, register_backbone, register_resolver
 from .resolve import (
@@ -114,6 +114,16 @@ class DINOv3Backbone(GridBackbone):
         ConvNeXt stage 0–3 (strides 4/8/16/32); default 2, the stride-16 stage, whose grid matches ViT/16.
     scale : float
         Resize the image by this factor first (2 → twice finer features, 0.5 → 4× cheaper).
+    stride : float, optional
+        Target grid step in input pixels (16, 8, 4, 2, 1), finer than the model's own ``patch / scale``:
+        reached by ``shifts`` and then ``upsample`` (see :mod:`.grid` and docs/backbones.md). Default: the
+        model's grid (after ``shifts``).
+    shifts : int
+        Shift-and-stitch factor k (Long et al., CVPR 2015): k×k passes on inputs shifted by ``patch / k``
+        pixels, interleaved into a grid k times finer (1, 2, 4 or 8; cost k² forward passes).
+    upsample : {"bilinear", "guided"}
+        How the (stitched) grid is brought to ``stride``: bilinear, or bilinear then He et al.'s guided filter
+        with the grey image as guide (:func:`~neuros.plugins.cv.guided.guided_upsample`).
     tile, overlap : int, optional
         Process images larger than ``tile`` pixels (after ``scale``) in ``tile``×``tile`` windows with
         ``overlap`` pixels of context per side, stitching the cores: memory bounded by the tile.
@@ -144,7 +154,7 @@ class DINOv3Backbone(GridBackbone):
     #: The options that change the features (its :attr:`spec`); batch_size, device, dtype and tiling do not.
     spec_defaults: ClassVar[dict[str, Any]] = {
         "layers": None, "layer_reduce": "concat", "norm": True, "l2": False, "stage": 2, "scale": 1.0,
-        "scaling": "auto", "channels": None, "normalization": "auto",
+        "scaling": "auto", "channels": None, "normalization": "auto", **DENSE_DEFAULTS,
     }
 
     def __new__(cls, *args: Any, **kwargs: Any) -> Any:
@@ -157,7 +167,8 @@ class DINOv3Backbone(GridBackbone):
                                    k["stage"], k["normalization"], k["seed"], k["download"])
         if choice.kind == "placeholder":
             return PlaceholderBackbone(k["model_id"], variant, scale=k["scale"], scaling=k["scaling"],
-                                       channels=k["channels"], tile=k["tile"], overlap=k["overlap"],
+                                       channels=k["channels"], stride=k["stride"], shifts=k["shifts"],
+                                       upsample=k["upsample"], tile=k["tile"], overlap=k["overlap"],
                                        batch_size=k["batch_size"], note=choice.note)
         self = super().__new__(cls)
         self._resolved = (variant, choice)  # read (once) by __init__, so weights are looked up once
@@ -176,6 +187,9 @@ class DINOv3Backbone(GridBackbone):
         l2: bool = False,
         stage: int = 2,
         scale: float = 1.0,
+        stride: float | None = None,
+        shifts: int = 1,
+        upsample: str = "bilinear",
         tile: int | None = None,
         overlap: int = 64,
         batch_size: int = 8,
@@ -201,7 +215,8 @@ class DINOv3Backbone(GridBackbone):
         # The grid step in model-input pixels: 16 for ViT/16 and ConvNeXt stage 2; 4·2^stage otherwise.
         step = variant.patch_size if variant.arch == "vit" else 4 * 2**self.stage
         self._init_grid(model_id, variant, grid_step=step, scale=scale, scaling=scaling, channels=channels,
-                        tile=tile, overlap=overlap, batch_size=batch_size)
+                        tile=tile, overlap=overlap, batch_size=batch_size, stride=stride, shifts=shifts,
+                        upsample=upsample)
         mean, std = variant.mean_std
         if normalization == "sat":
             mean, std = SAT493M_MEAN, SAT493M_STD
@@ -310,7 +325,7 @@ class DINOv3Backbone(GridBackbone):
         if self.variant.arch == "vit":
             return math.inf
         rf = convnext_receptive_field(list(self.model.config.depths), self.stage)
-        return rf / self.scale + 2 * self._resize_margin()
+        return rf / self.scale + 2 * self._resize_margin() + self._dense_margin()
 
     def _meta(self) -> dict[str, Any]:
         pre = dict(self._preprocessing(), mean=list(self._mean), std=list(self._std))
@@ -345,7 +360,7 @@ class DINOv3Backbone(GridBackbone):
 
     def describe(self) -> dict[str, Any]:
         d = super().describe()
-        d.update(stride=self._stride / self.scale, dtype=str(self._torch_dtype).replace("torch.", ""),
+        d.update(stride=self.stride, dtype=str(self._torch_dtype).replace("torch.", ""),
                  device=self._device)
         return d
 

@@ -2,8 +2,9 @@
 
 Per pixel, at each scale σ: Gaussian smoothing, Laplacian of Gaussian, gradient magnitude, difference of
 Gaussians (σ vs 1.6σ), the two structure-tensor eigenvalues and the two Hessian eigenvalues — plus the raw
-intensity. The per-pixel stack (:func:`pixel_features`) is pooled to the 16-pixel grid (mean and standard
-deviation within each patch) so it plugs into every head and experiment like a DINOv3 backbone. No learned
+intensity. The per-pixel stack (:func:`pixel_features`) is pooled to a ``stride``-pixel grid (mean and standard
+deviation within each cell; 16 px by default, like DINOv3 ViT/16) so it plugs into every head and experiment like
+a DINOv3 backbone; ``filterbank[stride=1]`` is the per-pixel stack itself, unpooled. No learned
 weights: every output says ``weights="none (classical filters)"``.
 
 Gaussians come from scipy.ndimage, truncated at :data:`TRUNCATE` σ; derivatives are finite differences of
@@ -102,62 +103,96 @@ def pixel_features(image: np.ndarray, sigmas: tuple[float, ...] = DEFAULT_SIGMAS
 
 
 class FilterBankBackbone(Backbone):
-    """Multi-scale filters pooled to a ``patch_size`` grid (mean and std per patch).
+    """Multi-scale filters on a ``stride``-pixel grid: the per-pixel stack itself at stride 1, pooled (mean and
+    std per cell) above it.
 
     Parameters
     ----------
     sigmas : tuple of float
         Scales in pixels.
-    patch_size : int
-        Grid step (16, like DINOv3 ViT/16, so heads and masks line up).
+    stride : int
+        Grid step in pixels: 16 (the default, like DINOv3 ViT/16, so heads and masks line up), 8, 4, 2 or 1
+        (any positive whole number works). At stride 1 every cell is one pixel and the features are
+        :func:`pixel_features` unpooled (``1 + 8·len(sigmas)`` channels).
     pool : {"mean+std", "mean"}
-        Patch pooling of the per-pixel responses.
+        Pooling of the per-pixel responses over each cell. It does not apply at stride 1 (a one-pixel cell has
+        nothing to pool: its standard deviation would be 0), where it is ignored and left out of the spec.
+    patch_size : int, optional
+        The old name of ``stride`` (specs and heads written before strides existed say
+        ``filterbank[patch_size=8]``; :class:`~.spec.BackboneSpec` reads them as ``stride=8``).
     """
 
     name = "filterbank"
     #: Every option changes the features; there are no weights to choose.
-    spec_defaults: ClassVar[dict[str, Any]] = {"sigmas": DEFAULT_SIGMAS, "patch_size": 16, "pool": "mean+std"}
+    spec_defaults: ClassVar[dict[str, Any]] = {"sigmas": DEFAULT_SIGMAS, "stride": 16, "pool": "mean+std"}
+    #: Old option names still accepted (in ``__init__`` and in spec strings) for the current ones.
+    spec_aliases: ClassVar[dict[str, str]] = {"patch_size": "stride"}
     takes_weights: ClassVar[bool] = False
 
-    def __init__(self, sigmas: tuple[float, ...] = DEFAULT_SIGMAS, patch_size: int = 16,
-                 pool: str = "mean+std") -> None:
+    def __init__(self, sigmas: tuple[float, ...] = DEFAULT_SIGMAS, stride: int | None = None,
+                 pool: str = "mean+std", *, patch_size: int | None = None) -> None:
         super().__init__()
         if pool not in ("mean+std", "mean"):
             raise ValueError(f"pool must be 'mean+std' or 'mean', got {pool!r}")
         if not sigmas or any(float(s) <= 0 for s in sigmas):
             raise ValueError(f"sigmas must be positive numbers, got {sigmas!r}")
+        if stride is not None and patch_size is not None and int(stride) != int(patch_size):
+            raise ValueError(f"stride={stride} and patch_size={patch_size} disagree; patch_size is the old name of "
+                             "stride: give one")
+        step = stride if stride is not None else (patch_size if patch_size is not None else 16)
+        if isinstance(step, bool) or not float(step).is_integer() or int(step) < 1:
+            raise ValueError(f"stride must be a whole number of pixels ≥ 1, got {step!r}")
         self.sigmas = tuple(float(s) for s in sigmas)
-        self.patch_size = int(patch_size)
+        self.patch_size = int(step)  # the grid step: every cell is a patch_size×patch_size window
         self.pool = pool
         self.weights = WEIGHTS
         per_pixel = 1 + len(FILTERS) * len(self.sigmas)
-        self.feature_dim = per_pixel * (2 if pool == "mean+std" else 1)
+        self.feature_dim = per_pixel * (2 if pool == "mean+std" and self.patch_size > 1 else 1)
+
+    @property
+    def stride(self) -> float:
+        """Pixels per grid cell (the ``stride`` option)."""
+        return float(self.patch_size)
+
+    def _spec_options(self) -> dict[str, Any]:
+        opts = {"sigmas": self.sigmas, "stride": self.patch_size, "pool": self.pool}
+        if self.patch_size == 1:
+            del opts["pool"]  # nothing to pool in a one-pixel cell
+        return opts
+
+    def restrided(self, stride: int) -> FilterBankBackbone:
+        """The same filters on another grid step (the fused backbone brings its parts to a common stride)."""
+        return FilterBankBackbone(self.sigmas, stride=int(stride), pool=self.pool)
 
     @property
     def receptive_field(self) -> float:
-        """A patch plus :func:`pixel_radius` of its sigmas on each side, in pixels (exact, not an estimate)."""
+        """A cell plus :func:`pixel_radius` of its sigmas on each side, in pixels (exact, not an estimate)."""
         return float(self.patch_size + 2 * pixel_radius(self.sigmas))
 
     @property
     def halo(self) -> int:
-        """:func:`pixel_radius` rounded up to whole patches: blocks with it equal whole images exactly."""
+        """:func:`pixel_radius` rounded up to whole cells: blocks with it equal whole images exactly."""
         return math.ceil(pixel_radius(self.sigmas) / self.patch_size) * self.patch_size
 
     def extract(self, image: np.ndarray) -> FeatureMap:
-        """Pooled filter-bank features of one image (padded by reflection to the grid, like DINOv3)."""
+        """Filter-bank features of one image: per pixel at stride 1, else pooled per cell (the image padded by
+        reflection to the grid, like DINOv3)."""
         arr = as_image(image, min_size=self.patch_size)
-        padded = pad_to_multiple(arr, self.patch_size, mode="reflect")
-        px = pixel_features(padded, self.sigmas)
         p = self.patch_size
-        h, w = padded.shape[0] // p, padded.shape[1] // p
-        blocks = px.reshape(h, p, w, p, -1)
-        feats = [blocks.mean(axis=(1, 3))]
-        if self.pool == "mean+std":
-            feats.append(blocks.std(axis=(1, 3)))
-        meta: dict[str, Any] = {"sigmas": list(self.sigmas), "pool": self.pool,
+        padded = pad_to_multiple(arr, p, mode="reflect")
+        px = pixel_features(padded, self.sigmas)
+        meta: dict[str, Any] = {"sigmas": list(self.sigmas), "pool": self.pool if p > 1 else "none",
                                 "preprocessing": {"scaling": "to_float01(auto)", "colour": "luminance"}}
-        fm = FeatureMap(np.concatenate(feats, axis=-1).astype(np.float32), float(p), arr.shape[:2],
-                        self.name, self.weights, meta, self.spec)
+        if p == 1:
+            feats = px
+        else:
+            h, w = padded.shape[0] // p, padded.shape[1] // p
+            blocks = px.reshape(h, p, w, p, -1)
+            pooled = [blocks.mean(axis=(1, 3))]
+            if self.pool == "mean+std":
+                pooled.append(blocks.std(axis=(1, 3)))
+            feats = np.concatenate(pooled, axis=-1).astype(np.float32)
+        fm = FeatureMap(feats, float(p), arr.shape[:2], self.name, self.weights, meta, self.spec)
         return self._remember(fm)
 
     def describe(self) -> dict[str, Any]:

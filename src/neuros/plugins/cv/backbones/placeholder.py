@@ -15,7 +15,7 @@ from typing import Any, ClassVar
 
 import numpy as np
 
-from .grid import GridBackbone
+from .grid import DENSE_DEFAULTS, GridBackbone
 from .resolve import variant_for
 from .variants import Variant
 from .weights import WeightsNotFoundError
@@ -93,9 +93,10 @@ class PlaceholderBackbone(GridBackbone):
     """The placeholder for DINOv3 variant ``model_id``: its feature dimension and 16-px grid, no network.
 
     Its features depend only on the pixels (after ``scaling``, ``channels`` and ``scale``) and the model id,
-    so its spec is ``<model_id>@placeholder`` with at most those three options; each cell sees only its own
-    patch, so blocks need no halo (at ``scale`` 1). Usually built by
-    :class:`~.dinov3.DINOv3Backbone`, which also checks the network options this class ignores.
+    so its spec is ``<model_id>@placeholder`` with at most those three options and the dense ones (``stride``,
+    ``shifts``, ``upsample``: the same grids as the network's, so ``vit-small@placeholder[stride=4]`` runs
+    offline); each cell sees only its own patch, so blocks need no halo (at ``scale`` 1, not upsampled).
+    Usually built by :class:`~.dinov3.DINOv3Backbone`, which also checks the network options this class ignores.
 
     Parameters
     ----------
@@ -103,7 +104,7 @@ class PlaceholderBackbone(GridBackbone):
         A DINOv3 short id, hub id or checkpoint folder (it seeds the projection and sets ``feature_dim``).
     variant : Variant, optional
         Its architecture, when already resolved.
-    scale, scaling, channels, tile, overlap, batch_size
+    scale, scaling, channels, stride, shifts, upsample, tile, overlap, batch_size
         As for :class:`~.dinov3.DINOv3Backbone`.
     note : str, optional
         Why the placeholder runs (``weights="auto"`` found no weights); shown by :meth:`describe`.
@@ -117,26 +118,30 @@ class PlaceholderBackbone(GridBackbone):
 
     weights = PLACEHOLDER_WEIGHTS
     #: The placeholder reads only the pixels: the DINOv3 options that shape a network do not apply.
-    spec_defaults: ClassVar[dict[str, Any]] = {"scale": 1.0, "scaling": "auto", "channels": None}
+    spec_defaults: ClassVar[dict[str, Any]] = {"scale": 1.0, "scaling": "auto", "channels": None,
+                                               **DENSE_DEFAULTS}
 
     def __init__(self, model_id: str = "vit-small", variant: Variant | None = None, *, scale: float = 1.0,
-                 scaling: str = "auto", channels: tuple[int, int, int] | None = None, tile: int | None = None,
-                 overlap: int = 64, batch_size: int = 8, note: str | None = None) -> None:
+                 scaling: str = "auto", channels: tuple[int, int, int] | None = None, stride: float | None = None,
+                 shifts: int = 1, upsample: str = "bilinear", tile: int | None = None, overlap: int = 64,
+                 batch_size: int = 8, note: str | None = None) -> None:
         super().__init__()
         variant = variant_for(model_id) if variant is None else variant
         if not variant.feature_dim:
             raise WeightsNotFoundError(
                 f"{model_id}: the placeholder needs a known variant; no weights for this hub id here"
             )
-        self._init_grid(model_id, variant, grid_step=variant.patch_size, scale=scale, scaling=scaling,
-                        channels=channels, tile=tile, overlap=overlap, batch_size=batch_size)
-        self.note = note
         self.feature_dim = variant.feature_dim
+        self._init_grid(model_id, variant, grid_step=variant.patch_size, scale=scale, scaling=scaling,
+                        channels=channels, tile=tile, overlap=overlap, batch_size=batch_size, stride=stride,
+                        shifts=shifts, upsample=upsample)
+        self.note = note
 
     @property
     def receptive_field(self) -> float:
-        """One patch (plus what resizing by ``scale`` mixes in), in input pixels."""
-        return self.stride + 2 * self._resize_margin()
+        """One patch (plus what resizing by ``scale`` mixes in, and what upsampling a dense grid blends in),
+        in input pixels; shift-and-stitch centres each cell's patch on the cell, adding nothing."""
+        return self.native_stride + 2 * self._resize_margin() + self._dense_margin()
 
     def _min_size(self) -> int:
         return max(1, int(np.ceil(self.patch_size / self.scale)))

@@ -20,6 +20,17 @@ Values are written as JSON (``true``, ``2``, ``0.5``, ``[-4,-1]``, ``null``) exc
 (``mean``, ``auto``) need no quotes; integral floats are written as integers (``scale=2``). The name is
 everything before the first ``@`` (so a name may not contain ``@``); the weights run up to the option list.
 :meth:`BackboneSpec.parse` is the exact inverse of ``str()``.
+
+A *fused* spec joins two or more specs with ``+`` (``vit-small@random(seed=3)+filterbank[stride=4]``): each
+part keeps its own weights and options (an option list belongs to the part it follows), and the features are
+the parts' standardised features concatenated at their common stride (:mod:`.fused`). Only a ``+`` outside
+brackets, parentheses and quotes joins parts, so ``filterbank[pool=mean+std]`` is one spec; a part's weights
+path may therefore not contain a bare ``+``. Its :attr:`~BackboneSpec.name` is the parts' names joined
+(``vit-small+filterbank``), which the registry resolves to the fused backbone, and :attr:`~BackboneSpec.parts`
+holds the parts.
+
+Old option names a backbone still accepts (its ``spec_aliases``, e.g. the filter bank's ``patch_size`` for
+``stride``) are read as the current name, so specs and heads written before the rename still load.
 """
 
 from __future__ import annotations
@@ -31,14 +42,22 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field, replace
 from typing import Any
 
-from .registry import entry_class, get_backbone, lookup
+from .registry import BackboneEntry, entry_class, get_backbone, lookup, register_resolver
+
+#: Option names some backbone accepts as an old name of another (its ``spec_aliases``); only specs using one
+#: look their backbone's class up when they are made.
+ALIASED_OPTIONS = frozenset({"patch_size"})
+#: Joins the parts of a fused spec.
+FUSE = "+"
 
 __all__ = [
     "EXECUTION_OPTIONS",
+    "FUSE",
     "BackboneSpec",
     "as_spec",
     "non_default_options",
     "option_defaults",
+    "split_fused",
     "split_options",
     "takes_weights",
 ]
@@ -165,6 +184,30 @@ class _ValueParser:
         return out
 
 
+def split_fused(text: str) -> list[str]:
+    """``text`` cut at every ``+`` outside brackets, parentheses and double quotes (one piece: not fused)."""
+    pieces, depth, quoted, start = [], 0, False, 0
+    for i, c in enumerate(text):
+        if c == '"' and (i == 0 or text[i - 1] != "\\"):
+            quoted = not quoted
+        elif quoted:
+            continue
+        elif c in "[(":
+            depth += 1
+        elif c in ")]":
+            depth = max(0, depth - 1)
+        elif c == FUSE and depth == 0:
+            pieces.append(text[start:i])
+            start = i + 1
+    pieces.append(text[start:])
+    return pieces
+
+
+def _aliases(name: str) -> dict[str, str]:
+    cls = _backbone_class(name)
+    return dict(getattr(cls, "spec_aliases", {})) if cls is not None else {}
+
+
 def _split_options(text: str) -> tuple[str, str | None]:
     """(``name[@weights]``, option text or None): the option list is a trailing ``[key=...]`` group."""
     if not text.endswith("]"):
@@ -222,6 +265,10 @@ class BackboneSpec:
     options : mapping
         Identity options (see the module docstring); stored as a sorted tuple of ``(key, value)`` pairs so
         that a spec is hashable. Use :attr:`options_dict` to read them as a dict.
+    parts : tuple of BackboneSpec
+        The parts of a fused spec (empty for a plain one); make fused specs with :meth:`fuse` or
+        :meth:`parse`. A fused spec's name is its parts' names joined by ``+``; it has no weights or options
+        of its own.
 
     Examples
     --------
@@ -230,15 +277,25 @@ class BackboneSpec:
     'vit-small@random(seed=3)[l2=true,scale=2]'
     >>> s.options_dict["scale"], BackboneSpec.parse(str(s)) == s
     (2, True)
+    >>> f = BackboneSpec.parse("vit-small@random(seed=3)+filterbank[pool=mean+std,stride=4]")
+    >>> f.name, [str(p) for p in f.parts]
+    ('vit-small+filterbank', ['vit-small@random(seed=3)', 'filterbank[pool=mean+std,stride=4]'])
     """
 
     name: str
     weights: str | None = None
     options: Any = field(default=())
+    parts: tuple[BackboneSpec, ...] = field(default=())
 
     def __post_init__(self) -> None:
+        if self.parts:
+            self._check_fused()
+            return
         if not isinstance(self.name, str) or not self.name.strip():
             raise ValueError(f"backbone spec needs a backbone name, got {self.name!r}")
+        if len(split_fused(self.name)) > 1:
+            raise ValueError(f"backbone name {self.name!r} may not contain '+' (it joins the parts of a fused "
+                             "backbone: write the parts as one spec string, e.g. 'vit-small+filterbank')")
         if "@" in self.name:
             raise ValueError(f"backbone name {self.name!r} may not contain '@' (it separates name and weights)")
         if self.weights is not None and (not isinstance(self.weights, str) or not self.weights.strip()):
@@ -252,10 +309,43 @@ class BackboneSpec:
             if key in norm:
                 raise ValueError(f"backbone spec {self.name!r}: option {key!r} given twice")
             norm[key] = _norm_value(value, key)
+        if ALIASED_OPTIONS & set(norm):
+            for old, new in _aliases(self.name).items():
+                if old in norm:
+                    value = norm.pop(old)
+                    if new in norm and norm[new] != value:
+                        raise ValueError(f"backbone spec {self.name!r}: {old}={_format_value(value)} and "
+                                         f"{new}={_format_value(norm[new])} disagree ({old} is the old name of {new})")
+                    norm[new] = value
         object.__setattr__(self, "options", tuple(sorted(norm.items())))
+
+    def _check_fused(self) -> None:
+        parts: list[BackboneSpec] = []
+        for p in self.parts:
+            p = BackboneSpec.parse(p) if isinstance(p, str) else p
+            if not isinstance(p, BackboneSpec):
+                raise TypeError(f"the parts of a fused backbone spec must be specs, got {type(p).__name__}")
+            parts.extend(p.parts or (p,))  # (a+b)+c is a+b+c
+        if len(parts) < 2:
+            raise ValueError("a fused backbone spec needs at least two parts")
+        name = FUSE.join(p.name for p in parts)
+        if self.name != name or self.weights is not None or self.options:
+            raise ValueError(f"a fused backbone spec is named by its parts ({name!r}) and has no weights or options "
+                             f"of its own (give them to a part); use BackboneSpec.fuse or BackboneSpec.parse")
+        object.__setattr__(self, "parts", tuple(parts))
+        object.__setattr__(self, "options", ())
+
+    @classmethod
+    def fuse(cls, *parts: BackboneSpec | str) -> BackboneSpec:
+        """The fused spec of ``parts`` (specs or spec strings; fused parts are flattened)."""
+        flat = [q for p in parts for q in ((BackboneSpec.parse(p) if isinstance(p, str) else p).parts
+                                           or (BackboneSpec.parse(p) if isinstance(p, str) else p,))]
+        return cls(FUSE.join(p.name for p in flat), None, (), tuple(flat))
 
     # ------------------------------------------------------------------ string form
     def __str__(self) -> str:
+        if self.parts:
+            return FUSE.join(str(p) for p in self.parts)
         s = self.name if self.weights is None else f"{self.name}@{self.weights}"
         if self.options:
             s += "[" + ",".join(f"{k}={_format_value(v)}" for k, v in self.options) + "]"
@@ -263,11 +353,17 @@ class BackboneSpec:
 
     @classmethod
     def parse(cls, text: str) -> BackboneSpec:
-        """The spec written as ``text`` (``name[@weights][[key=value,...]]``); the inverse of ``str()``."""
+        """The spec written as ``text`` (``name[@weights][[key=value,...]]``, or such specs joined by ``+``);
+        the inverse of ``str()``."""
         if isinstance(text, BackboneSpec):
             return text
         if not isinstance(text, str):
             raise TypeError(f"a backbone spec must be a string, got {type(text).__name__}")
+        pieces = split_fused(text.strip())
+        if len(pieces) > 1:
+            if any(not p.strip() for p in pieces):
+                raise ValueError(f"backbone spec {text!r}: an empty part around '+' (write e.g. vit-small+filterbank)")
+            return cls.fuse(*(cls.parse(p) for p in pieces))
         head, opts = _split_options(text.strip())
         name, at, weights = head.partition("@")
         if at and not weights:
@@ -286,33 +382,55 @@ class BackboneSpec:
         def plain(v: Any) -> Any:
             return [plain(x) for x in v] if isinstance(v, tuple) else v
 
-        return {"name": self.name, "weights": self.weights, "options": {k: plain(v) for k, v in self.options},
-                "string": str(self)}
+        record = {"name": self.name, "weights": self.weights, "options": {k: plain(v) for k, v in self.options},
+                  "string": str(self)}
+        if self.parts:
+            record["parts"] = [p.to_dict() for p in self.parts]
+        return record
 
     @classmethod
     def from_dict(cls, data: Mapping[str, Any]) -> BackboneSpec:
         """The spec recorded by :meth:`to_dict` (its ``string`` is checked against the fields when present)."""
         if not isinstance(data, Mapping) or "name" not in data:
             raise ValueError(f"a backbone spec record needs at least a 'name', got {data!r}")
-        unknown = set(data) - {"name", "weights", "options", "string"}
+        unknown = set(data) - {"name", "weights", "options", "string", "parts"}
         if unknown:
             raise ValueError(f"backbone spec record: unknown key(s) {', '.join(sorted(unknown))}")
         options = data.get("options") or {}
         if not isinstance(options, Mapping):
             raise ValueError(f"backbone spec record: options must be a mapping, got {options!r}")
-        spec = cls(data["name"], data.get("weights"), options)
-        if "string" in data and data["string"] != str(spec):
+        if data.get("parts"):
+            spec = cls.fuse(*(cls.from_dict(p) for p in data["parts"]))
+            if spec.name != data["name"]:
+                raise ValueError(f"backbone spec record: name {data['name']!r} does not match its parts "
+                                 f"({spec.name!r})")
+        else:
+            spec = cls(data["name"], data.get("weights"), options)
+        if "string" in data and cls.parse(data["string"]) != spec:
             raise ValueError(f"backbone spec record: string {data['string']!r} does not match its fields "
                              f"({str(spec)!r})")
         return spec
 
     # ------------------------------------------------------------------ changes
     def with_weights(self, weights: str | None) -> BackboneSpec:
-        """This spec with other weights."""
+        """This spec with other weights; for a fused spec, the parts that take weights and name none get them
+        (a part's own weights win)."""
+        if self.parts:
+            if weights is None:
+                return self
+            return BackboneSpec.fuse(*(p.with_weights(weights) if p.weights is None and takes_weights(p.name)
+                                       else p for p in self.parts))
         return replace(self, weights=weights)
 
     def with_options(self, **options: Any) -> BackboneSpec:
         """This spec with ``options`` set (given defaults are dropped, so the result stays canonical)."""
+        if self.parts:
+            if options:
+                first = sorted(options)[0]
+                owner = next((p.name for p in self.parts if first in option_defaults(p.name)), self.parts[-1].name)
+                raise ValueError(f"fused backbone {str(self)!r} has no options of its own ({', '.join(sorted(options))}"
+                                 f"); put them on a part, e.g. {owner}[{first}=...]")
+            return self
         merged = {**self.options_dict, **options}
         return replace(self, options=non_default_options(merged, option_defaults(self.name)))
 
@@ -325,6 +443,12 @@ class BackboneSpec:
         """
         if self.name != other.name:
             return "backbone", self.name, other.name
+        if self.parts or other.parts:
+            for mine_p, theirs_p in zip(self.parts, other.parts, strict=True):
+                diff = mine_p.difference(theirs_p)
+                if diff is not None:
+                    return f"{mine_p.name}.{diff[0]}", diff[1], diff[2]
+            return None
         if self.weights != other.weights:
             return "weights", str(self.weights), str(other.weights)
         defaults = option_defaults(self.name) if self.options != other.options else {}
@@ -354,8 +478,12 @@ class BackboneSpec:
         """Build the backbone (a :class:`~.base.Backbone`) through the registry (:func:`~.registry.get_backbone`).
 
         ``extra`` are execution options (``device``, ``batch_size``, ``tile``, ``download``, …); identity options
-        and weights must be part of the spec.
+        and weights must be part of the spec. A fused spec builds through the registry from its string.
         """
+        if self.parts:
+            if "weights" in extra:
+                raise ValueError(f"backbone spec {str(self)!r}: weights belong in the spec, not in the build options")
+            return get_backbone(str(self), **extra)
         defaults = option_defaults(self.name)
         clash = sorted(k for k in extra if k == "weights" or k in defaults)
         if clash:
@@ -399,3 +527,21 @@ def split_options(name: str, options: Mapping[str, Any]) -> tuple[dict[str, Any]
     execution = {k: v for k, v in options.items() if k not in defaults and k != "weights"}
     return ident, execution
 
+
+
+def _spec_entry(name: str) -> BackboneEntry | None:
+    """Let :func:`~.registry.get_backbone` take a whole spec string (``"filterbank[stride=1]"``,
+    ``"vit-small@random(seed=3)[stride=4]"``): an entry that builds it (fused names have their own resolver)."""
+    if ("@" not in name and not name.endswith("]")) or len(split_fused(name)) > 1:
+        return None
+    try:
+        spec = BackboneSpec.parse(name)
+    except (ValueError, TypeError):
+        return None
+    if spec.name == name or (spec.weights is None and not spec.options):
+        return None
+    base = lookup(spec.name)
+    return BackboneEntry(name, lambda **extra: spec.build(**extra), base.summary, base.family, dict(base.info))
+
+
+register_resolver(_spec_entry)

@@ -16,7 +16,14 @@ from pathlib import Path
 import numpy as np
 
 from ..output import check_output_file, disk_full_error, honour_umask, is_disk_full
-from .register import add_download, add_registration_options, check_nifti_out, read_image, registration_kwargs
+from .register import (
+    MODELS,
+    add_download,
+    add_registration_options,
+    check_nifti_out,
+    read_image,
+    registration_kwargs,
+)
 
 IMAGE_SUFFIXES = (".tif", ".tiff", ".png", ".jpg", ".jpeg", ".npy")
 
@@ -59,7 +66,16 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--out", required=True, help="aligned stack: .tif, or .nii/.nii.gz (required for NIfTI input)")
     p.add_argument("--axis", type=int, default=0,
                    help="the section axis of a 3-D stack (default 0; the slice axis of a NIfTI, e.g. 2)")
-    p.add_argument("--transforms", required=True, help="transforms (CSV)")
+    p.add_argument("--transforms", required=True,
+                   help="transforms: a CSV for the translation model; with --model a folder of one ITK/ANTs "
+                   "transform file per section (section 0's grid → section i) plus transforms.csv")
+    p.add_argument("--model", choices=(*MODELS, "elastic"), default="translation",
+                   help="translation (default), rigid, similarity, affine, or deformable (= elastic): transforms "
+                   "found by registering each section to its next --neighbours sections and solving for all "
+                   "sections at once (least squares: no drift build-up); deformable adds one diffeomorphic warp "
+                   "per section towards its aligned neighbours")
+    p.add_argument("--neighbours", type=int, default=2,
+                   help="with --model: sections each section is registered to (default 2; 1 = plain chaining)")
     add_registration_options(p)
     add_download(p)
     p.add_argument(
@@ -89,6 +105,9 @@ def _write_aligned(tmp_out: Path, out: Path, aligned: np.ndarray, source: str, m
 def run(args: argparse.Namespace) -> int:
     from ..registration import align_stack
     from ._progress import note_placeholder, progress_callback
+
+    if args.model != "translation":
+        return run_model(args)
 
     out, tr = Path(args.out).expanduser(), Path(args.transforms).expanduser()
     if out.resolve() == tr.resolve():
@@ -143,4 +162,79 @@ def run(args: argparse.Namespace) -> int:
             t.unlink(missing_ok=True)
     print(f"aligned {sections.shape[0]} sections → {out}; transforms → {tr} (backbone={transforms.backbone}, "
           f"weights={transforms.weights})")
+    return 0
+
+
+def _sections(args: argparse.Namespace) -> np.ndarray:
+    vol = read_stack(args.stack)
+    if vol.ndim != 3:
+        raise ValueError(f"STACK {args.stack} has shape {vol.shape}; --model aligns greyscale (sections, H, W) stacks")
+    if not -vol.ndim <= args.axis < 3:
+        raise ValueError(f"--axis {args.axis} is out of range for STACK {args.stack} of shape {vol.shape}")
+    sections = np.moveaxis(vol, args.axis, 0)
+    if sections.shape[0] < 2:
+        raise ValueError(f"STACK {args.stack} has {sections.shape[0]} section along axis {args.axis}; a stack needs "
+                         "at least two to align")
+    return sections
+
+
+def run_model(args: argparse.Namespace) -> int:
+    """``align --model``: rigid/similarity/affine/deformable alignment, one transform file per section."""
+    from ..output import atomic_output_dir, check_output_dir
+    from ..registration_models import align_stack_models
+    from ..transforms import CompositeTransform, save_transform
+    from ._progress import progress_callback
+
+    model = "deformable" if args.model == "elastic" else args.model
+    if args.backbone is not None or args.weights is not None or args.max_shift is not None:
+        raise ValueError("--backbone, --weights and --max-shift apply to the translation model")
+    if args.reference != "previous":
+        raise ValueError("--reference applies to the translation model; --model uses --neighbours")
+    if args.neighbours < 1:
+        raise ValueError(f"--neighbours must be at least 1, got {args.neighbours}")
+    out = check_output_file(Path(args.out).expanduser(), args.overwrite, [args.stack])
+    check_nifti_out(out, args.stack)
+    check_output_dir(Path(args.transforms).expanduser(), args.overwrite, [args.stack])
+    sections = _sections(args)
+    n = sections.shape[0]
+    n_pairs = sum(min(args.neighbours, n - 1 - i) for i in range(n - 1))
+    with progress_callback(n_pairs, f"align --model {model}") as advance:
+        aligned, reg = align_stack_models(sections, model, neighbours=args.neighbours, order=args.order,
+                                          progress=advance, min_overlap=args.min_overlap)
+    shape = sections.shape[1:]
+    meta = {"neuros_cv": "align", "source": str(args.stack), "axis": args.axis, "model": model,
+            "neighbours": args.neighbours, "transforms": str(args.transforms)}
+    suffix = ".nii.gz" if out.name.lower().endswith(".nii.gz") else out.suffix
+    tmp_out = _temp_beside(out, suffix)
+    rows = []
+    try:  # the stack first (to a temporary file), then the transforms folder, then the stack in place: both or none
+        _write_aligned(tmp_out, out, np.moveaxis(aligned, 0, args.axis), str(args.stack), meta)
+        honour_umask(tmp_out)
+        with atomic_output_dir(Path(args.transforms).expanduser(), overwrite=args.overwrite, inputs=[args.stack],
+                               command="align") as tmp:
+            for i, t in enumerate(reg.transforms):
+                name = f"section_{i:04d}" + (".nii.gz" if isinstance(t, CompositeTransform) else ".tfm")
+                save_transform(t.to_field(shape) if isinstance(t, CompositeTransform) else t, tmp / name)
+                pair = [r for a, b, r in reg.pairs if b == i and a == i - 1]
+                rows.append({"section": i, "file": name, "model": model,
+                             "score_with_previous": f"{pair[0].score:.4f}" if pair else "",
+                             "reliable_with_previous": pair[0].reliable if pair else ""})
+            with open(tmp / "transforms.csv", "w", newline="") as fh:
+                writer = csv.DictWriter(fh, fieldnames=list(rows[0]))
+                writer.writeheader()
+                writer.writerows(rows)
+        os.replace(tmp_out, out)
+    except OSError as e:
+        if is_disk_full(e):
+            raise disk_full_error(out) from None
+        raise
+    finally:
+        tmp_out.unlink(missing_ok=True)
+    unreliable = [i for i, r in enumerate(rows) if r["reliable_with_previous"] is False]
+    print(f"aligned {n} sections ({model}) → {out}; transforms → {args.transforms}/ (section 0's grid → section i)")
+    if unreliable:
+        import sys
+
+        print(f"neuros-cv align: warning: sections {unreliable} registered unreliably to their previous section; "
+              "check them in the aligned stack", file=sys.stderr)
     return 0

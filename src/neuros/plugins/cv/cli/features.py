@@ -76,6 +76,14 @@ def _spec(args: argparse.Namespace) -> tuple[BackboneSpec, dict[str, Any]]:
     """The backbone spec (``--backbone`` name or spec string, ``--weights`` and the flags that change the
     features) and the execution options (tiling, batch size, device, dtype, download) to build it with."""
     spec = BackboneSpec.parse(args.backbone)
+    if spec.parts:  # fused: --weights fills the parts that name none; execution options go to the parts that take them
+        download_kwargs(args, spec.name)  # --download: one-line error (it is for one DINOv3 backbone)
+        flags = {"layers": args.layers, "layer_reduce": args.layer_reduce, "stage": args.stage, "scale": args.scale,
+                 "l2": args.l2, "norm": not args.no_norm}
+        spec.with_options(**non_default_options({k: v for k, v in flags.items() if v is not None},
+                                                option_defaults("vit-small")))  # a DINOv3 flag: one-line error
+        extras = dict(tile=args.tile, batch_size=args.batch_size, device=args.device, dtype=args.dtype)
+        return spec.with_weights(args.weights or "auto"), extras
     if lookup(spec.name).family != "dinov3":
         download_kwargs(args, spec.name)  # --download with a non-DINOv3 backbone: one-line error
         return spec, {}

@@ -13,6 +13,7 @@ from pathlib import Path
 import numpy as np
 
 FINE = ("structure", "intensity")
+MODELS = ("translation", "rigid", "similarity", "affine", "deformable")
 
 
 def read_image(path: str | Path, what: str = "image") -> np.ndarray:
@@ -111,7 +112,15 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
         epilog="example: neuros-cv register section00.tif section01.tif --json",
     )
     p.add_argument("image_a", metavar="A", help="reference (fixed) image: TIFF, PNG/JPEG, NIfTI, HDF5/zarr or .npy")
-    p.add_argument("image_b", metavar="B", help="moving image, same height and width as A")
+    p.add_argument("image_b", metavar="B", help="moving image (same shape as A for the translation model; any "
+                   "shape with --model rigid/similarity/affine/deformable)")
+    p.add_argument("--model", choices=MODELS, default="translation",
+                   help="transform model (default translation: `dy dx score`); the others print a JSON record "
+                   "with the transform, score, overlap, forward/backward consistency and `reliable`")
+    p.add_argument("--transform-out", metavar="FILE",
+                   help="with --model: save the transform, fixed → moving points, in ANTs'/ITK's convention "
+                   "(.tfm/.txt/.mat for linear models; .nii.gz displacement field for deformable) — "
+                   "`neuros-cv warp` and ANTs apply it to other images (NIfTI inputs: in scanner space)")
     add_registration_options(p)
     add_download(p)
     p.add_argument("--json", action="store_true", help="print one JSON record instead of `dy dx score`")
@@ -125,6 +134,11 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
 
 def run(args: argparse.Namespace) -> int:
     import sys
+
+    if args.model != "translation":
+        return run_model(args)
+    if args.transform_out:
+        raise ValueError("--transform-out needs --model (rigid, similarity, affine or deformable)")
 
     from ..datasets.io import file_format_or_none, write_image
     from ..output import check_output_file
@@ -161,4 +175,70 @@ def run(args: argparse.Namespace) -> int:
         print(f"neuros-cv register: backbone={t.backbone} weights={t.weights} method={t.method}", file=sys.stderr)
     if out is not None:
         print(f"neuros-cv register: B moved onto A written to {out}", file=sys.stderr)
+    return 0
+
+
+def _nifti_3d(path: str | Path, image: np.ndarray) -> bool:
+    from ..datasets.io import file_format_or_none
+
+    return file_format_or_none(Path(path)) == "nifti" and image.ndim == 3
+
+
+def run_model(args: argparse.Namespace) -> int:
+    """``register --model``: a transform model through :func:`~..registration_models.register`."""
+    import sys
+
+    from ..datasets.io import file_format, file_format_or_none, write_image
+    from ..output import check_output_file
+    from ..registration_models import register
+    from ..transforms import CompositeTransform, DisplacementField, nifti_geometry, save_transform
+
+    if args.backbone is not None or args.weights is not None or args.fine != "structure":
+        raise ValueError("--backbone, --weights and --fine apply to the translation model; the transform models "
+                         "use the contrast-invariant structure channels")
+    inputs = [args.image_a, args.image_b]
+    out = tf_out = None
+    if args.out:
+        out = check_output_file(args.out, args.overwrite, inputs)
+        check_nifti_out(out, args.image_a)
+        if file_format_or_none(out) not in ("nifti", "tiff", "png", "npy"):
+            raise ValueError(f"--out {out}: write the moved image as .nii.gz, .tif, .png or .npy")
+    if args.transform_out:
+        tf_out = check_output_file(args.transform_out, args.overwrite, inputs)
+        nifti = tf_out.name.lower().endswith((".nii", ".nii.gz"))
+        if args.model == "deformable" and not nifti:
+            raise ValueError(f"--transform-out {tf_out.name}: a deformable transform is a displacement field; "
+                             "name it .nii.gz")
+        if args.model != "deformable" and (nifti or tf_out.suffix.lower() not in (".tfm", ".txt", ".mat")):
+            raise ValueError(f"--transform-out {tf_out.name}: save a linear transform as .tfm, .txt or .mat")
+    a = read_image(args.image_a, "A")
+    b = read_image(args.image_b, "B")
+    if args.max_shift is not None:
+        raise ValueError("--max-shift applies to the translation model; the transform models search globally")
+    res = register(a, b, model=args.model, min_overlap=args.min_overlap)
+    rec = {"a": str(args.image_a), "b": str(args.image_b), **res.as_dict()}
+    if tf_out is not None:
+        t = res.transform
+        if isinstance(t, CompositeTransform):
+            t = t.to_field(res.fixed_shape)
+        geo_a = nifti_geometry(args.image_a) if _nifti_3d(args.image_a, a) else None
+        geo_b = nifti_geometry(args.image_b) if _nifti_3d(args.image_b, b) else None
+        save_transform(t, tf_out, fixed=geo_a, moving=geo_b)
+        rec["transform_file"] = str(tf_out)
+        rec["transform_kind"] = "displacement field" if isinstance(t, DisplacementField) else "linear"
+    if out is not None:
+        integer = np.issubdtype(b.dtype, np.integer) or b.dtype == bool
+        moved = res.transform.apply(b, res.fixed_shape, order=0 if integer and args.order == 1 else args.order)
+        if integer:
+            info = np.iinfo(np.uint8 if b.dtype == bool else b.dtype)
+            moved = np.clip(np.round(moved), info.min, info.max).astype(b.dtype)
+        like = args.image_a if file_format_or_none(Path(args.image_a)) == "nifti" else None
+        desc = f"neuros-cv register --model {args.model}: {Path(args.image_b).name} onto {Path(args.image_a).name}"
+        write_image(out, moved, like=like, description=desc[:79] if file_format(out) == "nifti" else desc)
+    print(json.dumps(rec))
+    if not res.reliable:
+        why = "; ".join(res.reasons) or "low score or overlap"
+        print(f"neuros-cv register: warning: unreliable result ({why}); check the pair or the model", file=sys.stderr)
+    if out is not None:
+        print(f"neuros-cv register: B moved onto A's grid written to {out}", file=sys.stderr)
     return 0

@@ -9,6 +9,7 @@ import sys
 from pathlib import Path
 
 from .register import add_registration_options, registration_kwargs
+from .segment import add_instance_options, instance_index
 
 SUBCOMMANDS = ("features", "segment", "align", "convert")
 
@@ -59,7 +60,8 @@ def _common(p: argparse.ArgumentParser) -> None:
                    help="seconds to wait for --scheduler to answer, and for a lost scheduler or workers mid-run "
                    "before giving up (default 10)")
     p.add_argument("--block", type=_block, default=None, metavar="Y,X",
-                   help="block size in pixels, multiples of 16 (default: the input chunk rounded up to 16)")
+                   help="block size in pixels, multiples of the backbone's stride (16 for ViT/16, 1 for "
+                        "'filterbank[stride=1]'; default: the input chunk rounded up to the stride)")
     p.add_argument("--component", default=None, help="array inside a zarr group (default: OME-Zarr level 0)")
     p.add_argument("--retries", type=int, default=2, help="extra attempts for a failing block (default 2)")
     p.add_argument("--overwrite", action="store_true", help="replace OUTPUT.zarr instead of resuming it")
@@ -68,7 +70,8 @@ def _common(p: argparse.ArgumentParser) -> None:
 
 def _feature_opts(p: argparse.ArgumentParser) -> None:
     p.add_argument("--halo", type=int, default=None,
-                   help="context pixels around each block, a multiple of 16 (default: the backbone's receptive field)")
+                   help="context pixels around each block, a multiple of the backbone's stride (default: the "
+                        "backbone's halo, its receptive field; `volume segment` adds one grid cell)")
     p.add_argument("--level", type=int, default=0, help="OME-Zarr resolution level to read (default 0)")
     p.add_argument("--scaling", choices=("auto", "dtype", "percentile"), default="auto",
                    help="global intensity scaling to [0, 1] (default auto: dtype for uint8, else percentiles)")
@@ -102,7 +105,10 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     _feature_opts(s)
     s.add_argument("--head", required=True, help="folder of a saved head (its backbone and weights are used)")
     s.add_argument("--probabilities", action="store_true",
-                   help="also write probabilities: OME-Zarr image probabilities/0 (K, z, y, x)")
+                   help="also write probabilities: OME-Zarr image probabilities/0 (K, z, y, x) float32")
+    add_instance_options(s, "also write instances/0 (z, y, x): an OME-Zarr label image of the objects of class "
+                         "value CLASS (uint32), computed per block; ids are unique over the volume, but an object "
+                         "cut by a block border keeps one id per block (not merged)")
     a = vs.add_parser("align",
                       help="align sections by translations (pairs in parallel, blockwise shift) → OME-Zarr image")
     _common(a)
@@ -183,7 +189,10 @@ def run(args: argparse.Namespace) -> int:
     if cmd == "features":
         plan_blocks(arr, worker_backbone(args.backbone, args.weights), args.block, args.halo)
     elif cmd == "segment":
-        plan_blocks(arr, worker_backbone(head_backbone(worker_head(args.head))), args.block, args.halo, extra=16)
+        hd = worker_head(args.head)
+        instance_index(hd.classes_, args.instances, args=args)
+        bb = worker_backbone(head_backbone(hd))
+        plan_blocks(arr, bb, args.block, args.halo, extra=int(bb.stride))
     if args.retries < 0:
         raise ValueError(f"--retries must be >= 0, got {args.retries}")
     old = signal.signal(signal.SIGTERM, _raise_interrupt)
@@ -198,7 +207,9 @@ def run(args: argparse.Namespace) -> int:
                                       halo=args.halo, scaling=args.scaling, level=args.level, **common)
             elif cmd == "segment":
                 rec = volume_segment(args.input, args.out, client, args.head, halo=args.halo, scaling=args.scaling,
-                                     level=args.level, save_proba=args.probabilities, **common)
+                                     level=args.level, save_proba=args.probabilities, instances=args.instances,
+                                     instance_method=args.instance_method,
+                                     instance_threshold=args.instance_threshold, min_size=args.min_size, **common)
             else:
                 kw = registration_kwargs(args)
                 backbone, weights = kw.pop("backbone"), kw.pop("weights")

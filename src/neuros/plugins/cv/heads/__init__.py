@@ -9,7 +9,7 @@ fallback (a head that predicts the one training class).
 from __future__ import annotations
 
 from .base import FORMAT, SegmentationHead
-from .linear import IncrementalLinearHead, KNNHead, LogisticHead, RandomForestHead
+from .linear import GradientBoostingHead, IncrementalLinearHead, KNNHead, LogisticHead, RandomForestHead
 from .mlp import MLPHead
 from .registry import DEFAULT_HEAD, HEADS, HeadSettings, head_class, list_heads, load_head, make_head
 
@@ -17,6 +17,7 @@ __all__ = [
     "DEFAULT_HEAD",
     "FORMAT",
     "HEADS",
+    "GradientBoostingHead",
     "HeadSettings",
     "IncrementalLinearHead",
     "KNNHead",

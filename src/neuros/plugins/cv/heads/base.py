@@ -27,28 +27,51 @@ import numpy as np
 from sklearn.base import BaseEstimator
 
 from ..backbones.placeholder import PLACEHOLDER_NOTE, PLACEHOLDER_WEIGHTS
-from ..features import FeatureMap
-from ..labels import RULES, class_balance_weights, mask_targets
+from ..dense import TiledFeatures
+from ..features import FeatureMap, upsample_to_pixels
+from ..labels import RULES, class_balance_weights, mask_targets, sample_positions
 from ..output import atomic_output_dir, dumps_json
 
 __all__ = ["FORMAT", "SegmentationHead", "as_maps"]
 
 FORMAT = "neuros-cv/head/1"
 LEVELS = ("pixel", "patch")
-INTERPOLATIONS = ("bilinear", "nearest")
+INTERPOLATIONS = ("bilinear", "nearest", "guided")
 SINGLE_CLASS = ("error", "majority")
+#: Rows of the training table a PCA (``n_components``) is fitted on (a seeded sample when there are more).
+PCA_FIT_ROWS = 100_000
+_PCA_FILE = "pca.npz"
+
+Maps = FeatureMap | TiledFeatures
 
 
-def as_maps(maps: Any, name: str = "feature_maps") -> list[FeatureMap]:
-    """A list of :class:`FeatureMap` from one map or a sequence of them (one-line error otherwise)."""
-    if isinstance(maps, FeatureMap):
+def as_maps(maps: Any, name: str = "feature_maps") -> list[Maps]:
+    """A list of feature maps (:class:`FeatureMap` or :class:`~..dense.TiledFeatures`) from one or a sequence."""
+    if isinstance(maps, (FeatureMap, TiledFeatures)):
         return [maps]
     if not isinstance(maps, (list, tuple)):
-        raise TypeError(f"{name} must be a FeatureMap or a list of them, got {type(maps).__name__}")
+        raise TypeError(f"{name} must be a FeatureMap (or TiledFeatures) or a list of them, got {type(maps).__name__}")
     for i, fm in enumerate(maps):
-        if not isinstance(fm, FeatureMap):
-            raise TypeError(f"{name}[{i}] must be a FeatureMap, got {type(fm).__name__}")
+        if not isinstance(fm, (FeatureMap, TiledFeatures)):
+            raise TypeError(f"{name}[{i}] must be a FeatureMap or TiledFeatures, got {type(fm).__name__}")
     return list(maps)
+
+
+def _mask_list(feature_maps: Any, masks: Any) -> list[np.ndarray]:
+    """Masks as a list: one map with one 2-D mask is a training set of one."""
+    if isinstance(feature_maps, (FeatureMap, TiledFeatures)) and isinstance(masks, np.ndarray) and masks.ndim == 2:
+        return [masks]
+    return list(masks)
+
+
+def _rows(fm: Maps, flat_idx: np.ndarray | None) -> np.ndarray:
+    """Features (n, C) at flat grid indices (all cells when None) of a map or tiled features."""
+    if isinstance(fm, FeatureMap):
+        return fm.flat() if flat_idx is None else fm.flat()[flat_idx]
+    if flat_idx is None:
+        flat_idx = np.arange(fm.grid_shape[0] * fm.grid_shape[1])
+    r, c = np.divmod(flat_idx, fm.grid_shape[1])
+    return fm.take(r, c)
 
 
 class SegmentationHead(BaseEstimator):
@@ -70,6 +93,14 @@ class SegmentationHead(BaseEstimator):
     single_class : {"error", "majority"}
         When every training patch has the same label: ``"error"`` refuses to fit; ``"majority"`` (the report's
         rule) gives a head that predicts that class everywhere (``fitted_kind`` is then ``"majority"``).
+    unlabelled : int or None
+        A mask value that is no class (sparse labels, e.g. 0 in a scribble mask): never trained on.
+    max_samples_per_class : int or None
+        Train on at most this many grid positions per class (a uniform sample, reproducible from ``seed``):
+        pixel-level maps have millions of labelled positions; a few hundred thousand train as well.
+    n_components : int or None
+        Reduce the features to this many principal components first (PCA fitted on a sample of the training
+        table, stored with the head).
     """
 
     kind = "base"
@@ -77,12 +108,16 @@ class SegmentationHead(BaseEstimator):
     supports_class_weight = True
 
     def __init__(self, label_rule: str = "argmax", threshold: float = 0.5, class_weight: str | None = None,
-                 seed: int = 0, single_class: str = "error") -> None:
+                 seed: int = 0, single_class: str = "error", unlabelled: int | None = None,
+                 max_samples_per_class: int | None = None, n_components: int | None = None) -> None:
         self.label_rule = label_rule
         self.threshold = threshold
         self.class_weight = class_weight
         self.seed = seed
         self.single_class = single_class
+        self.unlabelled = unlabelled
+        self.max_samples_per_class = max_samples_per_class
+        self.n_components = n_components
 
     # ----------------------------------------------------------------- parameters
     @classmethod
@@ -146,10 +181,22 @@ class SegmentationHead(BaseEstimator):
             raise ValueError(f"class_weight must be None or 'balanced', got {self.class_weight!r}")
         if self.single_class not in SINGLE_CLASS:
             raise ValueError(f"single_class must be 'error' or 'majority', got {self.single_class!r}")
+        for name in ("max_samples_per_class", "n_components"):
+            v = getattr(self, name)
+            if v is not None and (isinstance(v, bool) or not isinstance(v, (int, np.integer)) or v < 1):
+                raise ValueError(f"{name} must be a positive integer or None, got {v!r}")
+        if self.unlabelled is not None and (isinstance(self.unlabelled, bool)
+                                            or not isinstance(self.unlabelled, (int, np.integer))):
+            raise ValueError(f"unlabelled must be an integer mask value or None, got {self.unlabelled!r}")
 
     # ----------------------------------------------------------------- training data
-    def _patch_table(self, maps: list[FeatureMap], masks: Sequence[np.ndarray]) -> tuple[np.ndarray, np.ndarray]:
-        """(X, y) with y as class indices; also fixes classes_ and the feature identity on first call."""
+    def _patch_table(self, maps: list[Maps], masks: Sequence[np.ndarray]) -> tuple[np.ndarray, np.ndarray]:
+        """(X, y) with y as class indices; also fixes classes_ and the feature identity on first call.
+
+        Targets come from :func:`labels.mask_targets` at the maps' stride (``unlabelled`` cells dropped); with
+        ``max_samples_per_class`` a seeded per-class sample of positions (:func:`labels.sample_positions`) is
+        gathered — from :class:`~..dense.TiledFeatures` tile by tile, so the image's full map never exists.
+        """
         if len(maps) == 0:
             raise ValueError("empty training set: pass at least one feature map and mask")
         if len(maps) != len(masks):
@@ -159,7 +206,7 @@ class SegmentationHead(BaseEstimator):
             raise ValueError(f"training feature maps come from different backbones/weights/dims: {sorted(ids)}")
         known = getattr(self, "classes_", None)
         targets, classes = mask_targets(masks, [fm.image_shape for fm in maps], round(maps[0].stride),
-                                        self.label_rule, self.threshold, known)
+                                        self.label_rule, self.threshold, known, unlabelled=self.unlabelled)
         if known is None:
             self.classes_ = classes
             self._record_identity(maps[0])
@@ -167,8 +214,17 @@ class SegmentationHead(BaseEstimator):
         for lab, fm in zip(targets, maps, strict=True):
             if lab.shape != fm.grid_shape:
                 raise ValueError(f"label grid {lab.shape} does not match feature grid {fm.grid_shape}")
-        X = np.concatenate([fm.flat() for fm in maps]).astype(np.float32, copy=False)
-        return X, np.concatenate([lab.ravel() for lab in targets])
+        dense = self.unlabelled is None and self.max_samples_per_class is None
+        if dense and all(isinstance(fm, FeatureMap) for fm in maps):  # every cell, in grid order (the report's)
+            X = np.concatenate([fm.flat() for fm in maps]).astype(np.float32, copy=False)
+            return X, np.concatenate([lab.ravel() for lab in targets])
+        picks = sample_positions(targets, self.max_samples_per_class, self.seed)
+        if sum(p.size for p in picks) == 0:
+            raise ValueError("no labelled position at the features' stride: every grid cell is unlabelled; "
+                             "paint more strokes or use a finer stride")
+        X = np.concatenate([_rows(fm, p) for fm, p in zip(maps, picks, strict=True)]).astype(np.float32, copy=False)
+        y = np.concatenate([lab.ravel()[p] for lab, p in zip(targets, picks, strict=True)])
+        return X, y
 
     def _weights(self, y: np.ndarray) -> np.ndarray | None:
         return class_balance_weights(y, len(self.classes_)) if self.class_weight == "balanced" else None
@@ -189,15 +245,50 @@ class SegmentationHead(BaseEstimator):
         """
         self._reset()
         maps = as_maps(feature_maps)
-        X, y = self._patch_table(maps, list(masks))
+        X, y = self._patch_table(maps, _mask_list(feature_maps, masks))
         self.n_train_patches_ = int(y.size)
         if np.unique(y).size < 2:
             if self.single_class == "majority":
                 self.single_class_ = int(np.bincount(y).argmax())
                 return self
             raise ValueError(self._single_class_message())
+        if self.unlabelled is not None:
+            missing = np.setdiff1d(np.arange(len(self.classes_)), np.unique(y))
+            if missing.size:
+                raise ValueError(f"class(es) {self.classes_[missing].tolist()} have no labelled position at stride "
+                                 f"{self.stride_:g} to train on; paint strokes of every class (or a finer stride)")
+        X = self._fit_reduction(X)
         self._fit_matrix(X, y, self._weights(y))
         return self
+
+    def _fit_reduction(self, X: np.ndarray) -> np.ndarray:
+        """Fit the PCA of ``n_components`` (on at most :data:`PCA_FIT_ROWS` seeded rows) and reduce ``X``."""
+        if self.n_components is None:
+            return X
+        if self.n_components > X.shape[1]:
+            raise ValueError(f"n_components={self.n_components} exceeds the {X.shape[1]} feature channels")
+        rows = X
+        if X.shape[0] > PCA_FIT_ROWS:
+            rows = X[np.random.default_rng(int(self.seed)).choice(X.shape[0], PCA_FIT_ROWS, replace=False)]
+        mean = rows.mean(axis=0, dtype=np.float64)
+        # SVD of the centred sample: the principal axes (rows of vt), as sklearn's PCA computes them; written
+        # here so the head stores two plain arrays (no pickle) and projects with one matrix product.
+        _, _, vt = np.linalg.svd(rows - mean, full_matrices=False)
+        self.pca_mean_ = mean.astype(np.float32)
+        self.pca_components_ = np.ascontiguousarray(vt[: self.n_components].astype(np.float32))
+        return self._reduce(X)
+
+    def _load_reduction(self, folder: Path) -> None:
+        """Read the PCA a head with ``n_components`` saved (``pca.npz``, plain arrays: no pickle)."""
+        if self.n_components is None:
+            return
+        with np.load(folder / _PCA_FILE, allow_pickle=False) as z:
+            self.pca_mean_, self.pca_components_ = z["mean"], z["components"]
+
+    def _reduce(self, X: np.ndarray) -> np.ndarray:
+        if getattr(self, "pca_components_", None) is None:
+            return X
+        return ((X - self.pca_mean_) @ self.pca_components_.T).astype(np.float32)
 
     def _single_class_message(self) -> str:
         if self.classes_.size < 2:
@@ -216,7 +307,7 @@ class SegmentationHead(BaseEstimator):
         """(n, K) class probabilities of a patch matrix: the model's, or one-hot on the single training class."""
         constant = getattr(self, "single_class_", None)
         if constant is None:
-            return self._proba_matrix(X)
+            return self._proba_matrix(self._reduce(X))
         out = np.zeros((X.shape[0], len(self.classes_)), dtype=np.float32)
         out[:, constant] = 1.0
         return out
@@ -262,30 +353,54 @@ class SegmentationHead(BaseEstimator):
 
     def predict_proba(self, feature_maps: Any, level: str = "pixel",
                       interpolation: str = "bilinear") -> np.ndarray | list[np.ndarray]:
-        """Class probabilities: (H, W, K) per image at ``level="pixel"``, (h, w, K) at ``"patch"``.
+        """Class probabilities: (H, W, K) per image at ``level="pixel"``, (h, w, K) at ``"patch"`` (grid).
 
-        Columns follow :attr:`classes_`. Pass one FeatureMap to get one array, a list to get a list. At pixel
-        level, ``interpolation="bilinear"`` blends neighbouring patches; ``"nearest"`` gives every pixel its
-        patch's probabilities (the patch predictions painted onto pixels, as the report scores them).
+        Columns follow :attr:`classes_`. Pass one map to get one array, a list to get a list. Maps may be
+        :class:`FeatureMap` or :class:`~..dense.TiledFeatures` (classified tile by tile; only the (h, w, K)
+        probability grid is ever whole). At pixel level, ``interpolation="bilinear"`` blends neighbouring cells;
+        ``"nearest"`` gives every pixel its cell's probabilities (the patch predictions painted onto pixels, as
+        the report scores them); ``"guided"`` upsamples guided by the image (a guided filter; needs
+        ``TiledFeatures``, which carry their image). At stride 1 the grid is the pixels.
         """
         self._check_fitted()
         if level not in LEVELS:
             raise ValueError(f"level must be 'pixel' or 'patch', got {level!r}")
         if interpolation not in INTERPOLATIONS:
-            raise ValueError(f"interpolation must be 'bilinear' or 'nearest', got {interpolation!r}")
-        single = isinstance(feature_maps, FeatureMap)
+            raise ValueError(f"interpolation must be one of {', '.join(INTERPOLATIONS)}, got {interpolation!r}")
+        single = isinstance(feature_maps, (FeatureMap, TiledFeatures))
         maps = as_maps(feature_maps)
         if not maps:
             raise ValueError("no feature maps to predict")
         self._check_maps(maps)
-        proba = self._class_proba(np.concatenate([fm.flat() for fm in maps]).astype(np.float32, copy=False))
+        if level == "pixel" and interpolation == "guided":
+            bad = [i for i, fm in enumerate(maps) if not isinstance(fm, TiledFeatures)]
+            if bad:
+                raise ValueError(f"interpolation='guided' needs the image: pass TiledFeatures (feature map {bad[0]} "
+                                 "is a FeatureMap), or use 'bilinear'")
+        grids = self._grids(maps)
+        if level == "patch":
+            return grids[0] if single else grids
+        out = [_to_pixels(g, fm, interpolation) for g, fm in zip(grids, maps, strict=True)]
+        return out[0] if single else out
+
+    def _grids(self, maps: list[Maps]) -> list[np.ndarray]:
+        """(h, w, K) class probabilities per map: FeatureMaps in one matrix call, TiledFeatures tile by tile."""
+        plain = [fm for fm in maps if isinstance(fm, FeatureMap)]
+        proba = (self._class_proba(np.concatenate([fm.flat() for fm in plain]).astype(np.float32, copy=False))
+                 if plain else None)
         out, start = [], 0
         for fm in maps:
             h, w = fm.grid_shape
-            grid = proba[start : start + h * w].reshape(h, w, -1)
-            start += h * w
-            out.append(_to_pixels(grid, fm, interpolation) if level == "pixel" else grid)
-        return out[0] if single else out
+            if isinstance(fm, FeatureMap):
+                out.append(proba[start : start + h * w].reshape(h, w, -1))
+                start += h * w
+                continue
+            grid = np.empty((h, w, len(self.classes_)), dtype=np.float32)
+            for rows, cols, tile in fm.tiles():
+                th, tw = tile.grid_shape
+                grid[rows, cols] = self._class_proba(tile.flat().astype(np.float32, copy=False)).reshape(th, tw, -1)
+            out.append(grid)
+        return out
 
     def predict(self, feature_maps: Any, level: str = "pixel",
                 interpolation: str = "bilinear") -> np.ndarray | list[np.ndarray]:
@@ -347,6 +462,9 @@ class SegmentationHead(BaseEstimator):
         meta = self.metadata()
         with atomic_output_dir(folder, overwrite=overwrite, inputs=inputs, command="segment train") as tmp:
             meta["files"] = self._save_weights(tmp)
+            if getattr(self, "pca_components_", None) is not None:
+                np.savez(tmp / _PCA_FILE, mean=self.pca_mean_, components=self.pca_components_)
+                meta["files"].append(_PCA_FILE)
             (tmp / "head.json").write_text(dumps_json(meta), encoding="utf-8")
         return Path(folder)
 
@@ -355,10 +473,15 @@ class SegmentationHead(BaseEstimator):
         return f"{type(self).__name__}({params})"
 
 
-def _to_pixels(grid: np.ndarray, fm: FeatureMap, interpolation: str) -> np.ndarray:
-    """A (h, w, K) grid at the pixels of ``fm``'s image: bilinear (``FeatureMap.to_pixels``) or nearest."""
-    if interpolation == "bilinear":
-        return fm.to_pixels(grid)
+def _to_pixels(grid: np.ndarray, fm: Maps, interpolation: str) -> np.ndarray:
+    """A (h, w, K) grid at the pixels of ``fm``'s image: bilinear, nearest or guided by the image."""
     step = round(fm.stride)
-    return np.repeat(np.repeat(grid, step, axis=0), step, axis=1)[: fm.image_shape[0], : fm.image_shape[1]]
+    if step == 1 and grid.shape[:2] == tuple(fm.image_shape):
+        return grid
+    if interpolation == "bilinear":
+        return upsample_to_pixels(grid, fm.stride, fm.image_shape)
+    if interpolation == "guided":
+        from ..guided import guided_upsample
 
+        return guided_upsample(grid, fm.stride, fm.image)
+    return np.repeat(np.repeat(grid, step, axis=0), step, axis=1)[: fm.image_shape[0], : fm.image_shape[1]]

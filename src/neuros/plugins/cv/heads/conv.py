@@ -26,9 +26,10 @@ from typing import Any
 
 import numpy as np
 
+from ..dense import TiledFeatures
 from ..features import FeatureMap
 from ..labels import encode_masks
-from .base import INTERPOLATIONS, LEVELS, SegmentationHead, as_maps
+from .base import INTERPOLATIONS, LEVELS, SegmentationHead, _mask_list, as_maps
 
 __all__ = ["ConvDecoderHead", "decoder_halo"]
 
@@ -107,11 +108,11 @@ class ConvDecoderHead(SegmentationHead):
         AdamW settings; the learning rate decays to zero on a cosine schedule.
     tile : int
         Core tile side (grid cells) at prediction; each tile is decoded with the halo around it.
-    unlabelled : int or None
-        A mask value that is neither trained nor a class (0 in a scribble mask); ``None``: every value is a class.
-    label_rule, threshold, class_weight, seed, single_class
-        Keyword-only, common to every head (see :class:`SegmentationHead`). The decoder learns from pixel
-        labels directly, so ``label_rule`` and ``threshold`` are recorded but not used.
+    label_rule, threshold, class_weight, seed, single_class, unlabelled, max_samples_per_class, n_components
+        Keyword-only, common to every head (see :class:`SegmentationHead`). ``unlabelled``: a mask value that
+        is neither trained nor a class (0 in a scribble mask). The decoder learns from pixel labels directly,
+        so ``label_rule`` and ``threshold`` are recorded but not used; it trains on random windows of the whole
+        maps, so ``max_samples_per_class`` and ``n_components`` must stay None.
     """
 
     kind = "conv"
@@ -119,11 +120,13 @@ class ConvDecoderHead(SegmentationHead):
     def __init__(self, channels: int = 32, dilations: tuple[int, ...] = (1, 2, 4, 8, 16), trunk_stride: int = 4,
                  steps: int = 500,
                  crop: int = 128, batch_size: int = 4, lr: float = 3e-3, weight_decay: float = 1e-4,
-                 tile: int = 512, *, unlabelled: int | None = None, label_rule: str = "argmax",
-                 threshold: float = 0.5, class_weight: str | None = "balanced", seed: int = 0,
-                 single_class: str = "error") -> None:
+                 tile: int = 512, *, label_rule: str = "argmax", threshold: float = 0.5,
+                 class_weight: str | None = "balanced", seed: int = 0, single_class: str = "error",
+                 unlabelled: int | None = None, max_samples_per_class: int | None = None,
+                 n_components: int | None = None) -> None:
         super().__init__(label_rule=label_rule, threshold=threshold, class_weight=class_weight, seed=seed,
-                         single_class=single_class)
+                         single_class=single_class, unlabelled=unlabelled,
+                         max_samples_per_class=max_samples_per_class, n_components=n_components)
         self.channels = channels
         self.dilations = dilations
         self.trunk_stride = trunk_stride
@@ -133,7 +136,6 @@ class ConvDecoderHead(SegmentationHead):
         self.lr = lr
         self.weight_decay = weight_decay
         self.tile = tile
-        self.unlabelled = unlabelled
 
     # ----------------------------------------------------------------- checks
     @property
@@ -152,9 +154,10 @@ class ConvDecoderHead(SegmentationHead):
                 or any(not isinstance(d, (int, np.integer)) or isinstance(d, bool) or d < 1
                        for d in self.dilations)):
             raise ValueError(f"dilations must be a non-empty tuple of positive integers, got {self.dilations!r}")
-        if self.unlabelled is not None and (isinstance(self.unlabelled, bool)
-                                            or not isinstance(self.unlabelled, (int, np.integer))):
-            raise ValueError(f"unlabelled must be an integer mask value or None, got {self.unlabelled!r}")
+        for name in ("max_samples_per_class", "n_components"):
+            if getattr(self, name) is not None:
+                raise ValueError(f"the conv head trains on whole maps (random windows), {name} does not apply: "
+                                 f"leave it None")
 
     @staticmethod
     def _integer_stride(fm: FeatureMap, i: int) -> int:
@@ -166,15 +169,8 @@ class ConvDecoderHead(SegmentationHead):
 
     def _targets(self, maps: list[FeatureMap], masks: list[np.ndarray]) -> list[np.ndarray]:
         """Pixel targets (H, W) int64: class index, or -1 where the mask holds ``unlabelled``; sets classes_."""
-        encoded, values = encode_masks(masks, [fm.image_shape for fm in maps])
-        u = self.unlabelled
-        keep = values != u if u is not None else np.ones(values.size, bool)
-        if not keep.any():
-            raise ValueError(f"the training masks hold no labelled pixel (every pixel is unlabelled={u}); "
-                             "label some pixels with class values")
-        lookup = np.where(keep, np.cumsum(keep) - 1, -1)
-        self.classes_ = values[keep]
-        return [lookup[m] for m in encoded]
+        encoded, self.classes_ = encode_masks(masks, [fm.image_shape for fm in maps], unlabelled=self.unlabelled)
+        return encoded
 
     # ----------------------------------------------------------------- training
     def fit(self, feature_maps: Any, masks: Sequence[np.ndarray]) -> ConvDecoderHead:
@@ -187,8 +183,8 @@ class ConvDecoderHead(SegmentationHead):
             backbones or at a non-integer stride, or (with ``single_class="error"``) a single labelled class.
         """
         self._reset()
-        maps = as_maps(feature_maps)
-        masks = list(masks)
+        maps = _whole_maps(feature_maps)
+        masks = _mask_list(feature_maps, masks)
         if not maps:
             raise ValueError("empty training set: pass at least one feature map and mask")
         if len(maps) != len(masks):
@@ -308,8 +304,8 @@ class ConvDecoderHead(SegmentationHead):
         if interpolation != "bilinear":
             raise ValueError("the conv head upsamples its logits bilinearly (as it was trained); "
                              "use interpolation='bilinear'")
-        single = isinstance(feature_maps, FeatureMap)
-        maps = as_maps(feature_maps)
+        single = isinstance(feature_maps, (FeatureMap, TiledFeatures))
+        maps = _whole_maps(feature_maps)
         if not maps:
             raise ValueError("no feature maps to predict")
         self._check_maps(maps)
@@ -342,6 +338,11 @@ class ConvDecoderHead(SegmentationHead):
         net.load_state_dict({k[4:]: v for k, v in t.items()})
         net.eval()
         self.net_ = net
+
+
+def _whole_maps(feature_maps: Any) -> list[FeatureMap]:
+    """FeatureMaps of the input; :class:`~..dense.TiledFeatures` are materialised (the decoder convolves the map)."""
+    return [fm.materialise() if isinstance(fm, TiledFeatures) else fm for fm in as_maps(feature_maps)]
 
 
 def _to_pixels(logits, stride: int):

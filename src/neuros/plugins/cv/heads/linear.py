@@ -13,7 +13,7 @@ from typing import Any
 
 import joblib
 import numpy as np
-from sklearn.ensemble import RandomForestClassifier
+from sklearn.ensemble import HistGradientBoostingClassifier, RandomForestClassifier
 from sklearn.linear_model import LogisticRegression, SGDClassifier
 from sklearn.neighbors import KNeighborsClassifier
 from sklearn.pipeline import Pipeline, make_pipeline
@@ -21,7 +21,7 @@ from sklearn.preprocessing import StandardScaler
 
 from .base import SegmentationHead, as_maps
 
-__all__ = ["IncrementalLinearHead", "KNNHead", "LogisticHead", "RandomForestHead"]
+__all__ = ["GradientBoostingHead", "IncrementalLinearHead", "KNNHead", "LogisticHead", "RandomForestHead"]
 
 _WEIGHTS = "model.joblib"
 
@@ -66,7 +66,7 @@ class LogisticHead(_SklearnHead):
         Inverse regularisation strength.
     max_iter : int
         lbfgs iterations.
-    label_rule, threshold, class_weight, seed, single_class
+    label_rule, threshold, class_weight, seed, single_class, unlabelled, max_samples_per_class, n_components
         Keyword-only, common to every head (see :class:`SegmentationHead`).
     """
 
@@ -74,9 +74,11 @@ class LogisticHead(_SklearnHead):
 
     def __init__(self, C: float = 1.0, max_iter: int = 1000,
                  *, label_rule: str = "argmax", threshold: float = 0.5, class_weight: str | None = None,
-                 seed: int = 0, single_class: str = "error") -> None:
+                 seed: int = 0, single_class: str = "error", unlabelled: int | None = None,
+                 max_samples_per_class: int | None = None, n_components: int | None = None) -> None:
         super().__init__(label_rule=label_rule, threshold=threshold, class_weight=class_weight, seed=seed,
-                         single_class=single_class)
+                         single_class=single_class, unlabelled=unlabelled,
+                         max_samples_per_class=max_samples_per_class, n_components=n_components)
         self.C = C
         self.max_iter = max_iter
 
@@ -93,9 +95,11 @@ class KNNHead(_SklearnHead):
 
     def __init__(self, n_neighbors: int = 5,
                  *, label_rule: str = "argmax", threshold: float = 0.5, class_weight: str | None = None,
-                 seed: int = 0, single_class: str = "error") -> None:
+                 seed: int = 0, single_class: str = "error", unlabelled: int | None = None,
+                 max_samples_per_class: int | None = None, n_components: int | None = None) -> None:
         super().__init__(label_rule=label_rule, threshold=threshold, class_weight=class_weight, seed=seed,
-                         single_class=single_class)
+                         single_class=single_class, unlabelled=unlabelled,
+                         max_samples_per_class=max_samples_per_class, n_components=n_components)
         self.n_neighbors = n_neighbors
 
     def _check_params(self) -> None:
@@ -120,9 +124,11 @@ class RandomForestHead(_SklearnHead):
 
     def __init__(self, n_estimators: int = 100, max_depth: int | None = 16, n_jobs: int = 1,
                  *, label_rule: str = "argmax", threshold: float = 0.5, class_weight: str | None = None,
-                 seed: int = 0, single_class: str = "error") -> None:
+                 seed: int = 0, single_class: str = "error", unlabelled: int | None = None,
+                 max_samples_per_class: int | None = None, n_components: int | None = None) -> None:
         super().__init__(label_rule=label_rule, threshold=threshold, class_weight=class_weight, seed=seed,
-                         single_class=single_class)
+                         single_class=single_class, unlabelled=unlabelled,
+                         max_samples_per_class=max_samples_per_class, n_components=n_components)
         self.n_estimators = n_estimators
         self.max_depth = max_depth
         self.n_jobs = n_jobs
@@ -130,6 +136,47 @@ class RandomForestHead(_SklearnHead):
     def _estimator(self) -> Pipeline:
         return make_pipeline(StandardScaler(), RandomForestClassifier(
             n_estimators=self.n_estimators, max_depth=self.max_depth, n_jobs=self.n_jobs, random_state=self.seed))
+
+
+class GradientBoostingHead(_SklearnHead):
+    """scikit-learn's histogram gradient boosting (LightGBM-style binned trees): fast to train and to predict on
+    CPU, the pixel head of choice for millions of positions.
+
+    Parameters
+    ----------
+    max_iter : int
+        Boosting rounds (one tree per class per round).
+    learning_rate : float
+        Shrinkage.
+    max_leaf_nodes : int
+        Leaves per tree.
+    l2_regularization : float
+        Leaf-value regularisation.
+    label_rule, threshold, class_weight, seed, single_class, unlabelled, max_samples_per_class, n_components
+        Keyword-only, common to every head (see :class:`SegmentationHead`).
+    """
+
+    kind = "hgb"
+
+    def __init__(self, max_iter: int = 200, learning_rate: float = 0.1, max_leaf_nodes: int = 31,
+                 l2_regularization: float = 0.0,
+                 *, label_rule: str = "argmax", threshold: float = 0.5, class_weight: str | None = None,
+                 seed: int = 0, single_class: str = "error", unlabelled: int | None = None,
+                 max_samples_per_class: int | None = None, n_components: int | None = None) -> None:
+        super().__init__(label_rule=label_rule, threshold=threshold, class_weight=class_weight, seed=seed,
+                         single_class=single_class, unlabelled=unlabelled,
+                         max_samples_per_class=max_samples_per_class, n_components=n_components)
+        self.max_iter = max_iter
+        self.learning_rate = learning_rate
+        self.max_leaf_nodes = max_leaf_nodes
+        self.l2_regularization = l2_regularization
+
+    def _estimator(self) -> Pipeline:
+        # No scaler: binned trees do not care about feature scale. No early stopping: its validation split
+        # would make the result depend on more than the seed and the budget.
+        return make_pipeline(HistGradientBoostingClassifier(
+            max_iter=self.max_iter, learning_rate=self.learning_rate, max_leaf_nodes=self.max_leaf_nodes,
+            l2_regularization=self.l2_regularization, early_stopping=False, random_state=self.seed))
 
 
 class IncrementalLinearHead(_SklearnHead):
@@ -144,9 +191,11 @@ class IncrementalLinearHead(_SklearnHead):
 
     def __init__(self, alpha: float = 1e-4, epochs: int = 5, batch_size: int = 65536,
                  *, label_rule: str = "argmax", threshold: float = 0.5, class_weight: str | None = None,
-                 seed: int = 0, single_class: str = "error") -> None:
+                 seed: int = 0, single_class: str = "error", unlabelled: int | None = None,
+                 max_samples_per_class: int | None = None, n_components: int | None = None) -> None:
         super().__init__(label_rule=label_rule, threshold=threshold, class_weight=class_weight, seed=seed,
-                         single_class=single_class)
+                         single_class=single_class, unlabelled=unlabelled,
+                         max_samples_per_class=max_samples_per_class, n_components=n_components)
         self.alpha = alpha
         self.epochs = epochs
         self.batch_size = batch_size
@@ -180,6 +229,8 @@ class IncrementalLinearHead(_SklearnHead):
         Class balancing (``class_weight="balanced"``) weighs each chunk by its own class counts.
         """
         self._check_params()
+        if self.n_components is not None:
+            raise ValueError("partial_fit cannot fit a PCA chunk by chunk; use n_components=None (or fit())")
         maps = as_maps(feature_maps)
         if not hasattr(self, "classes_"):
             if classes is None:

@@ -31,7 +31,7 @@ class MLPHead(SegmentationHead):
         Hidden units.
     epochs, batch_size, lr, weight_decay, dropout
         Adam training settings.
-    label_rule, threshold, class_weight, seed, single_class
+    label_rule, threshold, class_weight, seed, single_class, unlabelled, max_samples_per_class, n_components
         Keyword-only, common to every head (see :class:`SegmentationHead`).
     """
 
@@ -40,9 +40,11 @@ class MLPHead(SegmentationHead):
     def __init__(self, hidden: int = 128, epochs: int = 30, batch_size: int = 1024, lr: float = 1e-3,
                  weight_decay: float = 1e-4, dropout: float = 0.1,
                  *, label_rule: str = "argmax", threshold: float = 0.5, class_weight: str | None = None,
-                 seed: int = 0, single_class: str = "error") -> None:
+                 seed: int = 0, single_class: str = "error", unlabelled: int | None = None,
+                 max_samples_per_class: int | None = None, n_components: int | None = None) -> None:
         super().__init__(label_rule=label_rule, threshold=threshold, class_weight=class_weight, seed=seed,
-                         single_class=single_class)
+                         single_class=single_class, unlabelled=unlabelled,
+                         max_samples_per_class=max_samples_per_class, n_components=n_components)
         self.hidden = hidden
         self.epochs = epochs
         self.batch_size = batch_size
@@ -101,7 +103,8 @@ class MLPHead(SegmentationHead):
 
         t = load_file(str(folder / _WEIGHTS))
         self.mean_, self.scale_ = t.pop("mean").numpy(), t.pop("scale").numpy()
-        net = _network(self.feature_dim_, int(self.hidden), len(self.classes_), float(self.dropout))
+        n_in = int(self.n_components or self.feature_dim_)
+        net = _network(n_in, int(self.hidden), len(self.classes_), float(self.dropout))
         net.load_state_dict({k[4:]: v for k, v in t.items()})
         net.eval()
         self.net_ = net

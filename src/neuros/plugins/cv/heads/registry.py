@@ -15,7 +15,7 @@ import numpy as np
 from ..backbones.spec import BackboneSpec, non_default_options, option_defaults, takes_weights
 from .base import FORMAT, SegmentationHead
 from .conv import ConvDecoderHead
-from .linear import IncrementalLinearHead, KNNHead, LogisticHead, RandomForestHead
+from .linear import GradientBoostingHead, IncrementalLinearHead, KNNHead, LogisticHead, RandomForestHead
 from .mlp import MLPHead
 
 __all__ = ["DEFAULT_HEAD", "HEADS", "HeadSettings", "head_class", "list_heads", "load_head", "make_head"]
@@ -36,7 +36,8 @@ class HeadSettings:
 DEFAULT_HEAD = HeadSettings()
 
 HEADS: dict[str, type[SegmentationHead]] = {
-    c.kind: c for c in (LogisticHead, IncrementalLinearHead, KNNHead, RandomForestHead, MLPHead, ConvDecoderHead)
+    c.kind: c for c in (LogisticHead, IncrementalLinearHead, KNNHead, RandomForestHead, GradientBoostingHead, MLPHead,
+                        ConvDecoderHead)
 }
 
 
@@ -55,7 +56,7 @@ def head_class(kind: str) -> type[SegmentationHead]:
 
 
 def make_head(kind: str = "logistic", seed: int = 0, class_weight: str | None = None, **params: Any):
-    """A fresh head of ``kind`` (``logistic``, ``sgd``, ``knn``, ``rf``, ``mlp``).
+    """A fresh head of ``kind`` (``logistic``, ``sgd``, ``knn``, ``rf``, ``hgb``, ``mlp``).
 
     The head fits feature maps + pixel masks; ``experiments.pipeline`` (the report's protocol) calls the same
     ``fit(maps, masks)`` with ``label_rule="majority", single_class="majority"``.
@@ -112,6 +113,7 @@ def load_head(folder: str | Path) -> SegmentationHead:
     if missing:
         raise FileNotFoundError(f"saved head {path} is incomplete: missing {', '.join(missing)}")
     try:
+        head._load_reduction(path)
         head._load_weights(path)
     except (OSError, ValueError, KeyError, EOFError, RuntimeError) as e:
         raise ValueError(f"cannot load head weights from {path}: {str(e).splitlines()[0] if str(e) else e}") from None

@@ -2,10 +2,18 @@
 
 Each block computes features of its halo'd region with the head's own backbone (rebuilt from the spec in its
 ``head.json``: name, weights and every option that changes the features), asks the head for pixel-level
-class probabilities (grid probabilities upsampled bilinearly), crops the core and writes labels (and,
-optionally, the probabilities). The halo is the backbone's own (``Backbone.halo``) plus one grid cell (its
-``stride``), since bilinear upsampling near a block's edge uses the neighbouring cell; with it, blocks equal
-:func:`section_probabilities` on whole sections exactly for bounded-receptive-field backbones.
+class probabilities (grid probabilities upsampled bilinearly; at stride 1 the grid is the pixels), crops the
+core and writes labels (and, optionally, the probabilities and instance labels of one class). The halo is the
+backbone's own (``Backbone.halo``) plus one grid cell (its ``stride``), since bilinear upsampling near a
+block's edge uses the neighbouring cell; with it, blocks equal :func:`section_probabilities` on whole sections
+— and ``head.predict_proba(TiledFeatures(backbone, section))`` — exactly for bounded-receptive-field
+backbones (the filter bank at any stride). Below stride 16 a block's own features are computed tile by tile
+(:class:`~neuros.plugins.cv.dense.TiledFeatures`), so a large block never holds a whole pixel-level map.
+
+Instance labels (``instances=CLASS``) are computed per block on the block's core probabilities
+(:func:`~neuros.plugins.cv.instances.label_instances`) and numbered with a per-block offset (block number ×
+block pixels), so ids are unique over the volume; an object cut by a block border keeps one id per block —
+objects are **not** merged across block borders.
 """
 
 from __future__ import annotations
@@ -25,10 +33,14 @@ from .ome import ome_name, read_geometry, relative_source, write_image_metadata,
 from .resume import DEFAULT_TIMEOUT, ProgressFactory, finish_output, open_output, run_blocks
 from .zarr_io import open_volume
 
-__all__ = ["head_backbone", "section_probabilities", "volume_segment"]
+__all__ = ["INSTANCE_METHODS", "block_instances", "head_backbone", "section_probabilities", "volume_segment"]
 
 LABELS = "0"  # the label image's level 0 ("labels" is the name NGFF reserves for a group of label images)
 PROBA = "probabilities/0"  # an OME-Zarr image of its own inside the label image's group
+INSTANCES = "instances/0"  # an OME-Zarr label image of its own inside the label image's group
+INSTANCE_METHODS = ("watershed", "components")
+#: Below this stride a block's features are computed tile by tile (``dense.TiledFeatures``).
+TILED_BELOW_STRIDE = 16
 
 
 def head_backbone(head: Any) -> BackboneSpec:
@@ -41,8 +53,38 @@ def head_backbone(head: Any) -> BackboneSpec:
 
 
 def section_probabilities(section: np.ndarray, backbone: Any, head: Any, lo: float, hi: float) -> np.ndarray:
-    """Pixel-level class probabilities (H, W, K) of one whole (or halo'd) section."""
-    return head.predict_proba(backbone.extract(scale_intensity(section, lo, hi)), level="pixel")
+    """Pixel-level class probabilities (H, W, K) of one whole (or halo'd) section.
+
+    Below stride 16 the features are :class:`~neuros.plugins.cv.dense.TiledFeatures` (memory of one tile; equal
+    to the whole map for the filter bank), else one whole feature map.
+    """
+    image = scale_intensity(section, lo, hi)
+    if float(backbone.stride) < TILED_BELOW_STRIDE:
+        from ..dense import TiledFeatures
+
+        return head.predict_proba(TiledFeatures(backbone, image), level="pixel")
+    return head.predict_proba(backbone.extract(image), level="pixel")
+
+
+@dataclass(frozen=True)
+class InstanceSettings:
+    """Which class becomes objects and how (see :func:`~neuros.plugins.cv.instances.label_instances`)."""
+
+    index: int
+    method: str = "watershed"
+    threshold: float = 0.5
+    min_size: int = 0
+
+
+def block_instances(proba: np.ndarray, settings: InstanceSettings, offset: int, dtype: str) -> np.ndarray:
+    """Objects of one block's core probabilities (H, W, K): ids 1..n shifted by ``offset`` (0 stays 0)."""
+    from ..instances import label_instances
+
+    local = label_instances(proba, cls=settings.index, method=settings.method, threshold=settings.threshold,
+                            min_size=settings.min_size)
+    out = local.astype(dtype)
+    out[local > 0] += np.asarray(offset, dtype=dtype)
+    return out
 
 
 @dataclass(frozen=True)
@@ -53,6 +95,10 @@ class _SegmentTask:
     lo: float
     hi: float
     save_proba: bool
+    instances: InstanceSettings | None = None
+    grid: tuple[int, int, int] = (1, 1, 1)  # blocks per axis (z, y, x): a block's number for its id offset
+    block_pixels: int = 0
+    instance_dtype: str = "uint32"
 
 
 def _segment_block(region: np.ndarray, block: Block, task: _SegmentTask) -> tuple[int, int, int]:
@@ -70,8 +116,30 @@ def _segment_block(region: np.ndarray, block: Block, task: _SegmentTask) -> tupl
     labels[sl] = np.asarray(head.classes_)[core.argmax(axis=2)].astype(labels.dtype)
     if task.save_proba:  # (K, z, y, x): OME-NGFF axis order
         group[PROBA][(slice(None), *sl)] = np.moveaxis(core, -1, 0).astype(np.float32)
+    if task.instances is not None:
+        z, iy, ix = block.index
+        number = (z * task.grid[1] + iy) * task.grid[2] + ix
+        group[INSTANCES][sl] = block_instances(core, task.instances, number * task.block_pixels, task.instance_dtype)
     mark_done(task.out, "labels", block.index)
     return block.index
+
+
+def _instance_settings(classes: np.ndarray, value: int | None, method: str, threshold: float,
+                       min_size: int) -> InstanceSettings | None:
+    """Checked instance settings (one-line errors before any block runs), or None without ``instances``."""
+    if value is None:
+        return None
+    hit = np.flatnonzero(classes == int(value))
+    if hit.size == 0:
+        raise ValueError(f"instances={value} is not a class of the head (its classes: {classes.tolist()}); "
+                         "give one of those values")
+    if method not in INSTANCE_METHODS:
+        raise ValueError(f"instance_method must be one of {', '.join(INSTANCE_METHODS)}, got {method!r}")
+    if not 0.0 <= float(threshold) <= 1.0:
+        raise ValueError(f"instance_threshold must lie in [0, 1], got {threshold!r}")
+    if int(min_size) < 0:
+        raise ValueError(f"min_size must be >= 0 pixels, got {min_size}")
+    return InstanceSettings(int(hit[0]), method, float(threshold), int(min_size))
 
 
 def _label_dtype(classes: np.ndarray) -> str:
@@ -94,6 +162,10 @@ def volume_segment(
     level: int = 0,
     component: str | None = None,
     save_proba: bool = False,
+    instances: int | None = None,
+    instance_method: str = "watershed",
+    instance_threshold: float = 0.5,
+    min_size: int = 0,
     retries: int = 2,
     overwrite: bool = False,
     progress: ProgressFactory | None = None,
@@ -113,6 +185,12 @@ def volume_segment(
     head : path-like
         A folder written by ``SegmentationHead.save``; its backbone spec (name, weights, options) makes the
         features.
+    instances : int, optional
+        A class value of the head: also write ``instances/0`` (z, y, x), an OME-Zarr label image of its objects
+        (uint32; uint64 when block number × block pixels would not fit), computed per block — ids unique over
+        the volume, objects not merged across block borders.
+    instance_method, instance_threshold, min_size
+        ``method``, ``threshold`` and ``min_size`` of :func:`~neuros.plugins.cv.instances.label_instances`.
     block, halo, scaling, level, component, retries, overwrite, progress, timeout, voxel_size, voxel_unit
         As in :func:`~neuros.plugins.cv.scale.features.volume_features`; the default halo is the backbone's
         plus one grid cell (for the bilinear upsampling of probabilities).
@@ -137,12 +215,17 @@ def volume_segment(
     lo, hi = intensity_range(x, scaling)
     z, h, w = arr.shape
     classes = np.asarray(hd.classes_)
+    settings = _instance_settings(classes, instances, instance_method, instance_threshold, min_size)
+    grid = n_blocks(arr.shape, (by, bx))
+    inst_dtype = "uint32" if int(np.prod(grid)) * by * bx < 2**32 else "uint64"
     run = {
         "task": "segment", "input": str(Path(src).expanduser().resolve()), "component": arr.path, "shape": [z, h, w],
         "head": str(head_dir), "head_kind": getattr(hd, "kind", type(hd).__name__), "classes": classes.tolist(),
         "backbone": bb.name, "weights": bb.weights, "backbone_spec": str(spec),
         "block": [by, bx], "halo": halo, "intensity_range": [lo, hi],
         "probabilities": bool(save_proba), "layout": "ome-0.5",
+        "instances": None if settings is None else {"class": int(instances), "method": settings.method,
+                                                    "threshold": settings.threshold, "min_size": settings.min_size},
     }
     arrays = {LABELS: {"shape": (z, h, w), "chunks": (1, by, bx), "dtype": _label_dtype(classes), "fill_value": 0,
                          "dimension_names": ("z", "y", "x")}}
@@ -150,16 +233,22 @@ def volume_segment(
         k = len(classes)
         arrays[PROBA] = {"shape": (k, z, h, w), "chunks": (k, 1, by, bx), "dtype": "float32", "fill_value": 0.0,
                          "dimension_names": ("c", "z", "y", "x")}
-    group, resumed = open_output(out, run, arrays, {"labels": n_blocks(arr.shape, (by, bx))}, overwrite,
-                                 inputs=[src, head_dir])
+    if settings is not None:
+        arrays[INSTANCES] = {"shape": (z, h, w), "chunks": (1, by, bx), "dtype": inst_dtype, "fill_value": 0,
+                             "dimension_names": ("z", "y", "x")}
+    group, resumed = open_output(out, run, arrays, {"labels": grid}, overwrite, inputs=[src, head_dir])
     name = ome_name(out)
     write_image_metadata(group, name, [(LABELS, geometry)])
     write_label_metadata(group, classes.tolist(), relative_source(src, out))
     if save_proba:
         write_image_metadata(group["probabilities"], f"{name} probabilities", [("0", geometry)], channels=True)
+    if settings is not None:
+        write_image_metadata(group["instances"], f"{name} instances", [("0", geometry)])
+        write_label_metadata(group["instances"], None, relative_source(src, Path(out) / "instances"))
     blocks = list(iter_blocks(arr.shape, (by, bx), halo, step))
     todo = pending_blocks(out, "labels", blocks)
-    task = _SegmentTask(str(Path(out).expanduser().resolve()), str(head_dir), spec, lo, hi, bool(save_proba))
+    task = _SegmentTask(str(Path(out).expanduser().resolve()), str(head_dir), spec, lo, hi, bool(save_proba),
+                        settings, grid, by * bx, inst_dtype)
     fn = dask.delayed(_segment_block, pure=False)
     tasks = [(b.index, fn(x[b.z, slice(*b.read_y), slice(*b.read_x)], b, task)) for b in todo]
     report = run_blocks(client, tasks, total=len(blocks), retries=retries, progress=progress, title="segment",

@@ -1,0 +1,952 @@
+"""Rigid, similarity, affine and deformable registration of 2-D images and 3-D volumes, coarse to fine.
+
+:func:`register` returns a :class:`Registration` whose ``transform`` maps points of the *fixed* image's grid to
+the *moving* image (see :mod:`neuros.plugins.cv.transforms`): ``warped[x] = moving[T(x)]``, so the registered
+moving image lies on the fixed image's grid whatever the two shapes are.
+
+How it works
+------------
+1. **Similarity: structure channels, after warping.** Both images are smoothed (σ = 1 pixel of the pyramid
+   level), their gradients normalised, ``n = g / sqrt(|g|² + ε²)`` (``ε`` = ``edge_floor`` × the mean gradient
+   magnitude), and the tensor ``n nᵀ`` (its ``d(d+1)/2`` distinct entries, off-diagonals × √2) is compared by
+   a cosine over the overlap. The dot product of two such tensors is ``(n_f · n_m)²``: the normalised gradient
+   field distance (Haber & Modersitzki, 2006), invariant to the sign of edges, so T1 matches T2 and inverted
+   contrast. The moving image is warped first and its channels computed after warping, so rotations and
+   shears are scored correctly.
+2. **Global coarse step** on a copy downsampled until its longer side is ≤ ``coarse_size``: for every
+   candidate rotation (2-D: a grid over ``±angle_range`` degrees) and scale, the moving image is rotated, its
+   channels computed, and the masked normalised cross-correlation (Padfield, 2012) with the fixed channels is
+   evaluated for *every* translation at once by FFT, among translations that keep ``min_overlap`` of the fixed
+   grid covered. The best (rotation, scale, translation) wins: a grid search, so no local optimum can trap
+   it. 3-D uses the principal axes of the foreground (all four proper sign choices) and the identity as
+   candidate rotations, each with the same all-translation search.
+3. **Fine step**: instance optimisation (Adam, in torch on the CPU) of the transform's parameters on a
+   pyramid (``torch.nn.functional.grid_sample``), maximising the same similarity; a penalty keeps the overlap
+   above ``min_overlap``.
+4. **Deformable**: after the affine, a stationary velocity field on a control grid every ``grid_spacing``
+   pixels, integrated by scaling and squaring (Arsigny et al., MICCAI 2006) into a diffeomorphic displacement
+   ``u``; diffusion regulariser on the velocity. The result is ``affine @ DisplacementField(u)``:
+   ``T(x) = A (x + u(x)) + b``.
+5. **Confidence**: ``score`` (the similarity at the answer, in [0, 1]), ``overlap`` (fraction of the fixed
+   grid that sees the moving image), ``consistency`` (the moving → fixed registration run independently; mean
+   distance in pixels between ``T`` and the inverse of the reverse transform over the overlap) and
+   ``reliable`` (all three within the documented thresholds, :data:`RELIABLE`).
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from functools import partial
+from typing import Any
+
+import numpy as np
+import scipy.ndimage as ndi
+
+from .transforms import CompositeTransform, DisplacementField, LinearTransform, Transform
+
+__all__ = [
+    "MODELS",
+    "RELIABLE",
+    "Registration",
+    "StackRegistration",
+    "align_stack_models",
+    "register",
+]
+
+MODELS = ("translation", "rigid", "similarity", "affine", "deformable")
+
+#: Thresholds for ``Registration.reliable``: the score at least ``min_score``, the overlap at least the
+#: call's ``min_overlap``, and the forward/backward consistency at most ``max_inconsistency`` pixels (mean
+#: point distance; a fraction of the fixed image's size is allowed too, whichever is larger).
+RELIABLE = {"min_score": 0.15, "max_inconsistency": 2.0, "max_inconsistency_fraction": 0.01}
+
+
+@dataclass
+class Registration:
+    """The answer of :func:`register`.
+
+    Attributes
+    ----------
+    transform : Transform
+        Fixed-grid coordinates → moving-image coordinates (a ``LinearTransform``; for ``deformable`` a
+        ``CompositeTransform`` ``affine @ DisplacementField``). ``apply(moving)`` puts the moving image on the
+        fixed image's grid.
+    model : str
+    score : float
+        Similarity of the structure channels at the answer, in [0, 1].
+    overlap : float
+        Fraction of the fixed grid that sees the moving image.
+    consistency : float
+        Mean distance (pixels) between ``T`` and the inverse of the independently computed moving → fixed
+        transform over the overlap; NaN when not checked.
+    reliable : bool
+        ``score``, ``overlap`` and ``consistency`` all within :data:`RELIABLE` (and ``min_overlap``).
+    fixed_shape, moving_shape : tuple of int
+    coarse : LinearTransform
+        The global coarse step's answer.
+    folding_fraction : float
+        Fraction of fixed-grid points where the displacement folds (Jacobian ≤ 0); 0 for linear models.
+    grid : str
+        Always ``"fixed"``: outputs lie on the fixed image's grid.
+    """
+
+    transform: Transform
+    model: str
+    score: float
+    overlap: float
+    consistency: float
+    reliable: bool
+    fixed_shape: tuple[int, ...]
+    moving_shape: tuple[int, ...]
+    coarse: LinearTransform
+    folding_fraction: float = 0.0
+    grid: str = "fixed"
+    method: str = ""
+    seconds: float = 0.0
+    reasons: list[str] = field(default_factory=list)
+
+    @property
+    def linear(self) -> LinearTransform:
+        """The linear part (the whole transform for linear models)."""
+        t = self.transform
+        if isinstance(t, LinearTransform):
+            return t
+        return next(s for s in reversed(t.transforms) if isinstance(s, LinearTransform))  # type: ignore[attr-defined]
+
+    def apply(self, moving: Any, order: int = 1, cval: float = 0.0) -> np.ndarray:
+        """The moving image resampled onto the fixed image's grid."""
+        return self.transform.apply(np.asarray(moving), self.fixed_shape, order=order, cval=cval)
+
+    def apply_labels(self, labels: Any) -> np.ndarray:
+        """A label map of the moving image on the fixed image's grid (nearest neighbour)."""
+        return self.transform.apply_labels(np.asarray(labels), self.fixed_shape)
+
+    def as_dict(self) -> dict[str, Any]:
+        """JSON-serialisable summary (the linear part's matrix and offset; not the field; NaN → None)."""
+        lin = self.linear
+        return {
+            "model": self.model, "score": self.score, "overlap": self.overlap,
+            "consistency": None if np.isnan(self.consistency) else self.consistency,
+            "reliable": self.reliable, "reasons": list(self.reasons), "fixed_shape": list(self.fixed_shape),
+            "moving_shape": list(self.moving_shape), "grid": self.grid, "matrix": lin.matrix.tolist(),
+            "offset": lin.offset.tolist(), "folding_fraction": self.folding_fraction, "method": self.method,
+            "seconds": self.seconds,
+        }
+
+
+# --- input ---------------------------------------------------------------------------------------------------
+def _as_input(x: Any, name: str, channel_axis: int | None) -> np.ndarray:
+    arr = np.asarray(x)
+    if arr.dtype == object or not (np.issubdtype(arr.dtype, np.number) or arr.dtype == bool):
+        raise ValueError(f"{name} must be a numeric array, got dtype {arr.dtype}")
+    arr = arr.astype(np.float64)
+    if channel_axis is not None:
+        arr = arr.mean(axis=channel_axis)
+    if arr.ndim not in (2, 3):
+        raise ValueError(f"{name} must be a 2-D image or a 3-D volume, got shape {arr.shape} "
+                         "(colour images: pass channel_axis=-1)")
+    if min(arr.shape) < 8:
+        raise ValueError(f"{name} is too small to register: shape {arr.shape}, need at least 8 pixels per axis")
+    if not np.isfinite(arr).all():
+        raise ValueError(f"{name} contains NaN or inf values; replace them (e.g. np.nan_to_num) first")
+    lo, hi = np.percentile(arr, (0.5, 99.5))
+    if hi <= lo:
+        hi = lo + 1.0
+    return np.clip((arr - lo) / (hi - lo), 0, 1).astype(np.float32)
+
+
+def _downsample(img: np.ndarray, f: int) -> np.ndarray:
+    """Block mean by ``f`` after an anti-alias blur; pixel ``i`` covers full-resolution ``f·i … f·i + f − 1``."""
+    if f == 1:
+        return img
+    g = ndi.gaussian_filter(img, 0.5 * f)
+    shp = tuple(s // f for s in img.shape)
+    g = g[tuple(slice(0, s * f) for s in shp)]
+    new = [v for s in shp for v in (s, f)]
+    return g.reshape(new).mean(axis=tuple(range(1, 2 * len(shp), 2))).astype(np.float32)
+
+
+# --- torch helpers: structure channels and masked similarity --------------------------------------------------
+def _torch():
+    import torch
+
+    return torch
+
+
+def _gradients(x: Any) -> Any:
+    """Central differences of (N, 1, *S) along each spatial axis → (N, d, *S) (replicate borders)."""
+    torch = _torch()
+    import torch.nn.functional as F
+
+    d = x.ndim - 2
+    out = []
+    for ax in range(d):
+        pad = [0, 0] * d
+        pad[2 * (d - 1 - ax)] = 1
+        pad[2 * (d - 1 - ax) + 1] = 1
+        xp = F.pad(x, pad, mode="replicate")
+        hi = xp.narrow(2 + ax, 2, x.shape[2 + ax])
+        lo = xp.narrow(2 + ax, 0, x.shape[2 + ax])
+        out.append(0.5 * (hi - lo))
+    return torch.cat(out, dim=1)
+
+
+def _erode(mask: Any) -> Any:
+    """Binary erosion by one pixel of an (N, 1, *S) mask (min-pool)."""
+    import torch.nn.functional as F
+
+    pool = F.max_pool2d if mask.ndim == 4 else F.max_pool3d
+    return -pool(-mask, 3, stride=1, padding=1)
+
+
+def _tensor_channels(x: Any, valid: Any, eps: Any) -> Any:
+    """Structure tensor channels ``n_i n_j`` (off-diagonals × √2) of (N, 1, *S) images, zero outside ``valid``."""
+    torch = _torch()
+    g = _gradients(x)
+    d = g.shape[1]
+    if eps is None:
+        w = valid.expand_as(g[:, :1])
+        mag = torch.sqrt((g * g).sum(1, keepdim=True) + 1e-12)
+        eps = (mag * w).flatten(1).sum(1) / w.flatten(1).sum(1).clamp_min(1.0)
+        eps = eps.view(-1, *([1] * (g.ndim - 1)))
+    n = g / torch.sqrt((g * g).sum(1, keepdim=True) + eps * eps + 1e-12)
+    ch = []
+    for i in range(d):
+        for j in range(i, d):
+            ch.append(n[:, i] * n[:, j] * (1.0 if i == j else math.sqrt(2.0)))
+    return torch.stack(ch, 1) * valid
+
+
+def _masked_cosine(cf: Any, cw: Any, m: Any) -> Any:
+    """Cosine of mean-removed channels over the mask ``m`` (N, 1, *S): the similarity, in [-1, 1]."""
+    torch = _torch()
+    dims = tuple(range(2, cf.ndim))
+    cnt = m.sum(dims, keepdim=True).clamp_min(1.0)
+    a = (cf - (cf * m).sum(dims, keepdim=True) / cnt) * m
+    b = (cw - (cw * m).sum(dims, keepdim=True) / cnt) * m
+    num = (a * b).sum(dim=(1, *dims))
+    den = torch.sqrt((a * a).sum(dim=(1, *dims)) * (b * b).sum(dim=(1, *dims))).clamp_min(1e-12)
+    return num / den
+
+
+# --- coordinates ------------------------------------------------------------------------------------------------
+def _level_points(shape: tuple[int, ...], f: int) -> np.ndarray:
+    """Full-resolution coordinates of the pixel centres of a level downsampled by ``f``: (*S_l, d)."""
+    sl = tuple(s // f for s in shape)
+    idx = np.indices(sl, dtype=np.float64)
+    return (np.moveaxis(idx, 0, -1) * f + (f - 1) / 2.0)
+
+
+def _to_grid(y: Any, f: int, level_shape: tuple[int, ...]) -> Any:
+    """Full-resolution moving coordinates (…, d) → grid_sample's normalised (…, d reversed)."""
+    torch = _torch()
+    yl = (y - (f - 1) / 2.0) / f
+    size = torch.tensor([max(s - 1, 1) for s in level_shape], dtype=y.dtype)
+    g = 2.0 * yl / size - 1.0
+    return g.flip(-1)
+
+
+def _inside(y: Any, shape: tuple[int, ...], margin: float = 1.0) -> Any:
+    """1 where moving coordinates ``y`` (…, d) lie at least ``margin`` pixels inside ``shape``, else 0."""
+    torch = _torch()
+    hi = torch.tensor([s - 1 - margin for s in shape], dtype=y.dtype)
+    return ((y >= margin) & (y <= hi)).all(-1).to(y.dtype)
+
+
+def _sample(img: Any, grid: Any, mode: str = "bilinear") -> Any:
+    import torch.nn.functional as F
+
+    return F.grid_sample(img, grid, mode=mode, padding_mode="zeros", align_corners=True)
+
+
+# --- the global coarse step -------------------------------------------------------------------------------------
+def _rotations_2d(angle_range: float, angle_step: float) -> list[np.ndarray]:
+    rng = min(float(angle_range), 180.0)
+    n = max(1, round(2 * rng / angle_step)) if rng > 0 else 1
+    if rng >= 180:
+        angles = np.arange(n) * (360.0 / n) - 180.0
+    elif rng > 0:
+        angles = np.linspace(-rng, rng, n + 1)
+    else:
+        angles = np.zeros(1)
+    out = []
+    for a in np.deg2rad(angles):
+        c, s = math.cos(a), math.sin(a)
+        out.append(np.array([[c, -s], [s, c]]))
+    return out
+
+
+def _rot2(a: float) -> np.ndarray:
+    c, s = math.cos(a), math.sin(a)
+    return np.array([[c, -s], [s, c]])
+
+
+def _principal_axes(img: np.ndarray) -> np.ndarray:
+    """Columns: the principal axes of the foreground (Otsu) of ``img``, by decreasing spread."""
+    from skimage.filters import threshold_otsu
+
+    fg = img > threshold_otsu(img)
+    pts = np.argwhere(fg).astype(np.float64)
+    if len(pts) < 10:
+        return np.eye(img.ndim)
+    cov = np.cov((pts - pts.mean(0)).T)
+    w, v = np.linalg.eigh(cov)
+    return v[:, np.argsort(w)[::-1]]
+
+
+def _rotations_3d(fixed: np.ndarray, moving: np.ndarray) -> list[np.ndarray]:
+    """Identity and the rotations taking the fixed principal axes onto the moving ones (4 proper sign sets)."""
+    pf, pm = _principal_axes(fixed), _principal_axes(moving)
+    out = [np.eye(3)]
+    for signs in ((1, 1, 1), (1, -1, -1), (-1, 1, -1), (-1, -1, 1)):
+        r = pm @ np.diag(signs) @ pf.T
+        if np.linalg.det(r) < 0:
+            r = pm @ np.diag(signs) @ np.diag((1, 1, -1)) @ pf.T
+        out.append(r)
+    return out
+
+
+def _fft_corr(a_hat: Any, b: Any, shape: tuple[int, ...]) -> Any:
+    """``c[d] = Σ_x a(x) b(x + d)`` (circular, FFT size ``shape``) summed over channel axis 1."""
+    torch = _torch()
+    dims = tuple(range(-len(shape), 0))
+    b_hat = torch.fft.rfftn(b, s=shape, dim=dims)
+    return torch.fft.irfftn((torch.conj(a_hat) * b_hat).sum(1), s=shape, dim=dims)
+
+
+def _coarse_search(fixed: np.ndarray, moving: np.ndarray, f: int, matrices: list[np.ndarray],
+                   min_overlap: float, batch: int = 40) -> tuple[LinearTransform, float]:
+    """Best (matrix, translation) over all candidates × all translations at level ``f`` (full-res transform)."""
+    torch = _torch()
+    d = fixed.ndim
+    fl, ml = _downsample(fixed, f), _downsample(moving, f)
+    sf, sm = fl.shape, ml.shape
+    smax = max(float(np.abs(np.linalg.svd(m, compute_uv=False)).max()) for m in matrices)
+    side = math.ceil(math.sqrt(sum(s * s for s in sm)) / max(min(
+        float(np.linalg.svd(m, compute_uv=False).min()) for m in matrices), 1e-3)) + 2
+    del smax
+    sc = (side,) * d
+    from scipy.fft import next_fast_len
+
+    fft_shape = tuple(next_fast_len(int(a + b), real=True) for a, b in zip(sf, sc, strict=True))
+    # fixed: channels, energy and mask spectra (once)
+    ft = torch.from_numpy(ndi.gaussian_filter(fl, 1.0))[None, None]
+    mf = _erode(torch.ones_like(ft))
+    cf = _tensor_channels(ft, mf, None)
+    cf = (cf - (cf * mf).sum(tuple(range(2, 2 + d)), keepdim=True) / mf.sum()) * mf
+    dims = tuple(range(-d, 0))
+    cf_hat = torch.fft.rfftn(cf, s=fft_shape, dim=dims)
+    ef_hat = torch.fft.rfftn((cf * cf).sum(1, keepdim=True), s=fft_shape, dim=dims)
+    mf_hat = torch.fft.rfftn(mf, s=fft_shape, dim=dims)
+    need = min_overlap * float(mf.sum())
+    mt = torch.from_numpy(ndi.gaussian_filter(ml, 1.0))[None, None]
+    cw_ = np.array([(s - 1) / 2.0 for s in sc])
+    cm_ = np.array([(s - 1) / 2.0 for s in sm])
+    zs = torch.from_numpy(np.moveaxis(np.indices(sc, dtype=np.float32), 0, -1) - cw_.astype(np.float32))
+    best = (-np.inf, None, None)
+    for start in range(0, len(matrices), batch):
+        mats = matrices[start:start + batch]
+        mt_ = torch.from_numpy(np.stack(mats).astype(np.float32))
+        y = torch.einsum("nij,...j->n...i", mt_, zs) + torch.from_numpy(cm_.astype(np.float32))
+        n = len(mats)
+        warped = _sample(mt.expand(n, -1, *sm), _to_grid(y, 1, sm))
+        valid = _inside(y, sm)[:, None]
+        cw = _tensor_channels(warped, valid, None)
+        cnt = valid.flatten(1).sum(1).clamp_min(1).view(-1, 1, *([1] * d))
+        cw = (cw - (cw * valid).sum(tuple(range(2, 2 + d)), keepdim=True) / cnt) * valid
+        v_hat = torch.fft.rfftn(valid, s=fft_shape, dim=dims)
+        w_hat = torch.fft.rfftn(torch.cat([cw, (cw * cw).sum(1, keepdim=True)], 1), s=fft_shape, dim=dims)
+        k = cw.shape[1]
+        spectra = torch.stack([(torch.conj(cf_hat) * w_hat[:, :k]).sum(1),  # Σ cf(x)·cw(x + d)
+                               torch.conj(ef_hat[:, 0]) * v_hat[:, 0],  # Σ |cf(x)|² valid(x + d)
+                               torch.conj(mf_hat[:, 0]) * w_hat[:, k],  # Σ mf(x) |cw(x + d)|²
+                               torch.conj(mf_hat[:, 0]) * v_hat[:, 0]], 1)  # overlap count
+        num, e_f, e_w, count = torch.fft.irfftn(spectra, s=fft_shape, dim=dims).unbind(1)
+        den = torch.sqrt(e_f.clamp_min(0) * e_w.clamp_min(0))
+        # rank by NCC × overlap^¼: a correlation estimated on a small overlap is noisier, so near-minimal
+        # overlaps must correlate clearly better to win (it stopped repetitive nuclei from locking on a
+        # neighbour at overlap 0.29 in the calibration set)
+        frac = (count / float(mf.sum())).clamp(0, 1) ** 0.25
+        ncc = torch.where((count > need - 0.5) & (den > 1e-9), frac * num / den.clamp_min(1e-12),
+                          torch.tensor(-2.0))
+        val, idx = ncc.flatten(1).max(1)
+        k = int(torch.argmax(val))
+        if float(val[k]) > best[0]:
+            shift = np.array(np.unravel_index(int(idx[k]), fft_shape), dtype=np.float64)
+            shift = np.where(shift > np.array(sc) - 1, shift - np.array(fft_shape), shift)
+            best = (float(val[k]), mats[k], shift)
+    if best[1] is None:
+        raise ValueError(f"no transform keeps min_overlap={min_overlap:g} of the fixed image covered")
+    m, dvec = best[1], best[2]
+    o = (f - 1) / 2.0
+    b = -m @ np.full(d, o) + f * (m @ (dvec - cw_) + cm_) + o
+    return LinearTransform(m, b, "affine"), best[0]
+
+
+# --- the fine step ----------------------------------------------------------------------------------------------
+def _skew(w: Any, d: int) -> Any:
+    torch = _torch()
+    if d == 2:
+        z = torch.zeros((), dtype=w.dtype)
+        return torch.stack([torch.stack([z, -w[0]]), torch.stack([w[0], z])])
+    z = torch.zeros((), dtype=w.dtype)
+    return torch.stack([torch.stack([z, -w[2], w[1]]), torch.stack([w[2], z, -w[0]]),
+                        torch.stack([-w[1], w[0], z])])
+
+
+class _Level:
+    """One pyramid level: fixed channels and the moving image, both downsampled by ``f``."""
+
+    def __init__(self, fixed: np.ndarray, moving: np.ndarray, f: int, feats: tuple[Any, Any] | None = None,
+                 feature_weight: float = 0.0) -> None:
+        torch = _torch()
+        self.f = f
+        self.feats = None
+        fl, ml = _downsample(fixed, f), _downsample(moving, f)
+        self.fshape, self.mshape = fl.shape, ml.shape
+        ft = torch.from_numpy(ndi.gaussian_filter(fl, 1.0))[None, None]
+        self.mf = _erode(torch.ones_like(ft))
+        self.cf = _tensor_channels(ft, self.mf, None)
+        self.mov = torch.from_numpy(ndi.gaussian_filter(ml, 1.0))[None, None]
+        g = _gradients(self.mov)
+        self.eps_m = torch.sqrt((g * g).sum(1)).mean()
+        self.points = torch.from_numpy(_level_points(fixed.shape, f).astype(np.float32))
+        if feats is not None and feature_weight > 0:
+            ff, fm = feats
+            self.feats = (_sample(_feature_tensor(ff), _feature_grid(self.points, ff))[0:1],
+                          _feature_tensor(fm), fm, float(feature_weight))
+
+    def similarity(self, y: Any) -> tuple[Any, Any]:
+        """(similarity, overlap fraction) of the moving image sampled at full-res coordinates ``y`` (*S_l, d)."""
+        warped = _sample(self.mov, _to_grid(y, self.f, self.mshape)[None])
+        yl = (y.detach() - (self.f - 1) / 2.0) / self.f
+        inside = _inside(yl, self.mshape)[None, None]
+        valid = inside * self.mf
+        cw = _tensor_channels(warped, valid, self.eps_m)
+        s = _masked_cosine(self.cf * valid, cw, valid)[0]
+        if self.feats is not None:  # backbone patch features, upsampled (bilinear) at the sampled points
+            ff, mt, fm, w = self.feats
+            wf = _sample(mt, _feature_grid(y, fm))
+            s = (1.0 - w) * s + w * _masked_cosine(ff * valid, wf * valid, valid)[0]
+        # a differentiable overlap (a ramp one level pixel wide at the moving image's border) for the penalty
+        torch = _torch()
+        hi = torch.tensor([n - 1 for n in self.mshape], dtype=y.dtype)
+        ramp = torch.clamp(torch.minimum(yl_ := (y - (self.f - 1) / 2.0) / self.f, hi - yl_) + 0.5, 0, 1)
+        return s, ramp.prod(-1).mean()
+
+
+def _feature_tensor(fm: Any) -> Any:
+    """(1, C, gh, gw) torch tensor of a FeatureMap's unit-normalised patch features."""
+    torch = _torch()
+    f = np.asarray(fm.features, dtype=np.float32)
+    f = f / np.maximum(np.linalg.norm(f, axis=-1, keepdims=True), 1e-8)
+    return torch.from_numpy(np.ascontiguousarray(np.moveaxis(f, -1, 0)))[None]
+
+
+def _feature_grid(y: Any, fm: Any) -> Any:
+    """grid_sample coordinates in a FeatureMap's grid for pixel coordinates ``y`` (…, 2); cell ``i`` covers
+    pixels ``[i·stride, (i + 1)·stride)``."""
+    torch = _torch()
+    st = float(fm.stride)
+    g = (y - (st - 1) / 2.0) / st
+    size = torch.tensor([max(n - 1, 1) for n in fm.features.shape[:2]], dtype=y.dtype)
+    return (2.0 * g / size - 1.0).flip(-1)[None] if y.ndim == 3 else (2.0 * g / size - 1.0).flip(-1)
+
+
+def _linear_params(model: str, d: int) -> dict[str, int]:
+    nrot = 1 if d == 2 else 3
+    return {"translation": {}, "rigid": {"rot": nrot}, "similarity": {"rot": nrot, "scale": 1},
+            "affine": {"mat": d * d}}.get(model, {"mat": d * d})
+
+
+def _lbfgs(params: list[Any], closure: Callable[[], Any], iters: int) -> None:
+    """Minimise ``closure()`` over the torch tensors ``params`` with SciPy's L-BFGS-B (torch gradients)."""
+    from scipy.optimize import minimize
+
+    torch = _torch()
+    sizes = [p.numel() for p in params]
+
+    def fun(x: np.ndarray) -> tuple[float, np.ndarray]:
+        chunks = np.split(x.astype(np.float32), np.cumsum(sizes)[:-1])
+        for p, c in zip(params, chunks, strict=True):
+            with torch.no_grad():
+                p.copy_(torch.from_numpy(c).view_as(p))
+            p.grad = None
+        loss = closure()
+        loss.backward()
+        grad = np.concatenate([p.grad.detach().numpy().ravel().astype(np.float64) for p in params])
+        return float(loss.detach()), grad
+
+    x0 = np.concatenate([p.detach().numpy().ravel().astype(np.float64) for p in params])
+    opts = {"maxiter": int(iters), "maxfun": 2 * int(iters), "ftol": 1e-7}
+    res = minimize(fun, x0, jac=True, method="L-BFGS-B", options=opts)
+    fun(res.x)
+
+
+def _linear_level(lev: _Level, a0: np.ndarray, b0: np.ndarray, centre: np.ndarray, model: str, iters: int,
+                  min_overlap: float) -> tuple[np.ndarray, np.ndarray]:
+    """One pyramid level: ``T(x) = A0 (c + Δ (x − c)) + b0 + f τ`` with Δ, τ of the model, by L-BFGS.
+
+    Parameters are scaled so that a unit step moves the level's border by about one level pixel.
+    """
+    torch = _torch()
+    d = a0.shape[0]
+    radius = float(np.mean(lev.fshape)) / 2.0
+    tau = torch.zeros(d, dtype=torch.float32, requires_grad=True)
+    extra = {k: torch.zeros(n, dtype=torch.float32, requires_grad=True) for k, n in _linear_params(model, d).items()}
+    big_a, big_b = torch.from_numpy(a0.astype(np.float32)), torch.from_numpy(b0.astype(np.float32))
+    c = torch.from_numpy(centre.astype(np.float32))
+
+    def build() -> tuple[Any, Any]:
+        delta = torch.eye(d)
+        if "rot" in extra:
+            delta = torch.linalg.matrix_exp(_skew(extra["rot"] / radius, d))
+        if "scale" in extra:
+            delta = delta * torch.exp(extra["scale"][0] / radius)
+        if "mat" in extra:
+            delta = delta + extra["mat"].view(d, d) / radius
+        return big_a @ delta, big_a @ (c - delta @ c) + big_b + tau * lev.f
+
+    def closure() -> Any:
+        mat, off = build()
+        s, ov = lev.similarity(lev.points @ mat.T + off)
+        return -s + 10.0 * torch.relu(min_overlap - ov)
+
+    _lbfgs([tau, *extra.values()], closure, iters)
+    with torch.no_grad():
+        mat, off = build()
+    return mat.double().numpy(), off.double().numpy()
+
+
+def _optimise_linear(levels: list[_Level], init: LinearTransform, model: str, iterations: Sequence[int],
+                     min_overlap: float) -> LinearTransform:
+    a0, b0 = init.matrix.copy(), init.offset.copy()
+    centre = (np.asarray(levels[-1].fshape) * levels[-1].f - 1) / 2.0
+    for lev, iters in zip(levels, iterations, strict=True):
+        a0, b0 = _linear_level(lev, a0, b0, centre, model, int(iters), min_overlap)
+    kind = model if model in ("translation", "rigid", "similarity") else "affine"
+    return LinearTransform(a0, b0, kind)
+
+
+def _svf(v: Any, shape: tuple[int, ...], f: int, steps: int) -> Any:
+    """Displacement (1, d, *S) in level pixels from a velocity on a control grid (full-res px), by squaring."""
+    torch = _torch()
+    import torch.nn.functional as F
+
+    d = len(shape)
+    mode = "bilinear" if d == 2 else "trilinear"
+    u = F.interpolate(v, size=shape, mode=mode, align_corners=True) / (f * 2 ** steps)
+    base = torch.from_numpy(np.moveaxis(np.indices(shape, dtype=np.float32), 0, -1))[None]
+    size = torch.tensor([max(s - 1, 1) for s in shape], dtype=torch.float32)
+    for _ in range(steps):
+        pos = base + torch.movedim(u, 1, -1)
+        grid = (2.0 * pos / size - 1.0).flip(-1)
+        u = u + F.grid_sample(u, grid, mode="bilinear", padding_mode="border", align_corners=True)
+    return u
+
+
+def _optimise_field(levels: list[_Level], lin: LinearTransform, shape: tuple[int, ...], spacing: float,
+                    iterations: Sequence[int], smooth: float, steps: int = 6) -> Any:
+    """Velocity field on a control grid every ``spacing`` pixels (full-res px), level by level, by L-BFGS."""
+    torch = _torch()
+    d = lin.ndim
+    cg = tuple(math.ceil((s - 1) / spacing) + 1 for s in shape)
+    v = torch.zeros((1, d, *cg), dtype=torch.float32, requires_grad=True)
+    big_a = torch.from_numpy(lin.matrix.astype(np.float32))
+    big_b = torch.from_numpy(lin.offset.astype(np.float32))
+
+    def loss(lev: _Level) -> Any:
+        u = _svf(v, lev.fshape, lev.f, steps)  # level px
+        x = lev.points + torch.movedim(u[0], 0, -1) * lev.f
+        s, _ = lev.similarity(x @ big_a.T + big_b)
+        reg = sum(((v.diff(dim=2 + ax) / spacing) ** 2).mean() for ax in range(d))
+        return -s + smooth * reg
+
+    for lev, iters in zip(levels, iterations, strict=True):
+        _lbfgs([v], partial(loss, lev), iters)
+    return v.detach()
+
+
+def _full_field(v: Any, shape: tuple[int, ...], steps: int = 6) -> np.ndarray:
+    torch = _torch()
+    with torch.no_grad():
+        return _svf(v, shape, 1, steps)[0].numpy()
+
+
+# --- the public function ----------------------------------------------------------------------------------------
+def _factors(shape: tuple[int, ...], size: int) -> int:
+    return max(1, math.ceil(max(shape) / float(size)))
+
+
+def _pyramid(shape: tuple[int, ...], coarse_f: int, fine_size: int) -> list[int]:
+    """Downsampling factors of the fine step: the finest (``fine_size``) and, if still finer than the coarse
+    search, twice that."""
+    fmin = _factors(shape, fine_size)
+    return [2 * fmin, fmin] if 2 * fmin < coarse_f else [fmin]
+
+
+def _mean_point_error(fwd: LinearTransform, rev: LinearTransform, shape: tuple[int, ...],
+                      moving_shape: tuple[int, ...]) -> float:
+    """Mean |T(x) − R⁻¹(x)| over a grid of fixed points that land inside the moving image."""
+    axes = [np.linspace(0, s - 1, 9) for s in shape]
+    pts = np.stack(np.meshgrid(*axes, indexing="ij"), -1).reshape(-1, len(shape))
+    a, b = fwd.map_points(pts), rev.inverse().map_points(pts)
+    inside = np.all((a >= 0) & (a <= np.asarray(moving_shape) - 1), axis=1)
+    if not inside.any():
+        return float("inf")
+    return float(np.linalg.norm(a - b, axis=1)[inside].mean())
+
+
+def _linear_stage(fixed: np.ndarray, moving: np.ndarray, model: str, opts: dict[str, Any]
+                  ) -> tuple[LinearTransform, LinearTransform, list[_Level]]:
+    d = fixed.ndim
+    lin_model = "affine" if model == "deformable" else model
+    fc = _factors(tuple(max(a, b) for a, b in zip(fixed.shape, moving.shape, strict=True)), opts["coarse_size"])
+    if d == 2:
+        rots = _rotations_2d(0 if model == "translation" else opts["angle_range"], opts["angle_step"])
+    else:
+        rots = [np.eye(3)] if model == "translation" else _rotations_3d(fixed, moving)
+    scales = (1.0,) if lin_model in ("translation", "rigid") else tuple(opts["scales"])
+    mats = [s * r for s in scales for r in rots]
+    coarse, _ = _coarse_search(fixed, moving, fc, mats, opts["min_overlap"])
+    if d == 2 and len(mats) > 1:  # local refinement of the winner: a third of the angle step, ±6 % scale
+        step = np.deg2rad(opts["angle_step"]) / 3.0
+        fine_scales = (1.0,) if len(scales) == 1 else (0.94, 1.0, 1.0 / 0.94)
+        local = [coarse.matrix @ (k * r) for k in fine_scales
+                 for r in (_rotations_2d(0, 1)[0], *(_rot2(a) for a in (-step, step)))]
+        coarse, _ = _coarse_search(fixed, moving, fc, local, opts["min_overlap"])
+    feats, fw = opts.get("feats"), opts.get("feature_weight", 0.0)
+    levels = [_Level(fixed, moving, f, feats, fw) for f in _pyramid(fixed.shape, fc, opts["fine_size"])]
+    iters = _iterations(len(levels), opts["iterations"])
+    lin = _optimise_linear(levels, coarse, lin_model, iters, opts["min_overlap"])
+    return coarse, lin, levels
+
+
+def _iterations(n: int, spec: int | Sequence[int]) -> list[int]:
+    if isinstance(spec, int):
+        return [int(spec)] * n
+    out = list(spec)
+    if len(out) < n:
+        out = [out[0]] * (n - len(out)) + out
+    return out[-n:]
+
+
+def register(
+    fixed: Any,
+    moving: Any,
+    model: str = "affine",
+    backbone: Any = None,
+    *,
+    min_overlap: float = 0.25,
+    angle_range: float = 180.0,
+    angle_step: float = 15.0,
+    scales: Sequence[float] = (0.8, 1.0, 1.25),
+    coarse_size: int | None = None,
+    fine_size: int | None = None,
+    iterations: int | Sequence[int] = 30,
+    grid_spacing: float = 8.0,
+    smooth: float = 1.0,
+    deformable_iterations: int | Sequence[int] = 40,
+    check_consistency: bool = True,
+    channel_axis: int | None = None,
+    weights: str | None = None,
+    feature_weight: float = 0.5,
+) -> Registration:
+    """Register ``moving`` to ``fixed``: a transform from fixed-grid coordinates to moving-image coordinates.
+
+    Parameters
+    ----------
+    fixed, moving : array_like
+        2-D images or 3-D volumes (both the same dimension; shapes may differ). The answer lies on the fixed
+        image's grid: ``result.apply(moving)`` has ``fixed``'s shape.
+    model : {"translation", "rigid", "similarity", "affine", "deformable"}
+    backbone : Backbone, str or None
+        2-D only: also compare the backbone's patch features (unit-normalised, bilinearly upsampled, warped
+        with the moving image) in the fine step, weighted ``feature_weight`` against the structure channels.
+        Default ``None``: structure channels only — the features available offline here (placeholder,
+        random or tiny models) carry nothing a registration can use; pretrained DINOv3 features are the
+        point of the option (DINO-Reg, MICCAI 2024). The coarse search always uses the structure channels.
+    min_overlap : float
+        Smallest fraction of the fixed grid that must see the moving image (search constraint, optimisation
+        penalty, and a condition of ``reliable``).
+    angle_range, angle_step : float
+        Degrees: the 2-D coarse rotation search covers ``±angle_range`` in steps of ``angle_step``.
+    scales : sequence of float
+        Coarse scale candidates for ``similarity``/``affine``/``deformable``.
+    coarse_size : int, optional
+        Longer side (pixels) of the downsampled copy used by the global search. Default 48 in 2-D, 24 in 3-D.
+    fine_size : int, optional
+        Longer side of the finest optimisation level of the linear stage; pass the image's size for full
+        resolution. Default 128 in 2-D (the optimum is then within ~0.05 px on 512² same-contrast pairs,
+        sub-pixel interpolation does the rest, and the cost no longer grows with the image), 64 in 3-D.
+        The deformable stage runs on two levels: the finest at ``4 × fine_size`` in 2-D (full resolution
+        up to 512²), at ``fine_size`` in 3-D (cost).
+    iterations : int or sequence of int
+        L-BFGS iterations per pyramid level (coarse to fine).
+    grid_spacing : float
+        Control-point spacing of the deformable velocity field, in fixed-image pixels.
+    smooth : float
+        Weight of the diffusion regulariser of the velocity field.
+    deformable_iterations : int or sequence of int
+        L-BFGS iterations per level for the velocity field.
+    check_consistency : bool
+        Also register ``fixed`` to ``moving`` (the linear stage) and report the mean point distance.
+    channel_axis : int, optional
+        Average this axis of both inputs first (colour images).
+    weights : str, optional
+        Passed to ``get_backbone`` when ``backbone`` is a name.
+    feature_weight : float
+        Weight of the backbone-feature similarity (0–1) when ``backbone`` is given.
+
+    Returns
+    -------
+    Registration
+
+    Raises
+    ------
+    ValueError
+        Unknown model, inputs of different dimension, NaN/inf, too small, or no transform keeps
+        ``min_overlap``.
+    """
+    torch = _torch()
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)  # small tensors: one thread is faster, and it never spins against other work
+    try:
+        return _register(fixed, moving, model, backbone, min_overlap, angle_range, angle_step, scales,
+                         coarse_size, fine_size, iterations, grid_spacing, smooth, deformable_iterations,
+                         check_consistency, channel_axis, weights, feature_weight)
+    finally:
+        torch.set_num_threads(threads)
+
+
+def _register(fixed: Any, moving: Any, model: str, backbone: Any, min_overlap: float, angle_range: float,
+              angle_step: float, scales: Sequence[float], coarse_size: int | None, fine_size: int | None,
+              iterations: int | Sequence[int], grid_spacing: float, smooth: float,
+              deformable_iterations: int | Sequence[int], check_consistency: bool,
+              channel_axis: int | None, weights: str | None, feature_weight: float) -> Registration:
+    t0 = time.perf_counter()
+    if model not in MODELS:
+        raise ValueError(f"model must be one of {', '.join(MODELS)}, got {model!r}")
+    if not 0 < float(min_overlap) <= 1:
+        raise ValueError(f"min_overlap must be a fraction in (0, 1], got {min_overlap}")
+    f_img, m_img = _as_input(fixed, "fixed", channel_axis), _as_input(moving, "moving", channel_axis)
+    if f_img.ndim != m_img.ndim:
+        raise ValueError(f"fixed is {f_img.ndim}-D {f_img.shape} and moving is {m_img.ndim}-D {m_img.shape}; "
+                         "register images of the same dimension")
+    feats = _backbone_features(backbone, weights, fixed, moving, f_img, m_img, channel_axis)
+    if model == "translation" and f_img.ndim == 2 and f_img.shape == m_img.shape and feats is None:
+        return _translation(f_img, m_img, float(min_overlap), check_consistency, t0)
+    d = f_img.ndim
+    coarse_size = int(coarse_size) if coarse_size is not None else (48 if d == 2 else 24)
+    fine_size = int(fine_size) if fine_size is not None else (128 if d == 2 else 64)
+    opts = {"min_overlap": float(min_overlap), "angle_range": float(angle_range),
+            "angle_step": float(angle_step), "scales": scales, "coarse_size": int(coarse_size),
+            "fine_size": fine_size, "iterations": iterations, "feats": feats,
+            "feature_weight": float(feature_weight)}
+    coarse, lin, levels = _linear_stage(f_img, m_img, model, opts)
+    method = f"coarse-search+{'affine' if model == 'deformable' else model}"
+    consistency = float("nan")
+    if feats is not None:
+        method += f"+{feats[0].backbone}"
+    if check_consistency:
+        # the reverse registration only has to be right to about a pixel: a coarser finest level
+        ropts = dict(opts, fine_size=max(32, fine_size // 2))
+        if feats is not None:
+            ropts["feats"] = feats[::-1]
+        _, rev, _ = _linear_stage(m_img, f_img, "affine" if model == "deformable" else model, ropts)
+        consistency = _mean_point_error(lin, rev, f_img.shape, m_img.shape)
+    transform: Transform = lin
+    folding = 0.0
+    if model == "deformable":
+        fd = _factors(f_img.shape, (4 if d == 2 else 1) * fine_size)
+        dlev = [_Level(f_img, m_img, f, feats, float(feature_weight)) for f in sorted({max(2 * fd, 1), fd},
+                                                                                      reverse=True)]
+        v = _optimise_field(dlev, lin, f_img.shape, float(grid_spacing),
+                            _iterations(len(dlev), deformable_iterations), float(smooth))
+        field_ = DisplacementField(_full_field(v, f_img.shape))
+        folding = field_.folding_fraction()
+        transform = CompositeTransform([field_, lin])
+        method += "+svf"
+    score, overlap = _evaluate(levels[-1], transform)
+    reasons = _reasons(score, overlap, consistency, float(min_overlap), f_img.shape)
+    return Registration(transform=transform, model=model, score=score, overlap=overlap, consistency=consistency,
+                        reliable=not reasons, fixed_shape=tuple(f_img.shape), moving_shape=tuple(m_img.shape),
+                        coarse=coarse, folding_fraction=folding, method=method,
+                        seconds=time.perf_counter() - t0, reasons=reasons)
+
+
+def _backbone_features(backbone: Any, weights: str | None, fixed: Any, moving: Any, f_img: np.ndarray,
+                       m_img: np.ndarray, channel_axis: int | None) -> tuple[Any, Any] | None:
+    """Patch features of both images from ``backbone`` (2-D only), or None."""
+    if backbone is None or backbone in ("none", "structure"):
+        if weights is not None:
+            raise ValueError("weights= needs a backbone name (e.g. backbone='vit-small')")
+        return None
+    from .registration import _resolve_backbone
+
+    bb = _resolve_backbone(backbone, weights)
+    if f_img.ndim != 2:
+        raise ValueError("backbone features are 2-D only; register 3-D volumes with backbone=None")
+    raw = [np.asarray(x) if channel_axis is None else np.moveaxis(np.asarray(x), channel_axis, -1)
+           for x in (fixed, moving)]
+    return bb.extract(raw[0]), bb.extract(raw[1])
+
+
+def _translation(fixed: np.ndarray, moving: np.ndarray, min_overlap: float, check: bool, t0: float
+                 ) -> Registration:
+    """Same-shape 2-D translations: :func:`~neuros.plugins.cv.registration.register_translation` (unchanged)."""
+    from .registration import register_translation
+
+    t = register_translation(fixed, moving, min_overlap=min_overlap)
+    lin = LinearTransform.translation(t.shift)  # moving ≈ roll(fixed, shift): T(x) = x + shift
+    consistency = float("nan")
+    if check:
+        back = register_translation(moving, fixed, min_overlap=min_overlap)
+        consistency = float(np.hypot(t.dy + back.dy, t.dx + back.dx))
+    reasons = _reasons(t.score, t.overlap, consistency, min_overlap, fixed.shape)
+    return Registration(transform=lin, model="translation", score=t.score, overlap=t.overlap,
+                        consistency=consistency, reliable=not reasons, fixed_shape=tuple(fixed.shape),
+                        moving_shape=tuple(moving.shape), coarse=LinearTransform.translation(t.coarse),
+                        method=f"register_translation:{t.method}", seconds=time.perf_counter() - t0,
+                        reasons=reasons)
+
+
+def _evaluate(level: _Level, transform: Transform) -> tuple[float, float]:
+    torch = _torch()
+    pts = level.points.reshape(-1, level.points.shape[-1]).double().numpy()
+    y = transform.map_points(pts).reshape(*level.points.shape)
+    with torch.no_grad():
+        s, ov = level.similarity(torch.from_numpy(y.astype(np.float32)))
+    return float(np.clip(float(s), 0.0, 1.0)), float(ov)
+
+
+def _reasons(score: float, overlap: float, consistency: float, min_overlap: float,
+             shape: tuple[int, ...]) -> list[str]:
+    out = []
+    if overlap < min_overlap:
+        out.append(f"overlap {overlap:.2f} < min_overlap {min_overlap:g}")
+    if score < RELIABLE["min_score"]:
+        out.append(f"score {score:.2f} < {RELIABLE['min_score']:g}")
+    limit = max(RELIABLE["max_inconsistency"], RELIABLE["max_inconsistency_fraction"] * max(shape))
+    if not np.isnan(consistency) and not consistency <= limit:
+        out.append(f"forward/backward inconsistency {consistency:.2f} px > {limit:.2f} px")
+    return out
+
+
+# --- stacks -----------------------------------------------------------------------------------------------------
+@dataclass
+class StackRegistration:
+    """Transforms found by :func:`align_stack_models`: ``transforms[i]`` maps section 0's frame to section ``i``."""
+
+    transforms: list[Transform]
+    pairs: list[tuple[int, int, Registration]]
+    model: str
+
+
+def _solve_chain(n: int, d: int, pairs: list[tuple[int, int, LinearTransform, float]], shape: tuple[int, ...]
+                 ) -> list[LinearTransform]:
+    """Least squares over all pair estimates: ``G_j(p) ≈ T_ij(G_i(p))`` on a grid of points, ``G_0 = id``."""
+    axes = [np.linspace(0, s - 1, 5) for s in shape]
+    pts = np.stack(np.meshgrid(*axes, indexing="ij"), -1).reshape(-1, d)
+    npar = d * d + d  # per section (rows of A, then b)
+    rows, rhs = [], []
+
+    def design(p: np.ndarray) -> np.ndarray:  # (P*d, npar): G(p) flattened
+        out = np.zeros((len(p) * d, npar))
+        for k in range(d):
+            out[k::d, k * d:(k + 1) * d] = p
+            out[k::d, d * d + k] = 1.0
+        return out
+
+    dp = design(pts)
+    for i, j, t, w in pairs:
+        block = np.zeros((len(pts) * d, n * npar))
+        block[:, j * npar:(j + 1) * npar] = dp
+        # T(G_i p) = M (A_i p + b_i) + c: linear in G_i's parameters
+        big = np.kron(np.eye(len(pts)), t.matrix) @ dp
+        block[:, i * npar:(i + 1) * npar] -= big
+        rows.append(w * block)
+        rhs.append(w * np.tile(t.offset, len(pts)))
+    # anchor G_0 = identity
+    anchor = np.zeros((len(pts) * d, n * npar))
+    anchor[:, :npar] = dp * 10.0
+    rows.append(anchor)
+    rhs.append(10.0 * pts.ravel())
+    sol, *_ = np.linalg.lstsq(np.vstack(rows), np.concatenate(rhs), rcond=None)
+    out = []
+    for i in range(n):
+        p = sol[i * npar:(i + 1) * npar]
+        out.append(LinearTransform(p[: d * d].reshape(d, d), p[d * d:], "affine"))
+    return out
+
+
+def align_stack_models(
+    volume: Any,
+    model: str = "rigid",
+    *,
+    neighbours: int = 2,
+    order: int = 1,
+    progress: Callable[[str], None] | None = None,
+    **register_kw: Any,
+) -> tuple[np.ndarray, StackRegistration]:
+    """Align a serial-section stack with rigid/similarity/affine/deformable transforms, without drift build-up.
+
+    Every section is registered (linear stage) to each of its next ``neighbours`` sections; the per-section
+    transforms from section 0's frame are then the least-squares solution of all those pair estimates
+    (weighted by score), so one bad pair is outvoted and errors do not simply add up along the chain. With
+    ``model="deformable"`` each linearly aligned section is then registered deformably to the mean of its
+    aligned neighbours (i − 1, i + 1) — one pass, no chaining of warps.
+
+    Parameters
+    ----------
+    volume : array_like, (n, H, W)
+    model : {"translation", "rigid", "similarity", "affine", "deformable"}
+    neighbours : int
+        How many following sections each section is registered to (1: plain chaining).
+    order : int
+        Interpolation order of the aligned output.
+    progress : callable, optional
+        Called with a short message per pair.
+    **register_kw
+        Passed to :func:`register`.
+
+    Returns
+    -------
+    aligned : ndarray, float32 (n, H, W)
+    StackRegistration
+    """
+    vol = np.asarray(volume, dtype=np.float32)
+    if vol.ndim != 3:
+        raise ValueError(f"volume must be (n, H, W), got shape {vol.shape}")
+    n = vol.shape[0]
+    if n < 2:
+        raise ValueError(f"volume has {n} section(s); a stack needs at least two to align")
+    if model not in MODELS:
+        raise ValueError(f"model must be one of {', '.join(MODELS)}, got {model!r}")
+    lin_model = "affine" if model == "deformable" else model
+    register_kw.setdefault("check_consistency", False)
+    pairs = []
+    for i in range(n - 1):
+        for j in range(i + 1, min(n, i + 1 + max(1, int(neighbours)))):
+            r = register(vol[i], vol[j], lin_model, **register_kw)
+            pairs.append((i, j, r))
+            if progress is not None:
+                progress(f"sections {i}→{j}: score={r.score:.2f}")
+    lin = _solve_chain(n, 2, [(i, j, r.linear, max(r.score, 1e-3)) for i, j, r in pairs], vol.shape[1:])
+    transforms: list[Transform] = [LinearTransform(t.matrix, t.offset, lin_model) for t in lin]
+    aligned = np.stack([t.apply(s, vol.shape[1:], order=order) for t, s in zip(transforms, vol, strict=True)])
+    if model == "deformable":
+        kw = {k: v for k, v in register_kw.items() if k != "check_consistency"}
+        new = list(transforms)
+        for i in range(n):
+            nb = [aligned[j] for j in (i - 1, i + 1) if 0 <= j < n]
+            target = np.mean(nb, axis=0)
+            r = register(target, aligned[i], "deformable", check_consistency=False, angle_range=0,
+                         scales=(1.0,), **kw)
+            new[i] = transforms[i] @ r.transform
+        transforms = new
+        aligned = np.stack([t.apply(s, vol.shape[1:], order=order) for t, s in zip(transforms, vol, strict=True)])
+    return aligned, StackRegistration(transforms, pairs, model)
