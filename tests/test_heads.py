@@ -146,7 +146,7 @@ def test_heads_take_feature_maps_only(em):
     head = make_head("logistic").fit(maps[:6], masks[:6])
     with pytest.raises(TypeError, match="feature_maps must be a FeatureMap"):
         head.predict(X)
-    assert set(list_heads()) == {"logistic", "sgd", "knn", "rf", "hgb", "mlp"}
+    assert set(list_heads()) == {"logistic", "sgd", "knn", "rf", "hgb", "mlp", "conv"}
 
 
 def test_load_head_errors(tmp_path):
@@ -165,6 +165,8 @@ NON_DEFAULT = {
     "rf": {"n_estimators": 7, "max_depth": None, "n_jobs": 1},
     "hgb": {"max_iter": 5, "learning_rate": 0.2, "max_leaf_nodes": 7, "l2_regularization": 0.5},
     "mlp": {"hidden": 8, "epochs": 2, "batch_size": 64, "lr": 1e-2, "weight_decay": 0.0, "dropout": 0.0},
+    "conv": {"channels": 4, "dilations": (1,), "trunk_stride": 2, "steps": 3, "crop": 16, "batch_size": 2,
+             "lr": 1e-2, "weight_decay": 0.0, "tile": 64},
 }
 
 

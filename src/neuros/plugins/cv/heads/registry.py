@@ -14,6 +14,7 @@ import numpy as np
 
 from ..backbones.spec import BackboneSpec, non_default_options, option_defaults, takes_weights
 from .base import FORMAT, SegmentationHead
+from .conv import ConvDecoderHead
 from .linear import GradientBoostingHead, IncrementalLinearHead, KNNHead, LogisticHead, RandomForestHead
 from .mlp import MLPHead
 
@@ -35,7 +36,8 @@ class HeadSettings:
 DEFAULT_HEAD = HeadSettings()
 
 HEADS: dict[str, type[SegmentationHead]] = {
-    c.kind: c for c in (LogisticHead, IncrementalLinearHead, KNNHead, RandomForestHead, GradientBoostingHead, MLPHead)
+    c.kind: c for c in (LogisticHead, IncrementalLinearHead, KNNHead, RandomForestHead, GradientBoostingHead, MLPHead,
+                        ConvDecoderHead)
 }
 
 
