@@ -13,8 +13,8 @@ which unlike ``ru_maxrss`` is not inherited across fork+exec) and wall time:
 
 * ``ilastik`` — :class:`neuros.plugins.cv.classical.IlastikRecipe`: ``multiscale_basic_features`` σ 1–16 +
   100-tree random forest on 200 k pixels sampled uniformly from the labelled pixels (Sommer et al. 2011);
-* ``ours`` — ``filterbank[stride=1]`` through ``dense.TiledFeatures`` + ``make_head("hgb", ...)`` with a
-  per-class sampling budget (needs issue 12's dense features and pixel heads; reported as "pending" when the
+* ``ours`` — ``filterbank[stride=1]`` through ``dense.TiledFeatures`` + the pixel head
+  (``make_head("mlp", class_weight="balanced")``) with a per-class sampling budget (needs issue 12's dense features and pixel heads; reported as "pending" when the
   installed package does not have them yet).
 
 Dice is membrane / mitochondria Dice pooled over the test pixels (``metrics.score_images``). Ratios (time,
@@ -22,7 +22,7 @@ memory, Dice) are against the ilastik recipe measured in the same run. Peak memo
 process, the libraries and the image arrays (``rss_base_mib`` is the peak before the method starts).
 
 ``--memory`` measures peak memory against image size instead: each method is trained once, small (sections
-00–01; forest of 10 trees, hgb of 20 iterations: memory per tile does not depend on the model's size, time
+00–01; forest of 10 trees, MLP of 5 epochs: memory per tile does not depend on the model's size, time
 does), then predicts one 1024² section and the 2048² and 4096² test mosaics, each in a fresh process. Peak
 memory must stay flat beyond one tile (1024² plus halo).
 
@@ -105,7 +105,7 @@ def make_method(method: str, mode: str) -> Any:
     except ImportError as err:
         raise NotImplementedError(f"ours needs issue 12's dense features and pixel heads ({err})") from err
     return {"backbone": BackboneSpec.parse(OURS_SPEC).build(),
-            "head": make_head("hgb", seed=0, max_iter=20 if mode == "memory" else 200,
+            "head": make_head("mlp", seed=0, class_weight="balanced", epochs=5 if mode == "memory" else 30,
                               max_samples_per_class=20_000 if small else 70_000)}
 
 

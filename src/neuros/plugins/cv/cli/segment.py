@@ -42,7 +42,7 @@ from ..datasets.io import (
     write_probabilities,
 )
 from ..dense import DEFAULT_TILE, TiledFeatures
-from ..heads import DEFAULT_HEAD, head_class, list_heads, load_head, make_head
+from ..heads import DEFAULT_HEAD, DEFAULT_PIXEL_HEAD, head_class, list_heads, load_head, make_head
 from ..heads.base import SegmentationHead
 from ..labels import DEFAULT_MAX_CLASSES, RULES, check_training_masks, mask_targets
 from ..output import atomic_output_dir, atomic_write_text, check_output_dir, check_output_file, dumps_json
@@ -75,8 +75,9 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
                         "(options that change the features in brackets; docs/backbones.md); the stride is part of "
                         "the spec ('filterbank[stride=1]' for per-pixel features); fused backbones as 'A+B'")
     t.add_argument("--weights", help="DINOv3 weights: placeholder, random, random(seed=N), pretrained, auto")
-    t.add_argument("--head", default=DEFAULT_HEAD.kind, choices=list_heads(),
-                   help=f"head kind (default {DEFAULT_HEAD.kind})")
+    t.add_argument("--head", default=None, choices=list_heads(),
+                   help=f"head kind (default {DEFAULT_HEAD.kind} on patch features, {DEFAULT_PIXEL_HEAD.kind} at "
+                   "stride <= 4, the best measured on each; docs/segmentation.md)")
     t.add_argument("--balanced", action=argparse.BooleanOptionalAction, default=None,
                    help="weight classes equally in training (default: on, as in the documented results, for "
                         "every head but knn; --no-balanced for the unweighted loss)")
@@ -248,12 +249,14 @@ def _train(args: argparse.Namespace) -> int:
     img_paths, mask_paths = expand_paths(args.images), expand_paths(args.masks)
     if len(img_paths) != len(mask_paths):
         raise ValueError(f"{len(img_paths)} image files but {len(mask_paths)} mask files; give one mask per image")
-    class_weight = _class_weight(args.head, args.balanced)
     if args.unlabelled is not None and args.classes and args.unlabelled in args.classes:
         listed = " ".join(map(str, args.classes))
         raise ValueError(f"--unlabelled {args.unlabelled} is also listed in --classes {listed}; the unlabelled "
                          "value is no class: drop it from --classes or pick another --unlabelled")
     bb = spec.build()
+    if args.head is None:  # the best measured head for the features' resolution
+        args.head = DEFAULT_PIXEL_HEAD.kind if float(bb.stride) <= 4 else DEFAULT_HEAD.kind
+    class_weight = _class_weight(args.head, args.balanced)
     note_placeholder(bb.name, bb.weights)
     budget = _sampling_budget(args.max_samples_per_class, bb)
     steps = 2 * len(img_paths) + 1

@@ -41,7 +41,7 @@ from ..backbones.spec import BackboneSpec
 from ..classical import IlastikRecipe
 from ..datasets.catalog import load_mni152, load_sstem
 from ..dense import TiledFeatures
-from ..heads import DEFAULT_HEAD, list_heads, make_head
+from ..heads import DEFAULT_HEAD, DEFAULT_PIXEL_HEAD, list_heads, make_head
 from ..instances import label_instances
 from ..metrics import match_instances, score_images
 from ..scribbles import labelled_fraction, simulate_scribbles
@@ -61,7 +61,7 @@ class PixelSuiteConfig:
 
     datasets: tuple[str, ...] = PIXEL_DATASETS
     pixel_backbone: str = "filterbank[stride=1]"
-    pixel_heads: tuple[str, ...] = ("hgb",)
+    pixel_heads: tuple[str, ...] = (DEFAULT_PIXEL_HEAD.kind,)
     patch_backbone: str = "filterbank"
     patch_head: str = DEFAULT_HEAD.kind
     baseline: bool = True
@@ -188,7 +188,7 @@ def _fit_predict(kind: str, config: PixelSuiteConfig, train: tuple[Sequence[np.n
                          label_rule=DEFAULT_HEAD.label_rule, unlabelled=unlabelled, seed=config.seed)
     else:
         bb = backbones[config.pixel_backbone]
-        head = make_head(kind.split(":", 1)[1], unlabelled=unlabelled,
+        head = make_head(kind.split(":", 1)[1], unlabelled=unlabelled, class_weight=DEFAULT_PIXEL_HEAD.class_weight,
                          max_samples_per_class=config.max_samples_per_class, seed=config.seed)
     head.fit([TiledFeatures(bb, im) for im in images], list(masks))
     t_fit = time.perf_counter() - t0

@@ -11,10 +11,20 @@ from __future__ import annotations
 from .base import FORMAT, SegmentationHead
 from .linear import GradientBoostingHead, IncrementalLinearHead, KNNHead, LogisticHead, RandomForestHead
 from .mlp import MLPHead
-from .registry import DEFAULT_HEAD, HEADS, HeadSettings, head_class, list_heads, load_head, make_head
+from .registry import (
+    DEFAULT_HEAD,
+    DEFAULT_PIXEL_HEAD,
+    HEADS,
+    HeadSettings,
+    head_class,
+    list_heads,
+    load_head,
+    make_head,
+)
 
 __all__ = [
     "DEFAULT_HEAD",
+    "DEFAULT_PIXEL_HEAD",
     "FORMAT",
     "HEADS",
     "GradientBoostingHead",
