@@ -14,8 +14,7 @@ which unlike ``ru_maxrss`` is not inherited across fork+exec) and wall time:
 * ``ilastik`` — :class:`neuros.plugins.cv.classical.IlastikRecipe`: ``multiscale_basic_features`` σ 1–16 +
   100-tree random forest on 200 k pixels sampled uniformly from the labelled pixels (Sommer et al. 2011);
 * ``ours`` — ``filterbank[stride=1]`` through ``dense.TiledFeatures`` + the pixel head
-  (``make_head("mlp", class_weight="balanced")``) with a per-class sampling budget (needs issue 12's dense features and pixel heads; reported as "pending" when the
-  installed package does not have them yet).
+  (``make_head("mlp", class_weight="balanced")``) with a per-class sampling budget.
 
 Dice is membrane / mitochondria Dice pooled over the test pixels (``metrics.score_images``). Ratios (time,
 memory, Dice) are against the ilastik recipe measured in the same run. Peak memory includes the Python

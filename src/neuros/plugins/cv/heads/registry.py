@@ -18,7 +18,8 @@ from .conv import ConvDecoderHead
 from .linear import GradientBoostingHead, IncrementalLinearHead, KNNHead, LogisticHead, RandomForestHead
 from .mlp import MLPHead
 
-__all__ = ["DEFAULT_HEAD", "DEFAULT_PIXEL_HEAD", "HEADS", "HeadSettings", "head_class", "list_heads", "load_head", "make_head"]
+__all__ = ["DEFAULT_HEAD", "DEFAULT_PIXEL_HEAD", "HEADS", "HeadSettings", "head_class", "list_heads", "load_head",
+           "make_head"]
 
 
 @dataclass(frozen=True)
