@@ -14,6 +14,8 @@ from .base import SegmentationHead
 __all__ = ["MLPHead"]
 
 _WEIGHTS = "mlp.safetensors"
+#: Rows per forward pass at prediction (bounds the hidden activations to ~64 MiB at 128 units).
+PREDICT_ROWS = 131_072
 
 
 def _network(n_in: int, hidden: int, n_out: int, dropout: float):
@@ -84,9 +86,13 @@ class MLPHead(SegmentationHead):
     def _proba_matrix(self, X: np.ndarray) -> np.ndarray:
         import torch
 
+        # In chunks: a stride-1 tile has a million rows, and the hidden layer would hold hidden × 4 bytes each.
+        out = np.empty((X.shape[0], len(self.classes_)), dtype=np.float32)
         with torch.inference_mode():
-            logits = self.net_(torch.from_numpy((X - self.mean_) / self.scale_))
-            return torch.softmax(logits, dim=1).numpy().astype(np.float32)
+            for s in range(0, X.shape[0], PREDICT_ROWS):
+                logits = self.net_(torch.from_numpy((X[s : s + PREDICT_ROWS] - self.mean_) / self.scale_))
+                out[s : s + PREDICT_ROWS] = torch.softmax(logits, dim=1).numpy()
+        return out
 
     def _save_weights(self, folder: Path) -> list[str]:
         import torch
