@@ -109,3 +109,11 @@ def test_real_suite_config_carries_the_pixel_rows():
     assert RealSuiteConfig.from_dict(on.to_dict()) == on
     with pytest.raises(ValueError, match="unknown key"):
         RealSuiteConfig.from_dict({"pixel": {"heads": ["hgb"]}})
+
+
+def test_sparse_without_the_real_suite_is_refused(tmp_path, capsys):
+    from neuros.plugins.cv.cli import main
+
+    assert main(["bench", "--sparse", "--out", str(tmp_path / "b")]) != 0
+    assert "add --suite real" in capsys.readouterr().err
+    assert not (tmp_path / "b").exists()

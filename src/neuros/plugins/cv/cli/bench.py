@@ -135,6 +135,8 @@ def run(args: argparse.Namespace) -> int:
         from ._bench_real import run_real
 
         return run_real(args)
+    if getattr(args, "sparse", False):
+        raise ValueError("--sparse trains the pixel rows of --suite real from scribbles; add --suite real")
     config = _config(args)
     inputs = [args.config] if args.config and Path(args.config).expanduser().exists() else []  # a TOML file
     out = check_output_dir(args.out, args.overwrite, inputs)  # fail before computing anything
