@@ -29,6 +29,7 @@ import numpy as np
 from ..dense import TiledFeatures
 from ..features import FeatureMap
 from ..labels import encode_masks
+from ._torch_io import load_net, save_net
 from .base import INTERPOLATIONS, LEVELS, SegmentationHead, _mask_list, as_maps
 
 __all__ = ["ConvDecoderHead", "decoder_halo"]
@@ -320,23 +321,12 @@ class ConvDecoderHead(SegmentationHead):
                         len(self.classes_))
 
     def _save_weights(self, folder: Path) -> list[str]:
-        import torch
-        from safetensors.torch import save_file
-
-        tensors = {f"net.{k}": v.contiguous() for k, v in self.net_.state_dict().items()}
-        tensors["mean"] = torch.from_numpy(self.mean_)
-        tensors["scale"] = torch.from_numpy(self.scale_)
-        save_file(tensors, str(folder / _WEIGHTS))
+        save_net(folder / _WEIGHTS, self.net_, self.mean_, self.scale_)
         return [_WEIGHTS]
 
     def _load_weights(self, folder: Path) -> None:
-        from safetensors.torch import load_file
-
-        t = load_file(str(folder / _WEIGHTS))
-        self.mean_, self.scale_ = t.pop("mean").numpy(), t.pop("scale").numpy()
         net = self._network_for_load()
-        net.load_state_dict({k[4:]: v for k, v in t.items()})
-        net.eval()
+        self.mean_, self.scale_ = load_net(folder / _WEIGHTS, net)
         self.net_ = net
 
 

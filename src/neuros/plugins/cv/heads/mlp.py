@@ -9,6 +9,7 @@ from pathlib import Path
 
 import numpy as np
 
+from ._torch_io import load_net, save_net
 from .base import SegmentationHead
 
 __all__ = ["MLPHead"]
@@ -95,22 +96,11 @@ class MLPHead(SegmentationHead):
         return out
 
     def _save_weights(self, folder: Path) -> list[str]:
-        import torch
-        from safetensors.torch import save_file
-
-        tensors = {f"net.{k}": v.contiguous() for k, v in self.net_.state_dict().items()}
-        tensors["mean"] = torch.from_numpy(self.mean_)
-        tensors["scale"] = torch.from_numpy(self.scale_)
-        save_file(tensors, str(folder / _WEIGHTS))
+        save_net(folder / _WEIGHTS, self.net_, self.mean_, self.scale_)
         return [_WEIGHTS]
 
     def _load_weights(self, folder: Path) -> None:
-        from safetensors.torch import load_file
-
-        t = load_file(str(folder / _WEIGHTS))
-        self.mean_, self.scale_ = t.pop("mean").numpy(), t.pop("scale").numpy()
-        n_in = int(self.n_components or self.feature_dim_)
-        net = _network(n_in, int(self.hidden), len(self.classes_), float(self.dropout))
-        net.load_state_dict({k[4:]: v for k, v in t.items()})
-        net.eval()
+        net = _network(int(self.n_components or self.feature_dim_), int(self.hidden), len(self.classes_),
+                       float(self.dropout))
+        self.mean_, self.scale_ = load_net(folder / _WEIGHTS, net)
         self.net_ = net
