@@ -14,20 +14,11 @@ import pytest
 from neuros.plugins.cv.backbones import DINOv3Backbone, PlaceholderBackbone, get_backbone
 from neuros.plugins.cv.backbones.filterbank import pixel_features, pixel_radius
 from neuros.plugins.cv.scale.features import grid_step
+from tiny_models import block_vs_whole
 
 BACKBONES = Path(__file__).resolve().parents[1] / "src" / "neuros" / "plugins" / "cv" / "backbones"
 
 
-def _block_vs_whole(bb, image: np.ndarray, core: tuple[int, int, int, int], halo: int) -> float:
-    """Largest difference between the core cells of a block read with ``halo`` and the whole image's cells."""
-    y0, y1, x0, x1 = core
-    s = int(bb.stride)
-    whole = bb.extract(image).features
-    ry0, rx0 = max(0, y0 - halo), max(0, x0 - halo)
-    part = bb.extract(image[ry0 : y1 + halo, rx0 : x1 + halo]).features
-    oy, ox = (y0 - ry0) // s, (x0 - rx0) // s
-    got = part[oy : oy + (y1 - y0) // s, ox : ox + (x1 - x0) // s]
-    return float(np.abs(got - whole[y0 // s : y1 // s, x0 // s : x1 // s]).max())
 
 
 # ---------------------------------------------------------------------------------------------- filter bank
@@ -62,8 +53,8 @@ def test_filterbank_block_with_its_halo_equals_the_whole_image():
     img = np.random.default_rng(1).random((192, 176)).astype(np.float32)
     bb = get_backbone("filterbank", sigmas=(1.0, 2.0))  # halo 16
     assert bb.halo == 16
-    assert _block_vs_whole(bb, img, (64, 128, 48, 112), bb.halo) == 0.0
-    assert _block_vs_whole(bb, img, (64, 128, 48, 112), 0) > 1e-3
+    assert block_vs_whole(bb, img, (64, 128, 48, 112), bb.halo) == 0.0
+    assert block_vs_whole(bb, img, (64, 128, 48, 112), 0) > 1e-3
 
 
 # ---------------------------------------------------------------------------------------------- placeholder
@@ -74,15 +65,15 @@ def test_placeholder_is_its_own_class_with_one_patch_of_receptive_field():
     d = bb.describe()
     assert d["spec"] == "vit-small@placeholder" and "stand_in" in d and "placeholder" in d
     img = np.random.default_rng(2).random((128, 112))
-    assert _block_vs_whole(bb, img, (48, 96, 32, 80), 0) == 0.0
+    assert block_vs_whole(bb, img, (48, 96, 32, 80), 0) == 0.0
 
 
 def test_placeholder_at_scale_2_needs_the_resize_margin():
     bb = DINOv3Backbone("vit-small", weights="placeholder", scale=2)
     assert bb.stride == 8 and bb.receptive_field == 8 + 2 and bb.halo == 8  # bilinear: one pixel per side
     img = np.random.default_rng(3).random((96, 96))
-    assert _block_vs_whole(bb, img, (32, 64, 32, 64), bb.halo) < 1e-5
-    assert _block_vs_whole(bb, img, (32, 64, 32, 64), 0) > 1e-3
+    assert block_vs_whole(bb, img, (32, 64, 32, 64), bb.halo) < 1e-5
+    assert block_vs_whole(bb, img, (32, 64, 32, 64), 0) > 1e-3
 
 
 def test_placeholder_grid_is_its_patch_whatever_the_convnext_stage():
@@ -115,10 +106,10 @@ def test_tiny_convnext_halo_covers_its_stage_and_is_tight(tiny_convnext_dir):
     assert DINOv3Backbone(str(tiny_convnext_dir), weights="pretrained", stage=1).stride == 8
     img = np.random.default_rng(5).random((352, 352)).astype(np.float32)
     core = (128, 192, 144, 208)
-    assert _block_vs_whole(bb, img, core, bb.halo) == 0.0  # measured: exactly equal
+    assert block_vs_whole(bb, img, core, bb.halo) == 0.0  # measured: exactly equal
     # One cell less lets the zero padding of the block's border reach the core (faintly through random weights:
     # measured 2e-7; 64 px: 2e-4, 0 px: 4e-2).
-    assert _block_vs_whole(bb, img, core, bb.halo - 16) > 0.0
+    assert block_vs_whole(bb, img, core, bb.halo - 16) > 0.0
 
 
 # ---------------------------------------------------------------------------------------------- import graph

@@ -11,6 +11,7 @@ from neuros.plugins.cv.backbones.filterbank import pixel_features, pixel_radius
 from neuros.plugins.cv.backbones.placeholder import placeholder_features
 from neuros.plugins.cv.features import upsample_to_pixels
 from neuros.plugins.cv.guided import guided_filter, guided_upsample
+from tiny_models import block_vs_whole
 
 SIGMAS = (1.0, 2.0)  # pixel_radius 13: small halos, fast filters
 
@@ -19,16 +20,6 @@ def _image(h: int = 96, w: int = 80, seed: int = 0) -> np.ndarray:
     return np.random.default_rng(seed).random((h, w)).astype(np.float32)
 
 
-def _block_vs_whole(bb, image, core, halo) -> float:
-    """Largest difference between a block's core cells (block read with ``halo``) and the whole image's."""
-    y0, y1, x0, x1 = core
-    s = int(bb.stride)
-    whole = bb.extract(image).features
-    ry0, rx0 = max(0, y0 - halo), max(0, x0 - halo)
-    part = bb.extract(image[ry0 : y1 + halo, rx0 : x1 + halo]).features
-    oy, ox = (y0 - ry0) // s, (x0 - rx0) // s
-    got = part[oy : oy + (y1 - y0) // s, ox : ox + (x1 - x0) // s]
-    return float(np.abs(got - whole[y0 // s : y1 // s, x0 // s : x1 // s]).max())
 
 
 # ---------------------------------------------------------------------------------------------- filter bank
@@ -61,8 +52,8 @@ def test_filterbank_tiles_with_the_halo_equal_the_whole_image(stride):
     assert bb.receptive_field == stride + 2 * r
     img = _image(112, 104, seed=1)
     core = (40, 72, 32, 64)
-    assert _block_vs_whole(bb, img, core, bb.halo) == 0.0
-    assert _block_vs_whole(bb, img, core, bb.halo - stride) > 0  # one cell less is not enough (tight)
+    assert block_vs_whole(bb, img, core, bb.halo) == 0.0
+    assert block_vs_whole(bb, img, core, bb.halo - stride) > 0  # one cell less is not enough (tight)
 
 
 def test_default_filterbank_is_unchanged_and_patch_size_is_the_old_name_of_stride():
@@ -145,8 +136,8 @@ def test_placeholder_dense_blocks_with_the_halo_equal_the_whole_image():
     for options in ({"stride": 4}, {"shifts": 2, "stride": 4, "upsample": "guided"}):
         bb = get_backbone("vit-small", weights="placeholder", **options)
         assert bb.halo_exact and bb.halo % 16 == 0
-        assert _block_vs_whole(bb, img, (48, 64, 32, 80), bb.halo) < 1e-5, options
-        assert _block_vs_whole(bb, img, (48, 64, 32, 80), 0) > 1e-3, options
+        assert block_vs_whole(bb, img, (48, 64, 32, 80), bb.halo) < 1e-5, options
+        assert block_vs_whole(bb, img, (48, 64, 32, 80), 0) > 1e-3, options
 
 
 @pytest.mark.parametrize(("options", "match"), [

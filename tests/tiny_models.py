@@ -142,3 +142,15 @@ def small_image() -> np.ndarray:
 def features_of(backbone) -> np.ndarray:
     """The features of :func:`small_image` from ``backbone``."""
     return backbone.extract(small_image()).features
+
+
+def block_vs_whole(bb, image: np.ndarray, core: tuple[int, int, int, int], halo: int) -> float:
+    """Largest difference between the core cells of a block read with ``halo`` and the whole image's cells."""
+    y0, y1, x0, x1 = core
+    s = int(bb.stride)
+    whole = bb.extract(image).features
+    ry0, rx0 = max(0, y0 - halo), max(0, x0 - halo)
+    part = bb.extract(image[ry0 : y1 + halo, rx0 : x1 + halo]).features
+    oy, ox = (y0 - ry0) // s, (x0 - rx0) // s
+    got = part[oy : oy + (y1 - y0) // s, ox : ox + (x1 - x0) // s]
+    return float(np.abs(got - whole[y0 // s : y1 // s, x0 // s : x1 // s]).max())
