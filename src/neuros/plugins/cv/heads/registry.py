@@ -36,10 +36,8 @@ class HeadSettings:
 #: Class balancing matters on real EM: membrane Dice 0.35 balanced vs 0.23 unweighted (filterbank, held-out ssTEM).
 DEFAULT_HEAD = HeadSettings()
 
-#: The pixel head (feature maps at stride <= 4, e.g. ``filterbank[stride=1]``): a class-balanced MLP. Measured on
-#: ssTEM (train 00-07, test 08 and 11, 30 k pixels per class, same machine and run; benchmarks in
-#: docs/segmentation.md): membrane/mitochondria Dice mlp 0.777/0.499, hgb 0.774/0.495, rf 0.758/0.478, logistic
-#: 0.735/0.377 — and the MLP predicts 5x faster than hgb.
+#: The pixel head (feature maps at stride <= 4, e.g. ``filterbank[stride=1]``): a class-balanced MLP, the most
+#: accurate and 5x faster to predict than hgb on ssTEM (benchmarks/bench_pixel_heads.py, docs/benchmarks.md).
 DEFAULT_PIXEL_HEAD = HeadSettings(kind="mlp")
 
 HEADS: dict[str, type[SegmentationHead]] = {
