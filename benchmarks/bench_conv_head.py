@@ -90,7 +90,8 @@ def balanced_sample(maps: list[FeatureMap], masks: list[np.ndarray], n: int, see
 def run_conv(args, train_maps, train_masks, test_maps) -> tuple[list[np.ndarray], float, float, dict]:
     head = ConvDecoderHead(channels=args.channels, dilations=tuple(int(d) for d in args.dilations.split(",")),
                            trunk_stride=args.trunk_stride, steps=args.steps, crop=args.crop,
-                           batch_size=args.batch, lr=args.lr, class_weight=args.class_weight, seed=args.seed)
+                           batch_size=args.batch, lr=args.lr, class_weight=args.class_weight, seed=args.seed,
+                           augment=args.augment)
     t0 = time.perf_counter()
     head.fit(train_maps, train_masks)
     t_fit = time.perf_counter() - t0
@@ -129,6 +130,8 @@ def main(argv: list[str] | None = None) -> dict:
     p.add_argument("--steps", type=int, default=500)
     p.add_argument("--crop", type=int, default=128)
     p.add_argument("--batch", type=int, default=4)
+    p.add_argument("--augment", action=argparse.BooleanOptionalAction, default=True,
+                   help="random rotations/flips of the training windows (default on)")
     p.add_argument("--lr", type=float, default=3e-3)
     p.add_argument("--class-weight", default="balanced", type=lambda s: None if s == "none" else s)
     p.add_argument("--samples", type=int, default=200_000, help="pixels sampled for hgb/rf (class-balanced)")

@@ -192,3 +192,47 @@ def test_learns_membranes_on_real_sstem(sstem_dir) -> None:
     dice = score_images([truth], [(head.predict(test) == 1).astype(np.uint8)], 2)["classes"]["class1"]["dice"]
     trivial = score_images([truth], [np.ones_like(truth)], 2)["classes"]["class1"]["dice"]  # all membrane
     assert dice > trivial + 0.2, (dice, trivial)
+
+
+@pytest.mark.parametrize("stride", [1, 2])
+def test_augmented_windows_turn_features_and_labels_together(stride) -> None:
+    """Each window is one of the square's 8 symmetries, applied to features and labels alike."""
+    from neuros.plugins.cv.heads.conv import _WindowSampler
+
+    h = w = 24
+    rr, cc = np.mgrid[0:h, 0:w]
+    cell = (rr * 1000 + cc).astype(np.int64)  # every grid cell's own position
+    labels = np.repeat(np.repeat(cell, stride, axis=0), stride, axis=1)  # its pixels carry it as their label
+    grid = cell.astype(np.float32)
+    fm = FeatureMap(np.stack([grid, grid], axis=-1), float(stride), labels.shape, "t", "none")
+    plain = _WindowSampler([fm], [labels], 8, np.random.default_rng(0), augment=False)
+    turned = _WindowSampler([fm], [labels], 8, np.random.default_rng(0), augment=True)
+    orientations = set()
+    for sampler in (plain, turned):
+        x, y, s = sampler.batch(16)
+        assert s == stride
+        np.testing.assert_array_equal(x[..., 0], y[:, ::stride, ::stride])  # labels follow their features
+        if sampler is turned:  # the direction in which the row index grows, per window
+            orientations |= {(int(np.sign(b[1, 0, 0] - b[0, 0, 0])), int(np.sign(b[0, 1, 0] - b[0, 0, 0])))
+                             for b in x}
+        else:
+            assert np.all(x[:, 1, 0, 0] - x[:, 0, 0, 0] == 1000)  # no augmentation: all upright
+    assert len(orientations) >= 3  # several of the 8 symmetries were drawn
+
+
+def test_sqrt_class_weights_sit_between_none_and_balanced() -> None:
+    from neuros.plugins.cv.labels import class_weights_per_class
+
+    counts = np.array([900, 90, 10])
+    bal = class_weights_per_class(counts, "balanced")
+    sq = class_weights_per_class(counts, "sqrt")
+    assert class_weights_per_class(counts, None) is None
+    np.testing.assert_allclose((bal * counts).sum(), counts.sum())  # weighted mean 1 over the samples
+    np.testing.assert_allclose((sq * counts).sum(), counts.sum())
+    assert sq[2] / sq[0] == pytest.approx(np.sqrt(bal[2] / bal[0]))  # the ratios are the square roots
+    assert 1 < sq[2] / sq[0] < bal[2] / bal[0]
+    with pytest.raises(ValueError, match="class_weight must be one of"):
+        class_weights_per_class(counts, "inverse")
+    with pytest.raises(ValueError, match="class_weight must be None, 'balanced' or 'sqrt'"):
+        make_head("conv", class_weight="inverse").fit([FeatureMap(np.zeros((8, 8, 2), np.float32), 1.0, (8, 8),
+                                                                  "t", "none")], [np.eye(8, dtype=np.uint8)])

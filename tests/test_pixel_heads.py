@@ -114,6 +114,23 @@ def test_tiled_prediction_equals_whole_map_prediction():
         head.predict_proba(bb.extract(images[0]), interpolation="guided")
 
 
+def test_stride1_tiled_labels_are_decided_tile_by_tile_and_equal_the_whole_argmax():
+    rng = np.random.default_rng(4)
+    images = [rng.random((90, 70)).astype(np.float32) for _ in range(2)]
+    masks = [(im > 0.3).astype(np.int64) + (im > 0.7) for im in images]
+    bb = get_backbone("filterbank[stride=1,sigmas=[1,2]]")
+    tiled = [TiledFeatures(bb, im, tile=32) for im in images]
+    head = make_head("mlp", class_weight="balanced", epochs=2, max_samples_per_class=500).fit(tiled, masks)
+    labels = head.predict(tiled)
+    for lab, im in zip(labels, images, strict=True):
+        whole = head.predict_proba(bb.extract(im))
+        assert lab.shape == im.shape and lab.dtype == head.classes_.dtype
+        np.testing.assert_array_equal(lab, head.classes_[whole.argmax(axis=2)])
+    np.testing.assert_array_equal(head.predict(tiled[0]), labels[0])  # one map in, one array out
+    with pytest.raises(ValueError, match="interpolation"):
+        head.predict(tiled[0], interpolation="cubic")
+
+
 # --------------------------------------------------------------------------- sparse heads on real EM
 def test_sparse_pixel_head_trains_only_on_labelled_pixels(sstem_crops):
     images, masks = sstem_crops

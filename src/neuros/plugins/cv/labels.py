@@ -272,13 +272,37 @@ def encode_masks(
     return encoded, classes
 
 
-def class_balance_weights(y: np.ndarray, n_classes: int) -> np.ndarray:
-    """Per-sample weights ``n / (K_present · count[y])`` (scikit-learn's ``"balanced"`` rule), vectorised."""
+CLASS_WEIGHTS = (None, "balanced", "sqrt")
+
+
+def class_weights_per_class(counts: np.ndarray, mode: str | None) -> np.ndarray | None:
+    """Per-class loss weights from labelled counts: ``"balanced"`` (scikit-learn's rule ``n / (K_present · count)``),
+    ``"sqrt"`` (its square root, rescaled so the weighted mean over the samples stays 1: half way between no
+    weighting and full balancing on a log scale), or None (no weighting). Absent classes get weight 0.
+
+    Examples
+    --------
+    >>> class_weights_per_class(np.array([30, 10]), "balanced").round(3).tolist()
+    [0.667, 2.0]
+    """
+    if mode is None:
+        return None
+    if mode not in CLASS_WEIGHTS:
+        raise ValueError(f"class_weight must be one of None, 'balanced', 'sqrt', got {mode!r}")
+    counts = np.asarray(counts, dtype=np.float64)
+    present = counts > 0
+    n = counts.sum()
+    w = np.where(present, n / (max(int(present.sum()), 1) * np.maximum(counts, 1)), 0.0)
+    if mode == "sqrt":
+        w = np.sqrt(w)
+        w = w * n / max(float((w * counts).sum()), 1e-12)
+    return w
+
+
+def class_balance_weights(y: np.ndarray, n_classes: int, mode: str = "balanced") -> np.ndarray:
+    """Per-sample weights from :func:`class_weights_per_class` (``"balanced"``: ``n / (K_present · count[y])``)."""
     y = np.asarray(y, dtype=np.int64)
-    counts = np.bincount(y, minlength=n_classes).astype(np.float64)
-    present = int((counts > 0).sum())
-    per_class = np.where(counts > 0, y.size / (max(present, 1) * np.maximum(counts, 1)), 0.0)
-    return per_class[y]
+    return class_weights_per_class(np.bincount(y, minlength=n_classes), mode)[y]
 
 
 def _opt(name: str, cli: bool) -> str:

@@ -29,7 +29,7 @@ from sklearn.base import BaseEstimator
 from ..backbones.placeholder import PLACEHOLDER_NOTE, PLACEHOLDER_WEIGHTS
 from ..dense import TiledFeatures
 from ..features import FeatureMap, upsample_to_pixels
-from ..labels import RULES, class_balance_weights, mask_targets, sample_positions
+from ..labels import CLASS_WEIGHTS, RULES, class_balance_weights, mask_targets, sample_positions
 from ..output import atomic_output_dir, dumps_json
 
 __all__ = ["FORMAT", "SegmentationHead", "as_maps"]
@@ -86,8 +86,9 @@ class SegmentationHead(BaseEstimator):
         How a patch gets its training label from the pixels it covers (``labels.patch_targets``).
     threshold : float
         Foreground fraction for ``label_rule="fraction"``.
-    class_weight : {None, "balanced"}
-        ``"balanced"`` weights every class equally in the loss (n / (K · count)).
+    class_weight : {None, "balanced", "sqrt"}
+        ``"balanced"`` weights every class equally in the loss (n / (K · count)); ``"sqrt"`` uses the square root
+        of those weights (``labels.class_weights_per_class``), between no weighting and full balancing.
     seed : int
         Random seed of the head's optimiser or ensemble.
     single_class : {"error", "majority"}
@@ -177,8 +178,8 @@ class SegmentationHead(BaseEstimator):
     def _check_params(self) -> None:
         if self.label_rule not in RULES:
             raise ValueError(f"label_rule must be one of {', '.join(RULES)}, got {self.label_rule!r}")
-        if self.class_weight not in (None, "balanced"):
-            raise ValueError(f"class_weight must be None or 'balanced', got {self.class_weight!r}")
+        if self.class_weight not in CLASS_WEIGHTS:
+            raise ValueError(f"class_weight must be None, 'balanced' or 'sqrt', got {self.class_weight!r}")
         if self.single_class not in SINGLE_CLASS:
             raise ValueError(f"single_class must be 'error' or 'majority', got {self.single_class!r}")
         for name in ("max_samples_per_class", "n_components"):
@@ -227,7 +228,7 @@ class SegmentationHead(BaseEstimator):
         return X, y
 
     def _weights(self, y: np.ndarray) -> np.ndarray | None:
-        return class_balance_weights(y, len(self.classes_)) if self.class_weight == "balanced" else None
+        return None if self.class_weight is None else class_balance_weights(y, len(self.classes_), self.class_weight)
 
     def _reset(self) -> None:
         self._check_params()
@@ -408,10 +409,34 @@ class SegmentationHead(BaseEstimator):
 
         The argmax of :meth:`predict_proba` (same ``level`` and ``interpolation``).
         """
+        maps = as_maps(feature_maps)
+        cls = type(self)
+        per_row = cls.predict_proba is SegmentationHead.predict_proba and cls._grids is SegmentationHead._grids
+        if (per_row and maps and all(
+                isinstance(fm, TiledFeatures) and round(float(fm.stride)) == 1 for fm in maps)):
+            # Stride 1: a grid cell is a pixel, so each tile's argmax is final; the (H, W, K) probabilities of
+            # the whole image never exist (memory bounded by one tile's, plus the label map itself).
+            self._check_fitted()
+            if level not in LEVELS:
+                raise ValueError(f"level must be 'pixel' or 'patch', got {level!r}")
+            if interpolation not in INTERPOLATIONS:
+                raise ValueError(f"interpolation must be one of {', '.join(INTERPOLATIONS)}, got {interpolation!r}")
+            self._check_maps(maps)
+            labels = [self._tile_labels(fm) for fm in maps]
+            return labels[0] if isinstance(feature_maps, TiledFeatures) else labels
         proba = self.predict_proba(feature_maps, level, interpolation)
         if isinstance(proba, list):
             return [self.classes_[p.argmax(axis=2)] for p in proba]
         return self.classes_[proba.argmax(axis=2)]
+
+    def _tile_labels(self, fm: TiledFeatures) -> np.ndarray:
+        """(H, W) labels of a stride-1 TiledFeatures, classified and decided tile by tile."""
+        out = np.empty(fm.grid_shape, dtype=self.classes_.dtype)
+        for rows, cols, tile in fm.tiles():
+            th, tw = tile.grid_shape
+            proba = self._class_proba(tile.flat().astype(np.float32, copy=False))
+            out[rows, cols] = self.classes_[proba.argmax(axis=1)].reshape(th, tw)
+        return out
 
     # ----------------------------------------------------------------- subclass hooks
     def _fit_matrix(self, X: np.ndarray, y: np.ndarray, sample_weight: np.ndarray | None) -> None:

@@ -28,7 +28,7 @@ import numpy as np
 
 from ..dense import TiledFeatures
 from ..features import FeatureMap
-from ..labels import encode_masks
+from ..labels import class_weights_per_class, encode_masks
 from ._torch_io import load_net, save_net
 from .base import INTERPOLATIONS, LEVELS, SegmentationHead, _mask_list, as_maps
 
@@ -109,6 +109,10 @@ class ConvDecoderHead(SegmentationHead):
         AdamW settings; the learning rate decays to zero on a cosine schedule.
     tile : int
         Core tile side (grid cells) at prediction; each tile is decoded with the halo around it.
+    augment : bool
+        Train on windows turned by a random element of the square's symmetry group (90° rotations and a flip),
+        features and labels together. Right for rotation-invariant channels (the filter bank's are: smoothed
+        intensity, magnitudes and eigenvalues) and for tissue with no preferred in-plane direction (EM sections).
     label_rule, threshold, class_weight, seed, single_class, unlabelled, max_samples_per_class, n_components
         Keyword-only, common to every head (see :class:`SegmentationHead`). ``unlabelled``: a mask value that
         is neither trained nor a class (0 in a scribble mask). The decoder learns from pixel labels directly,
@@ -121,7 +125,7 @@ class ConvDecoderHead(SegmentationHead):
     def __init__(self, channels: int = 32, dilations: tuple[int, ...] = (1, 2, 4, 8, 16), trunk_stride: int = 4,
                  steps: int = 500,
                  crop: int = 128, batch_size: int = 4, lr: float = 3e-3, weight_decay: float = 1e-4,
-                 tile: int = 512, *, label_rule: str = "argmax", threshold: float = 0.5,
+                 tile: int = 512, augment: bool = True, *, label_rule: str = "argmax", threshold: float = 0.5,
                  class_weight: str | None = "balanced", seed: int = 0, single_class: str = "error",
                  unlabelled: int | None = None, max_samples_per_class: int | None = None,
                  n_components: int | None = None) -> None:
@@ -137,6 +141,7 @@ class ConvDecoderHead(SegmentationHead):
         self.lr = lr
         self.weight_decay = weight_decay
         self.tile = tile
+        self.augment = augment
 
     # ----------------------------------------------------------------- checks
     @property
@@ -220,10 +225,8 @@ class ConvDecoderHead(SegmentationHead):
         self.scale_ = (np.sqrt(sq / n) + 1e-6).astype(np.float32)
 
     def _class_weights(self, counts: np.ndarray) -> np.ndarray | None:
-        if self.class_weight != "balanced":
-            return None
-        present = counts > 0
-        return np.where(present, counts.sum() / (present.sum() * np.maximum(counts, 1)), 0.0).astype(np.float32)
+        w = class_weights_per_class(counts, self.class_weight)
+        return None if w is None else w.astype(np.float32)
 
     def _train(self, maps: list[FeatureMap], targets: list[np.ndarray], counts: np.ndarray):
         import torch
@@ -237,7 +240,7 @@ class ConvDecoderHead(SegmentationHead):
                                             reduction="sum")
         opt = torch.optim.AdamW(net.parameters(), lr=float(self.lr), weight_decay=float(self.weight_decay))
         sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=int(self.steps))
-        sampler = _WindowSampler(maps, targets, int(self.crop), rng)
+        sampler = _WindowSampler(maps, targets, int(self.crop), rng, bool(self.augment))
         mean, scale = torch.from_numpy(self.mean_), torch.from_numpy(self.scale_)
         net.train()
         for _ in range(int(self.steps)):
@@ -352,8 +355,9 @@ class _WindowSampler:
     the image (the grid's padding at stride > 1) are unlabelled.
     """
 
-    def __init__(self, maps: list[FeatureMap], targets: list[np.ndarray], crop: int, rng: np.random.Generator) -> None:
-        self.maps, self.targets, self.rng = maps, targets, rng
+    def __init__(self, maps: list[FeatureMap], targets: list[np.ndarray], crop: int, rng: np.random.Generator,
+                 augment: bool = False) -> None:
+        self.maps, self.targets, self.rng, self.augment = maps, targets, rng, augment
         self.stride = round(float(maps[0].stride))
         self.size = min(crop, *(min(fm.grid_shape) for fm in maps))
         self.labelled = [np.flatnonzero(t.ravel() >= 0) for t in targets]
@@ -373,5 +377,10 @@ class _WindowSampler:
             y = np.full((size * s, size * s), -1, dtype=np.int64)
             part = t[r0 * s : (r0 + size) * s, c0 * s : (c0 + size) * s]
             y[: part.shape[0], : part.shape[1]] = part
+            if self.augment:  # one of the 8 symmetries of the square, the same for features and labels
+                k, flip = int(self.rng.integers(4)), bool(self.rng.integers(2))
+                xs[-1], y = np.rot90(xs[-1], k, axes=(0, 1)), np.rot90(y, k)
+                if flip:
+                    xs[-1], y = xs[-1][:, ::-1], y[:, ::-1]
             ys.append(y)
-        return np.stack(xs).astype(np.float32, copy=False), np.stack(ys), s
+        return np.stack(xs).astype(np.float32, copy=False), np.ascontiguousarray(np.stack(ys)), s

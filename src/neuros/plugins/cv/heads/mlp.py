@@ -9,6 +9,7 @@ from pathlib import Path
 
 import numpy as np
 
+from ..labels import class_weights_per_class
 from ._torch_io import load_net, save_net
 from .base import SegmentationHead
 
@@ -66,11 +67,8 @@ class MLPHead(SegmentationHead):
         net = _network(X.shape[1], int(self.hidden), k, float(self.dropout))
         xt = torch.from_numpy((X - self.mean_) / self.scale_)
         yt = torch.from_numpy(y.astype(np.int64))
-        counts = np.bincount(y, minlength=k).astype(np.float32)
-        cw = None
-        if self.class_weight == "balanced":
-            cw = torch.from_numpy(np.where(counts > 0, len(y) / (max((counts > 0).sum(), 1) * np.maximum(counts, 1)),
-                                           0.0).astype(np.float32))
+        w = class_weights_per_class(np.bincount(y, minlength=k), self.class_weight)
+        cw = None if w is None else torch.from_numpy(w.astype(np.float32))
         loss_fn = torch.nn.CrossEntropyLoss(weight=cw)
         opt = torch.optim.Adam(net.parameters(), lr=float(self.lr), weight_decay=float(self.weight_decay))
         net.train()
