@@ -107,8 +107,8 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     s.add_argument("--probabilities", action="store_true",
                    help="also write probabilities: OME-Zarr image probabilities/0 (K, z, y, x) float32")
     add_instance_options(s, "also write instances/0 (z, y, x): an OME-Zarr label image of the objects of class "
-                         "value CLASS (uint32), computed per block; ids are unique over the volume, but an object "
-                         "cut by a block border keeps one id per block (not merged)")
+                         "value CLASS (uint32), labelled per block, then merged across block borders and numbered "
+                         "1..n over the volume; --min-size applies to the merged objects")
     a = vs.add_parser("align",
                       help="align sections by translations (pairs in parallel, blockwise shift) → OME-Zarr image")
     _common(a)
@@ -220,7 +220,7 @@ def run(args: argparse.Namespace) -> int:
         return 130
     finally:
         signal.signal(signal.SIGTERM, old)
-    summary = {k: rec[k] for k in ("backbone", "weights", "total", "computed", "skipped", "voxel_size", "voxel_unit")
-               if k in rec}
+    summary = {k: rec[k] for k in ("backbone", "weights", "total", "computed", "skipped", "voxel_size", "voxel_unit",
+                                   "instance_merge") if k in rec}
     print(f"volume {cmd} → {Path(args.out)}: {json.dumps(summary)}")
     return 0
