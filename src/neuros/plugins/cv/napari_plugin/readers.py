@@ -86,9 +86,7 @@ def _group_layer(root: Path, rel: str, group: Any) -> LayerData | None:
         scale, translate = list(geo.scale[-ndim:]), list(geo.translation[-ndim:])
     else:
         scale, translate = [1.0] * extra + list(geo.scale), [0.0] * extra + list(geo.translation)
-    name = ms.get("name") or _stem(root)
-    if rel:
-        name = f"{name} {rel}"
+    name = ms.get("name") or (f"{_stem(root)} {rel}" if rel else _stem(root))
     label = _is_label(attrs)
     data: Any = arrays if len(arrays) > 1 else arrays[0]
     meta = {"path": str(where), "ome": attrs, "axes": ms.get("axes"), "units": list(geo.units)}
