@@ -45,7 +45,7 @@ def stack():
 
 
 def test_features_are_computed_once_per_slice_and_backbone(stack):
-    vol, masks, labels = stack
+    vol, _masks, labels = stack
     s = Session("filterbank[stride=1]")
     s.train("vol", vol, labels, kind="logistic")
     assert s.cache.misses == 1  # only the painted slice
