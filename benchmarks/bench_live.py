@@ -32,6 +32,7 @@ import json
 import os
 import platform
 import time
+from itertools import pairwise
 from pathlib import Path
 from typing import Any
 
@@ -152,7 +153,7 @@ def bench_viewer(image: np.ndarray, mask: np.ndarray, strokes: list[np.ndarray])
     viewer.reset_view()
     w.live_check.setChecked(True)
     times = []
-    for prev, sc in zip(strokes[:-1], strokes[1:], strict=True):
+    for prev, sc in pairwise(strokes):
         new = (sc > 0) & (prev == 0)
         runs = w.n_runs
         t = time.perf_counter()
