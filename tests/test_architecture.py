@@ -18,7 +18,7 @@ PKG = "neuros.plugins.cv"
 # First matching prefix wins (module names relative to the package, "" = the package itself).
 LAYERS: list[tuple[str, int]] = [
     ("cli", 7),
-    ("napari_plugin", 7),  # the napari plugin: an edge like the CLI (it reuses `segment train`'s spec checks)
+    ("napari_plugin", 7),  # the napari plugin: an edge beside the CLI
     ("report", 6),
     ("experiments", 5),
     ("scale", 5),

@@ -115,6 +115,9 @@ def test_layer_checks_are_one_line():
         Session().predict_slice("x", 0, np.zeros((8, 8), np.float32))
     with pytest.raises(ValueError, match="unknown backbone"):
         Session("no-such-backbone")
+    with pytest.raises(ValueError, match="has none"):
+        Session("filterbank[stride=4]", weights="random")
+    assert str(Session("vit-small+filterbank[stride=4]", weights="random").spec).startswith("vit-small@random")
 
 
 @pytest.fixture(scope="module")

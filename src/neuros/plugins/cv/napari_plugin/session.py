@@ -22,17 +22,19 @@ from typing import Any
 
 import numpy as np
 
-from ..backbones.base import Backbone
-from ..backbones.spec import BackboneSpec
-from ..cli.segment import TILED_BELOW_STRIDE, _train_spec
+from ..backbones.base import Backbone, lookup
+from ..backbones.spec import BackboneSpec, takes_weights
 from ..dense import DEFAULT_TILE, TiledFeatures
 from ..features import FeatureMap
 from ..heads import head_class, load_head, make_head
 from ..heads.base import SegmentationHead
 
-__all__ = ["LIVE_HEAD", "SCOPES", "FeatureCache", "LayerError", "LiveSettings", "Session", "check_layers",
-           "crop_map", "image_slice", "labelled_slices", "visible_box"]
+__all__ = ["LIVE_HEAD", "SCOPES", "TILED_BELOW_STRIDE", "FeatureCache", "LayerError", "LiveSettings", "Session",
+           "backbone_spec", "check_layers", "check_scribbles", "crop_map", "image_slice", "labelled_slices",
+           "spatial_shape", "visible_box"]
 
+#: Backbones with a stride below this many pixels are computed tile by tile, as ``segment train`` does.
+TILED_BELOW_STRIDE = 16
 #: What "Predict" covers: the slice on screen, every slice of a stack, or the part of the slice on screen.
 SCOPES = ("slice", "stack", "visible")
 
@@ -214,6 +216,23 @@ class FeatureCache:
             self._items.clear()
 
 
+def backbone_spec(backbone: str, weights: str | None = None) -> BackboneSpec:
+    """The spec a backbone text (a name or spec, fused ``A+B`` too) and a weights choice ask for, checked now
+    (unknown names: one line with close matches) — the rule of ``segment train --backbone/--weights``."""
+    spec = BackboneSpec.parse(backbone.strip())
+    parts = spec.parts or (spec,)
+    for part in parts:
+        lookup(part.name)
+    if weights:
+        if not any(takes_weights(part.name) for part in parts):
+            raise ValueError(f"weights apply to DINOv3 backbones; {spec.name!r} has none (leave weights empty)")
+        if not spec.parts and spec.weights is not None and spec.weights != weights:
+            raise ValueError(f"backbone {backbone} names weights {spec.weights!r} but weights is {weights!r}; "
+                             "give the weights once")
+        spec = spec.with_weights(weights)
+    return spec
+
+
 # ----------------------------------------------------------------------------------------------- the session
 class Session:
     """One backbone, its feature cache and the current head: train on scribbles, predict slices.
@@ -241,7 +260,7 @@ class Session:
     # -------------------------------------------------------------- backbone
     def set_backbone(self, backbone: str, weights: str | None = None) -> BackboneSpec:
         """Choose the backbone (checked now, built on first use); a different spec drops the trained head."""
-        spec = _train_spec(backbone.strip(), weights or None)
+        spec = backbone_spec(backbone, weights or None)
         if getattr(self, "spec", None) != spec:
             self.spec = spec
             self._bb = None
