@@ -216,11 +216,11 @@ def test_bad_layer_choices_notify_in_one_line(setup, qtbot, em):
     assert "em prediction" in viewer.layers
 
 
-def test_stack_predicts_every_slice_and_probabilities(make_napari_viewer, qtbot):
+def test_stack_pyramid_predicts_every_slice_and_probabilities(make_napari_viewer, qtbot):
     stack = np.stack([make_image("em", 96, seed=0, index=i)[0] for i in range(3)])
     masks = np.stack([make_image("em", 96, seed=0, index=i)[1] for i in range(3)])
     viewer = make_napari_viewer()
-    viewer.add_image(stack, name="stack")
+    viewer.add_image([stack, stack[:, ::2, ::2]], multiscale=True, name="stack")  # a pyramid, as OME-Zarr opens
     labels = viewer.add_labels(np.zeros(stack.shape, np.uint8), name="scribbles")
     first = simulate_scribbles(masks[0], seed=1)
     full = np.zeros(stack.shape, np.uint8)

@@ -137,7 +137,10 @@ def test_plugin_head_runs_in_volume_segment_and_the_output_opens(stack, schedule
     s.save_head(tmp_path / "head")
     tifffile.imwrite(tmp_path / "em.tif", vol)
     assert main(["volume", "convert", str(tmp_path / "em.tif"), "--out", str(tmp_path / "em.zarr"),
-                 "--voxel-size", "50", "4", "4", "--voxel-unit", "nm", "--chunks", "1,96,96"]) == 0
+                 "--voxel-size", "50", "4", "4", "--voxel-unit", "nm", "--chunks", "1,96,96", "--levels", "2"]) == 0
+    (pyramid, kw, kind), = read_ome_zarr(tmp_path / "em.zarr")  # a converted volume: a two-level image
+    assert kind == "image" and kw["multiscale"] and [a.shape for a in pyramid] == [vol.shape, (3, 48, 48)]
+    assert kw["scale"] == pytest.approx([50.0, 4.0, 4.0]) and kw["metadata"]["units"] == ["nanometer"] * 3
     out = tmp_path / "seg.zarr"
     assert main(["volume", "segment", str(tmp_path / "em.zarr"), "--head", str(tmp_path / "head"), "--out",
                  str(out), "--scheduler", scheduler, "--probabilities"]) == 0

@@ -58,6 +58,11 @@ def one_line(error: BaseException) -> str:
         f"{type(error).__name__}: {text}")
 
 
+def _full(image: Any) -> Any:
+    """The full-resolution array of an image layer (level 0 of a multiscale one, e.g. an OME-Zarr pyramid)."""
+    return image.data[0] if getattr(image, "multiscale", False) else image.data
+
+
 class _LayerCombo(QComboBox):
     """Layers of one type by name, kept in step with the viewer's layer list."""
 
@@ -216,12 +221,12 @@ class SegmentWidget(QWidget):
             raise LayerError("no image layer chosen; open an image (File ▸ Open) or a sample (File ▸ Open Sample)")
         labels = self.labels_combo.layer()
         if need_labels:
-            space = check_layers(tuple(image.data.shape), None if labels is None else tuple(labels.data.shape),
+            space = check_layers(tuple(_full(image).shape), None if labels is None else tuple(labels.data.shape),
                                  rgb=image.rgb, image_name=image.name,
                                  labels_name="" if labels is None else labels.name)
             check_scribbles(labels.data, labels.name)
         else:
-            space = check_layers(tuple(image.data.shape), spatial_shape(tuple(image.data.shape), image.rgb),
+            space = check_layers(tuple(_full(image).shape), spatial_shape(tuple(_full(image).shape), image.rgb),
                                  rgb=image.rgb, image_name=image.name)
         self.session.set_backbone(self.backbone_combo.currentText(), self.weights_combo.currentText() or None)
         return image, labels, space
@@ -264,7 +269,7 @@ class SegmentWidget(QWidget):
         scope = "visible" if action == "live" else self.scope_combo.currentText()
         box = self._visible(image, space) if scope == "visible" else None
         indices = list(range(space[0])) if scope == "stack" and len(space) == 3 else [index]
-        job = {"action": action, "token": self._token(image), "data": image.data, "rgb": image.rgb,
+        job = {"action": action, "token": self._token(image), "data": _full(image), "rgb": image.rgb,
                "labels": None if labels is None or action == "predict" else np.array(labels.data, copy=True),
                "kind": self.head_combo.currentText(), "indices": indices, "box": box,
                "proba": self.proba_check.isChecked(), "image_name": image.name, "space": space}
