@@ -108,6 +108,8 @@ class SegmentWidget(QWidget):
         The last error shown as a notification (one line).
     n_runs : int
         Finished train/predict runs (Live mode counts each retrain).
+    last_seconds : float
+        Worker time of the last run (train + predict, without the layer update).
     """
 
     def __init__(self, napari_viewer: Any) -> None:
@@ -116,6 +118,7 @@ class SegmentWidget(QWidget):
         self.session = Session()
         self.last_error: str | None = None
         self.n_runs = 0
+        self.last_seconds = 0.0
         self._worker: Any = None
         self._pending: str | None = None
         self._watched: Any = None
@@ -312,6 +315,7 @@ class SegmentWidget(QWidget):
             if proba is not None:
                 self._write_proba(result, index, window, proba)
         layer.refresh()
+        self.last_seconds = float(result["seconds"])
         head = self.session.head
         self.status.setText(f"{result['action']}: {head.kind} head on {self.session.spec}, classes "
                             f"{head.classes_.tolist()} ({result['seconds']:.2f} s)")
