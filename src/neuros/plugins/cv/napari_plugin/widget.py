@@ -45,7 +45,7 @@ __all__ = ["AlignWidget", "SegmentWidget"]
 
 #: Backbones offered in the list (any spec can be typed in).
 BACKBONES = ("filterbank[stride=1]", "filterbank[stride=4]", "filterbank", "vit-small", "vit-small[stride=4]",
-             "vit-small+filterbank[stride=4]", "vit-base")
+             "vit-small[layers=[-4,-1],stride=4]", "cnx-tiny[stage=2]", "vit-small+filterbank[stride=4]", "vit-base")
 WEIGHTS = ("", "placeholder", "random", "pretrained", "auto")
 #: Live mode waits this long after the last stroke before retraining (strokes in a burst retrain once).
 LIVE_DELAY_MS = 150
