@@ -291,3 +291,20 @@ def test_manifest_registers_widgets_readers_and_samples(make_napari_viewer, tmp_
 
 def test_xvfb_found_or_display_set():
     assert os.environ.get("DISPLAY") or shutil.which("Xvfb"), "napari's canvas needs GL: install xvfb (make setup)"
+
+
+def test_fused_dinov3_backbone_with_weights_from_the_widget(setup, qtbot, em, tiny_vit_dir, tmp_path):
+    import json
+
+    viewer, widget, labels = setup
+    _, mask, scribbles = em
+    widget.backbone_combo.setCurrentText(f"{tiny_vit_dir}[stride=8]+filterbank[stride=8]")
+    widget.weights_combo.setCurrentText("random")  # fills the ViT part, as `segment train --weights random`
+    _train(qtbot, widget, labels, scribbles)
+    spec = str(widget.session.spec)
+    assert spec == f"{tiny_vit_dir}@random[stride=8]+filterbank[stride=8]"
+    assert viewer.layers["em prediction"].data.shape == mask.shape
+    widget.save_head(tmp_path / "head")
+    built = str(widget.session.backbone.spec)  # what ran: the weights resolved to a seed
+    assert built == f"{tiny_vit_dir}@random(seed=0)[stride=8]+filterbank[stride=8]"
+    assert json.loads((tmp_path / "head" / "head.json").read_text())["backbone_spec"]["string"] == built
