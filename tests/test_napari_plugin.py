@@ -103,6 +103,7 @@ def test_train_button_segments_painted_em(setup, qtbot, em, tmp_path):
     assert widget.session.cache.misses == misses and widget.session.cache.hits > 0
     # the artefact: the viewer showing image, scribbles and prediction
     viewer.layers["em prediction"].opacity = 0.4
+    viewer.layers.move(viewer.layers.index(labels), len(viewer.layers))  # strokes drawn over the prediction
     viewer.reset_view()
     shot = viewer.screenshot(canvas_only=True, flash=False)
     import imageio.v3 as iio
