@@ -8,7 +8,7 @@ OUT    ?= results/bench
 # Test processes (pytest-xdist): one per core of the 2-core machines the project runs on; 0 runs in-process.
 TEST_WORKERS ?= 2
 
-.PHONY: all setup browser bench test lint clean
+.PHONY: all setup browser qt-libs bench test lint clean
 
 all: bench
 
@@ -20,7 +20,7 @@ $(PY):
 $(STAMP): $(PY) pyproject.toml
 	$(PIP) install --quiet --upgrade pip
 	$(PIP) install --quiet "torch==2.13.0"
-	$(PIP) install --quiet -e ".[dev]"
+	$(PIP) install --quiet -e ".[dev,napari]"
 	@touch $(STAMP)
 
 setup: $(STAMP)
@@ -36,8 +36,19 @@ browser:
 		{ SUDO=$$(test "$$(id -u)" = 0 || echo sudo); $$SUDO apt-get update -qq && \
 		  DEBIAN_FRONTEND=noninteractive $$SUDO apt-get install -y -qq --no-install-recommends chromium; }
 
+# The napari plugin's viewer tests draw napari's OpenGL canvas on a private virtual X server (Xvfb, Mesa in
+# software) through Qt's xcb platform, which loads these libxcb libraries; installed only when one is missing,
+# and only where apt-get exists (as the browser target).
+QT_DEBS = xvfb xauth libgl1 libegl1 libgl1-mesa-dri libglib2.0-0 libfontconfig1 libdbus-1-3 libxkbcommon-x11-0 \
+	libxcb-icccm4 libxcb-image0 libxcb-keysyms1 libxcb-randr0 libxcb-render-util0 libxcb-shape0 libxcb-xfixes0 \
+	libxcb-xinerama0 libxcb-xkb1 libxcb-cursor0
+qt-libs:
+	@! command -v apt-get >/dev/null 2>&1 || dpkg -s $(QT_DEBS) >/dev/null 2>&1 || \
+		{ SUDO=$$(test "$$(id -u)" = 0 || echo sudo); $$SUDO apt-get update -qq && \
+		  DEBIAN_FRONTEND=noninteractive $$SUDO apt-get install -y -qq --no-install-recommends $(QT_DEBS); }
+
 ## Second README command: set up and run the tests.
-test: $(STAMP) browser
+test: $(STAMP) browser qt-libs
 	$(PY) -m ruff check src tests benchmarks create_advanced_notebook.py
 	$(PY) -m pytest -n $(TEST_WORKERS) --dist loadfile
 

@@ -18,6 +18,7 @@ PKG = "neuros.plugins.cv"
 # First matching prefix wins (module names relative to the package, "" = the package itself).
 LAYERS: list[tuple[str, int]] = [
     ("cli", 7),
+    ("napari_plugin", 7),  # the napari plugin: an edge beside the CLI
     ("report", 6),
     ("experiments", 5),
     ("scale", 5),
