@@ -130,8 +130,8 @@ def main(argv: list[str] | None = None) -> dict:
     p.add_argument("--steps", type=int, default=500)
     p.add_argument("--crop", type=int, default=128)
     p.add_argument("--batch", type=int, default=4)
-    p.add_argument("--augment", action=argparse.BooleanOptionalAction, default=True,
-                   help="random rotations/flips of the training windows (default on)")
+    p.add_argument("--augment", action=argparse.BooleanOptionalAction, default=False,
+                   help="random rotations/flips of the training windows (default off, as the head)")
     p.add_argument("--lr", type=float, default=3e-3)
     p.add_argument("--class-weight", default="balanced", type=lambda s: None if s == "none" else s)
     p.add_argument("--samples", type=int, default=200_000, help="pixels sampled for hgb/rf (class-balanced)")

@@ -125,7 +125,7 @@ class ConvDecoderHead(SegmentationHead):
     def __init__(self, channels: int = 32, dilations: tuple[int, ...] = (1, 2, 4, 8, 16), trunk_stride: int = 4,
                  steps: int = 500,
                  crop: int = 128, batch_size: int = 4, lr: float = 3e-3, weight_decay: float = 1e-4,
-                 tile: int = 512, augment: bool = True, *, label_rule: str = "argmax", threshold: float = 0.5,
+                 tile: int = 512, augment: bool = False, *, label_rule: str = "argmax", threshold: float = 0.5,
                  class_weight: str | None = "balanced", seed: int = 0, single_class: str = "error",
                  unlabelled: int | None = None, max_samples_per_class: int | None = None,
                  n_components: int | None = None) -> None:
