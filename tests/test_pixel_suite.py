@@ -4,6 +4,7 @@ relative to dense training, the table, and the RealSuiteConfig / CLI wiring."""
 
 from __future__ import annotations
 
+import argparse
 import json
 
 import numpy as np
@@ -117,3 +118,25 @@ def test_sparse_without_the_real_suite_is_refused(tmp_path, capsys):
     assert main(["bench", "--sparse", "--out", str(tmp_path / "b")]) != 0
     assert "add --suite real" in capsys.readouterr().err
     assert not (tmp_path / "b").exists()
+
+
+def test_budget_thins_em_training_sections_and_full_restores_the_protocol(tmp_path, capsys):
+    from neuros.plugins.cv.cli._bench_real import _config
+
+    pc = RealSuiteConfig().pixel_config()
+    assert pc.em_train == tuple(range(8)) and pc.em_train_used() == (0, 2, 5, 7)  # 4 of 8, evenly spaced
+    assert PixelSuiteConfig(em_train=(0, 1, 2), em_train_sections=5).em_train_used() == (0, 1, 2)
+    full = pc.full()
+    assert full.em_train_used() == tuple(range(8)) and full.em_test_crop is None
+    assert full.pixel_heads == (*pc.pixel_heads, "conv") and full.full() == full
+    args = argparse.Namespace(config=None, backbones=None, seed=None, sparse=False, full=True)
+    assert _config(args).pixel == RealSuiteConfig().pixel.full()
+    with pytest.raises(ValueError, match="em_train_sections"):
+        PixelSuiteConfig(em_train_sections=0)
+    assert main(["bench", "--full", "--out", str(tmp_path / "b")]) != 0
+    assert "add --suite real" in capsys.readouterr().err and not (tmp_path / "b").exists()
+    cfg = tmp_path / "real.toml"
+    cfg.write_text("pixel = false\n", encoding="utf-8")
+    assert main(["bench", "--suite", "real", "--config", str(cfg), "--full", "--out", str(tmp_path / "o")]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "--full" in err[0] and "pixel = false" in err[0]

@@ -51,6 +51,11 @@ def _config(args: argparse.Namespace) -> RealSuiteConfig:
             raise ValueError("--sparse trains the pixel rows from scribbles, but the config turns them off "
                              "(pixel = false); remove that line or drop --sparse")
         config = dataclasses.replace(config, pixel=dataclasses.replace(config.pixel, sparse=True))
+    if getattr(args, "full", False):
+        if config.pixel is None:
+            raise ValueError("--full runs the whole pixel protocol, but the config turns the pixel rows off "
+                             "(pixel = false); remove that line or drop --full")
+        config = dataclasses.replace(config, pixel=config.pixel.full())
     return config
 
 

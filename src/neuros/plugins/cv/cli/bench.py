@@ -71,6 +71,9 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--sparse", action="store_true",
                    help="--suite real: also train the pixel rows from simulated scribbles (~1 %% of pixels) and "
                    "report how close they get to dense training")
+    p.add_argument("--full", action="store_true",
+                   help="--suite real: the whole pixel protocol past the 10-minute budget (all 8 EM training "
+                   "sections, whole 1024² test sections, the conv decoder head as one more row)")
     p.set_defaults(func=run)
 
 
@@ -137,6 +140,8 @@ def run(args: argparse.Namespace) -> int:
         return run_real(args)
     if getattr(args, "sparse", False):
         raise ValueError("--sparse trains the pixel rows of --suite real from scribbles; add --suite real")
+    if getattr(args, "full", False):
+        raise ValueError("--full runs the whole pixel protocol of --suite real; add --suite real")
     config = _config(args)
     inputs = [args.config] if args.config and Path(args.config).expanduser().exists() else []  # a TOML file
     out = check_output_dir(args.out, args.overwrite, inputs)  # fail before computing anything

@@ -23,8 +23,10 @@ With ``sparse=True`` every row is also trained from simulated scribbles
 (:func:`~neuros.plugins.cv.scribbles.simulate_scribbles`, ~1 % of the pixels, fixed by the seed) and reports
 its Dice as a fraction of the same method's dense-trained Dice.
 
-To fit the real suite's time budget the EM test sections are centre-cropped (``em_test_crop``, default 512²
-of each 1024² section; training uses the whole sections); every output says so in ``notes``.
+To fit the real suite's 10-minute budget the EM pixel rows train on 4 of the 8 training sections, evenly
+spaced (``em_train_sections``), and score 512² centre crops of the test sections (``em_test_crop``); every
+output says so in ``notes``. :meth:`PixelSuiteConfig.full` (``bench --suite real --full``) runs the whole
+protocol — all training sections, whole test sections, and the conv decoder head as one more pixel row.
 """
 
 from __future__ import annotations
@@ -71,6 +73,7 @@ class PixelSuiteConfig:
     em_train: tuple[int, ...] = tuple(range(0, 8))
     em_test: tuple[int, ...] = tuple(range(8, 14))
     em_test_crop: int | None = 512
+    em_train_sections: int | None = 4
     mri_train: tuple[int, ...] = tuple(range(40, 88, 6))
     mri_test: tuple[int, ...] = tuple(range(100, 148, 6))
     sparse: bool = False
@@ -86,6 +89,23 @@ class PixelSuiteConfig:
                 raise ValueError(f"pixel suite: unknown head {h!r}; choose from {', '.join(list_heads())}")
         if set(self.em_train) & set(self.em_test) or set(self.mri_train) & set(self.mri_test):
             raise ValueError("pixel suite: train and test sections/slices overlap")
+        n = self.em_train_sections
+        if n is not None and (isinstance(n, bool) or not isinstance(n, int) or n < 1):
+            raise ValueError(f"pixel suite: em_train_sections must be a positive integer or None (all), got {n!r}")
+
+    def full(self) -> PixelSuiteConfig:
+        """The whole protocol, past the 10-minute budget: every EM training section, whole 1024² test sections,
+        and the conv decoder head beside the pixel heads (``bench --suite real --full``)."""
+        heads = self.pixel_heads if "conv" in self.pixel_heads else (*self.pixel_heads, "conv")
+        return dataclasses.replace(self, em_train_sections=None, em_test_crop=None, pixel_heads=heads)
+
+    def em_train_used(self) -> tuple[int, ...]:
+        """The EM training sections the pixel rows use: ``em_train_sections`` of them, evenly spaced, or all."""
+        n = self.em_train_sections
+        if n is None or n >= len(self.em_train):
+            return tuple(self.em_train)
+        picks = np.unique(np.linspace(0, len(self.em_train) - 1, n).round().astype(int))
+        return tuple(self.em_train[i] for i in picks)
 
     @classmethod
     def from_dict(cls, data: Mapping[str, Any]) -> PixelSuiteConfig:
@@ -136,11 +156,14 @@ def load_pixel_data(config: PixelSuiteConfig) -> dict[str, dict[str, Any]]:
     ``min_object`` (how predicted objects are made), ``source`` and ``notes``."""
     out: dict[str, dict[str, Any]] = {}
     if "em" in config.datasets:
-        tr = load_sstem(sections=config.em_train, downsample=1)
+        used = config.em_train_used()
+        tr = load_sstem(sections=used, downsample=1)
         te = load_sstem(sections=config.em_test, downsample=1)
         imgs = [_centre(a, config.em_test_crop) for a in te.images]
         msks = [_centre(a, config.em_test_crop) for a in te.masks]
-        note = [f"full resolution; train sections {list(config.em_train)} (1024²), test sections "
+        thinned = (f" ({len(used)} of {list(config.em_train)}, evenly spaced: time budget; --full trains on all)"
+                   if len(used) < len(config.em_train) else "")
+        note = [f"full resolution; train sections {list(used)}{thinned} (1024²), test sections "
                 f"{list(config.em_test)}" + (f" centre-cropped to {imgs[0].shape[0]}² (time budget)"
                                              if imgs[0].shape != te.images[0].shape else " (1024²)"),
                 "true mitochondria = connected components of the mask (ssTEM has no instance ids)"]
