@@ -407,6 +407,13 @@ def markdown(summary: list[dict], calib: list[dict], vs: list[dict], stacks: lis
     return "\n".join(lines) + "\n"
 
 
+def _save_partial(out: Path | None, rows: list[dict]) -> None:
+    """The rows so far (a long run that is stopped still leaves its pairs)."""
+    if out is not None:
+        out.mkdir(parents=True, exist_ok=True)
+        (out / "rows.partial.json").write_text(json.dumps(rows, default=str))
+
+
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--quick", action="store_true", help="one seed per source, fewer sources, no 3-D, no stacks")
@@ -436,8 +443,10 @@ def main(argv: list[str] | None = None) -> int:
                         break
                     pair.name += f"-r{rot:g}"
                     rows += run_pair(pair, model, args.methods)
+                    _save_partial(args.out, rows)
         if not (args.quick or args.no_3d):
             rows += run_pair(make_pair_3d(model, seed=0), model, args.methods)
+            _save_partial(args.out, rows)
     stacks = [] if args.quick else run_stacks(args.stacks, args.stack_sections)
     summary, calib, info = summarise(rows), calibration(rows), machine()
     vs = [v for peer in ("ants", "elastix") if peer in args.methods for v in versus(rows, peer)]
