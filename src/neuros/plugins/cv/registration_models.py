@@ -641,9 +641,10 @@ def _factors(shape: tuple[int, ...], size: int) -> int:
 
 
 def _pyramid(shape: tuple[int, ...], coarse_f: int, fine_size: int) -> list[int]:
-    """Downsampling factors of the fine step: the finest (``fine_size``) and, if still finer than the coarse
+    """Downsampling factors of the fine step: the finest (longer side ``fine_size``; full resolution for images
+    up to twice that, where it costs little and the optimum gains most) and, if still finer than the coarse
     search, twice that."""
-    fmin = _factors(shape, fine_size)
+    fmin = 1 if max(shape) <= 2 * fine_size else _factors(shape, fine_size)
     return [2 * fmin, fmin] if 2 * fmin < coarse_f else [fmin]
 
 
@@ -764,9 +765,10 @@ def register(
     coarse_size : int, optional
         Longer side (pixels) of the downsampled copy used by the global search. Default 48 in 2-D, 24 in 3-D.
     fine_size : int, optional
-        Longer side of the finest optimisation level of the linear stage; pass the image's size for full
-        resolution. Default 128 in 2-D (the optimum is then within ~0.05 px on 512² same-contrast pairs,
-        sub-pixel interpolation does the rest, and the cost no longer grows with the image), 64 in 3-D.
+        Longer side of the finest optimisation level of the linear stage; images up to twice this size are
+        optimised at full resolution. Default 128 in 2-D (the optimum is then within ~0.05 px on 512²
+        same-contrast pairs, sub-pixel interpolation does the rest, and the cost no longer grows with the
+        image), 64 in 3-D.
         The deformable stage runs on two levels: the finest at ``4 × fine_size`` in 2-D (full resolution
         up to 512²), at ``fine_size`` in 3-D (cost).
     iterations : int or sequence of int
