@@ -360,6 +360,19 @@ def _fmt(v: object, spec: str = ".3f") -> str:
     return "–" if v is None else format(v, spec) if isinstance(v, float) else str(v)
 
 
+def _names(names: list[str], most: int = 4) -> str:
+    """A count, and the names when there are few."""
+    if not names:
+        return "0"
+    return f"{len(names)}" + (f" ({', '.join(names)})" if len(names) <= most else "")
+
+
+def len_both(v: dict) -> int:
+    """Pairs both methods solve (the peer's successes that are ours too)."""
+    rate = v["ours_succeeds_where_peer_does"]
+    return round(rate * v["peer_succeeds"]) if rate is not None else 0
+
+
 def markdown(summary: list[dict], calib: list[dict], vs: list[dict], stacks: list[dict], info: dict) -> str:
     lines = [f"Machine: {info}", "", "| model | contrast | D | rotation | method | pairs | median TRE (px) | "
              "success (< 1 px) | label Dice | max folding | median time (s) |",
@@ -378,8 +391,8 @@ def markdown(summary: list[dict], calib: list[dict], vs: list[dict], stacks: lis
             lines.append(f"| {v['model']} | {v['contrast']} | {v['ndim']} | {v['peer']} | {v['pairs']} | "
                          f"{v['peer_succeeds']} | {_fmt(v['ours_succeeds_where_peer_does'], '.0%')} | "
                          f"{_fmt(v['median_tre_ours_both'])} / {_fmt(v['median_tre_peer_both'])} | "
-                         f"{v['ours_tre_le_peer']} | {', '.join(v['only_ours']) or '–'} | "
-                         f"{', '.join(v['only_peer']) or '–'} |")
+                         f"{v['ours_tre_le_peer']} / {len_both(v)} | {_names(v['only_ours'])} | "
+                         f"{_names(v['only_peer'])} |")
     if calib:
         lines += ["", "Calibration of our score (quartile bins):", "", "| score | pairs | success rate |",
                   "|---|---|---|"]
