@@ -1,4 +1,4 @@
-"""Transform-model registration against ANTs and SimpleITK on pairs with known truth (issue 13's goals).
+"""Transform-model registration against ANTs, elastix and SimpleITK on pairs with known truth (issue 13's goals).
 
 Pairs (``datasets.pairs``): real images that ship with packages or sit in ../shared/data — ssTEM EM, MNI152 T1
 (same contrast) and T1 vs a T2-like image from the tissue maps (cross contrast), stardist nuclei, IHC — each
@@ -9,6 +9,7 @@ with a random rigid / affine transform (rotation ±30°, scale 0.8–1.25, shear
 - ``translation``: today's ``register_translation`` (the fixed image padded onto the moving image's canvas);
 - ``ants``: antspyx ``ants.registration`` — ``Rigid`` / ``Affine`` / ``SyN`` (its defaults: Mattes MI for the
   linear stages, CC/MI for SyN as antspyx sets them);
+- ``elastix``: itk-elastix with its default affine / B-spline parameter maps (AdvancedMattesMutualInformation);
 - ``sitk``: SimpleITK's ``ImageRegistrationMethod`` with Mattes mutual information, a centred initialiser,
   regular-step gradient descent over a 3-level pyramid (linear models only).
 
@@ -16,9 +17,14 @@ Every estimate is read back as the map from fixed to moving points by resampling
 method's own resampler (so no file-convention guesswork), then scored: target registration error (TRE: mean
 distance on a grid of fixed points, moving pixels), success (TRE < 1 px), Dice of the warped labels (mean over
 foreground classes, where labels exist), folding fraction (Jacobian ≤ 0) and wall time. Also the calibration of
-our ``score``: success rate per score bin, and whether ``reliable`` flags the failures.
+our ``score``: success rate per score bin, and whether ``reliable`` flags the failures. Rotations are drawn
+in ±10° (where the peers, without a global search, are expected to succeed) and ±30°. Serial sections: ssTEM
+stacks with a random rigid motion and elastic warp per section (``datasets.pairs.make_section_stack``),
+aligned by today's translation ``align_stack``, ``align_stack_models`` rigid and elastic, and elastix
+(each section to the previous aligned one, rigid + B-spline); the residual is the distance between where
+the alignment and the truth put points of section 0's frame.
 
-    .venv/bin/python benchmarks/bench_registration_models.py --quick     # ~2 min
+    .venv/bin/python benchmarks/bench_registration_models.py --quick     # a few minutes
     .venv/bin/python benchmarks/bench_registration_models.py --out results/bench-registration
 """
 
@@ -28,6 +34,7 @@ import argparse
 import itertools
 import json
 import sys
+import tempfile
 import time
 import traceback
 from collections.abc import Callable
@@ -121,9 +128,108 @@ def _sitk(pair: RegistrationPair, model: str) -> tuple[Transform, dict]:
     return _field_from(coords), {}
 
 
+ELASTIX_MAPS = {"rigid": ["rigid"], "similarity": ["affine"], "affine": ["affine"],
+                "deformable": ["affine", "bspline"], "elastic": ["rigid", "bspline"]}
+
+
+def _elastix(pair: RegistrationPair, model: str) -> tuple[Transform, dict]:
+    """elastix (itk-elastix) with its default parameter maps: AdvancedMattesMutualInformation, adaptive
+    stochastic gradient descent, 4 resolutions; ``deformable`` = the affine map then the B-spline map (grid
+    10 px, bending-energy penalty), plus a geometric-centre initialisation of the linear map. The answer is
+    read back as transformix's deformation field."""
+    import itk
+
+    fixed = itk.image_from_array(np.ascontiguousarray(pair.fixed, dtype=np.float32))
+    moving = itk.image_from_array(np.ascontiguousarray(pair.moving, dtype=np.float32))
+    po = itk.ParameterObject.New()
+    for name in ELASTIX_MAPS[model]:
+        pm = po.GetDefaultParameterMap(name)
+        if name != "bspline":  # start from the images' centres aligned, as ANTs and SimpleITK do
+            pm["AutomaticTransformInitialization"] = ["true"]
+            pm["AutomaticTransformInitializationMethod"] = ["GeometricalCenter"]
+        po.AddParameterMap(pm)
+    _, tp = itk.elastix_registration_method(fixed, moving, parameter_object=po, log_to_console=False)
+    with tempfile.TemporaryDirectory() as tmp:  # transformix writes deformationField.nii there
+        field = itk.transformix_deformation_field(moving, tp, output_directory=tmp)
+        disp = itk.array_from_image(field).copy()  # (*S, d), ITK (x, y, z) order
+    return DisplacementField(np.moveaxis(disp[..., ::-1], -1, 0).astype(np.float32)), {}
+
+
+def _warm_up(methods: list[str]) -> None:
+    """Import the peers' libraries before timing (itk loads its modules lazily: ~30 s on the first call)."""
+    if "ants" in methods:
+        import ants  # noqa: F401
+    if "elastix" in methods:
+        import itk
+
+        _ = itk.ParameterObject, itk.elastix_registration_method, itk.transformix_deformation_field
+
+
 METHODS: dict[str, Callable[[RegistrationPair, str], tuple[Transform, dict]]] = {
-    "ours": _ours, "translation": _translation, "ants": _ants, "sitk": _sitk,
+    "ours": _ours, "translation": _translation, "ants": _ants, "sitk": _sitk, "elastix": _elastix,
 }
+
+
+# ---------------------------------------------------------------------- serial sections
+def _stack_translation(stack: np.ndarray) -> list[Transform]:
+    from neuros.plugins.cv.registration import align_stack
+
+    _, tr = align_stack(stack)  # section i ≈ section 0's frame rolled by shifts[i]
+    return [LinearTransform.translation(s) for s in tr.shifts]
+
+
+def _stack_ours(model: str) -> Callable[[np.ndarray], list[Transform]]:
+    def run(stack: np.ndarray) -> list[Transform]:
+        from neuros.plugins.cv.registration_models import align_stack_models
+
+        return align_stack_models(stack, model)[1].transforms
+
+    return run
+
+
+def _stack_elastix(stack: np.ndarray) -> list[Transform]:
+    """Each section to the previous *aligned* section (the classical sequential scheme), elastix's default
+    rigid then B-spline maps: the answer maps section 0's frame to the section directly."""
+    out: list[Transform] = [LinearTransform.identity(2)]
+    previous = stack[0]
+    for moving in stack[1:]:
+        est, _ = _elastix(RegistrationPair("section", previous, moving, out[0]), "elastic")
+        out.append(est)
+        previous = est.apply(moving, stack.shape[1:])
+    return out
+
+
+STACK_METHODS: dict[str, Callable[[np.ndarray], list[Transform]]] = {
+    "translation": _stack_translation, "ours-rigid": _stack_ours("rigid"),
+    "ours-elastic": _stack_ours("deformable"), "elastix": _stack_elastix,
+}
+
+
+def run_stacks(seeds: int, n: int) -> list[dict]:
+    """ssTEM stacks with random rigid + elastic distortions: residual error of each method's alignment."""
+    from neuros.plugins.cv.datasets.pairs import make_section_stack
+
+    rows = []
+    for seed in range(seeds):
+        try:
+            st = make_section_stack(n, seed=seed)
+        except FileNotFoundError as e:
+            print(f"skip stacks: {e}")
+            return rows
+        rows.append({"stack": seed, "method": "none", "residual": float(np.mean(st.residual(
+            [LinearTransform.identity(2)] * n)[1:])), "seconds": 0.0})
+        for name, fn in STACK_METHODS.items():
+            t0 = time.perf_counter()
+            try:
+                res = st.residual(fn(st.stack))
+            except Exception as e:
+                rows.append({"stack": seed, "method": name, "error": f"{type(e).__name__}: {e}"})
+                continue
+            rows.append({"stack": seed, "method": name, "residual": float(np.mean(res[1:])),
+                         "max_residual": float(np.max(res[1:])), "seconds": time.perf_counter() - t0})
+            print(f"  stack {seed} {name:13s} residual {rows[-1]['residual']:.3f} px (max "
+                  f"{rows[-1]['max_residual']:.3f})  {rows[-1]['seconds']:.1f} s", flush=True)
+    return rows
 
 
 # ---------------------------------------------------------------------- scoring
@@ -153,7 +259,8 @@ def run_pair(pair: RegistrationPair, model: str, methods: list[str]) -> list[dic
         if name == "sitk" and model == "deformable":
             continue
         row = {"pair": pair.name, "source": pair.meta["source"], "model": model, "method": name,
-               "cross_contrast": pair.cross_contrast, "ndim": pair.fixed.ndim}
+               "cross_contrast": pair.cross_contrast, "ndim": pair.fixed.ndim,
+               "rotation": pair.meta.get("rotation")}
         t0 = time.perf_counter()
         try:
             est, extra = METHODS[name](pair, model)
@@ -176,22 +283,52 @@ def run_pair(pair: RegistrationPair, model: str, methods: list[str]) -> list[dic
     return rows
 
 
+def _key(r: dict) -> tuple:
+    return r["model"], r["cross_contrast"], r["ndim"], r.get("rotation") or 0, r["method"]
+
+
 def summarise(rows: list[dict]) -> list[dict]:
     out = []
-    keys = sorted({(r["model"], r["cross_contrast"], r["ndim"], r["method"]) for r in rows})
-    for model, cross, nd, method in keys:
-        sel = [r for r in rows if (r["model"], r["cross_contrast"], r["ndim"], r["method"]) == (model, cross, nd,
-                                                                                              method)]
+    for model, cross, nd, rot, method in sorted({_key(r) for r in rows}):
+        sel = [r for r in rows if _key(r) == (model, cross, nd, rot, method)]
         ok = [r for r in sel if "tre" in r]
         dice = [r["dice"] for r in ok if r["dice"] is not None]
         out.append({
-            "model": model, "contrast": "cross" if cross else "same", "ndim": nd, "method": method, "n": len(sel),
+            "model": model, "contrast": "cross" if cross else "same", "ndim": nd, "rotation": rot,
+            "method": method, "n": len(sel),
             "failed_to_run": len(sel) - len(ok),
             "median_tre": float(np.median([r["tre"] for r in ok])) if ok else None,
             "success": float(np.mean([r["success"] for r in ok])) if ok else None,
             "dice": float(np.mean(dice)) if dice else None,
             "folding": float(max(r["folding"] for r in ok)) if ok else None,
             "median_seconds": float(np.median([r["seconds"] for r in sel])),
+        })
+    return out
+
+
+def versus(rows: list[dict], peer: str = "ants") -> list[dict]:
+    """Per model and contrast, pair by pair against ``peer``: our success where the peer succeeds, the pairs
+    where only one of the two succeeds, and the TRE ratio (ours / peer) on pairs both solve."""
+    ours = {(r["pair"], r["model"]): r for r in rows if r["method"] == "ours" and "tre" in r}
+    them = {(r["pair"], r["model"]): r for r in rows if r["method"] == peer and "tre" in r}
+    out = []
+    groups = sorted({(r["model"], r["cross_contrast"], r["ndim"]) for r in ours.values()})
+    for model, cross, nd in groups:
+        keys = [k for k, r in ours.items() if (r["model"], r["cross_contrast"], r["ndim"]) == (model, cross, nd)
+                and k in them]
+        if not keys:
+            continue
+        peer_ok = [k for k in keys if them[k]["success"]]
+        both = [k for k in peer_ok if ours[k]["success"]]
+        out.append({
+            "model": model, "contrast": "cross" if cross else "same", "ndim": nd, "peer": peer, "pairs": len(keys),
+            "peer_succeeds": len(peer_ok),
+            "ours_succeeds_where_peer_does": len(both) / len(peer_ok) if peer_ok else None,
+            "only_ours": sorted(k[0] for k in keys if ours[k]["success"] and not them[k]["success"]),
+            "only_peer": sorted(k[0] for k in keys if them[k]["success"] and not ours[k]["success"]),
+            "median_tre_ours_both": float(np.median([ours[k]["tre"] for k in both])) if both else None,
+            "median_tre_peer_both": float(np.median([them[k]["tre"] for k in both])) if both else None,
+            "ours_tre_le_peer": sum(ours[k]["tre"] <= them[k]["tre"] for k in both),
         })
     return out
 
@@ -206,6 +343,11 @@ def calibration(rows: list[dict]) -> list[dict]:
         b = [r for r in ours if lo <= r["score"] <= hi]
         out.append({"score_from": float(lo), "score_to": float(hi), "n": len(b),
                     "success_rate": float(np.mean([r["success"] for r in b])) if b else None})
+    good = [r["score"] for r in ours if r["success"]]
+    bad = [r["score"] for r in ours if not r["success"]]
+    out.append({"lowest_success_score": min(good) if good else None,
+                "highest_failure_score": max(bad) if bad else None,
+                "separated": bool(good and bad and min(good) > max(bad)), "failures": len(bad)})
     flagged = [r for r in ours if "reliable" in r]
     if flagged:
         out.append({"reliable_and_failed": sum(r["reliable"] and not r["success"] for r in flagged),
@@ -218,14 +360,39 @@ def _fmt(v: object, spec: str = ".3f") -> str:
     return "–" if v is None else format(v, spec) if isinstance(v, float) else str(v)
 
 
-def markdown(summary: list[dict], calib: list[dict], info: dict) -> str:
-    lines = [f"Machine: {info}", "", "| model | contrast | D | method | pairs | median TRE (px) | success (< 1 px) "
-             "| label Dice | max folding | median time (s) |", "|---|---|---|---|---|---|---|---|---|---|"]
+def _names(names: list[str], most: int = 4) -> str:
+    """A count, and the names when there are few."""
+    if not names:
+        return "0"
+    return f"{len(names)}" + (f" ({', '.join(names)})" if len(names) <= most else "")
+
+
+def len_both(v: dict) -> int:
+    """Pairs both methods solve (the peer's successes that are ours too)."""
+    rate = v["ours_succeeds_where_peer_does"]
+    return round(rate * v["peer_succeeds"]) if rate is not None else 0
+
+
+def markdown(summary: list[dict], calib: list[dict], vs: list[dict], stacks: list[dict], info: dict) -> str:
+    lines = [f"Machine: {info}", "", "| model | contrast | D | rotation | method | pairs | median TRE (px) | "
+             "success (< 1 px) | label Dice | max folding | median time (s) |",
+             "|---|---|---|---|---|---|---|---|---|---|---|"]
     for s in summary:
         failed = f" ({s['failed_to_run']} failed)" if s["failed_to_run"] else ""
-        lines.append(f"| {s['model']} | {s['contrast']} | {s['ndim']} | {s['method']} | {s['n']}{failed} | "
-                     f"{_fmt(s['median_tre'])} | {_fmt(s['success'], '.0%')} | {_fmt(s['dice'])} | "
-                     f"{_fmt(s['folding'], '.4f')} | {_fmt(s['median_seconds'], '.2f')} |")
+        lines.append(f"| {s['model']} | {s['contrast']} | {s['ndim']} | ±{s['rotation']:g}° | {s['method']} | "
+                     f"{s['n']}{failed} | {_fmt(s['median_tre'])} | {_fmt(s['success'], '.0%')} | "
+                     f"{_fmt(s['dice'])} | {_fmt(s['folding'], '.4f')} | {_fmt(s['median_seconds'], '.2f')} |")
+    if vs:
+        lines += ["", "Pair by pair against the peer (both rotation ranges):", "",
+                  "| model | contrast | D | peer | pairs | peer succeeds | ours succeeds there | "
+                  "median TRE ours / peer (both succeed) | ours ≤ peer | only ours succeeds | only peer succeeds |",
+                  "|---|---|---|---|---|---|---|---|---|---|---|"]
+        for v in vs:
+            lines.append(f"| {v['model']} | {v['contrast']} | {v['ndim']} | {v['peer']} | {v['pairs']} | "
+                         f"{v['peer_succeeds']} | {_fmt(v['ours_succeeds_where_peer_does'], '.0%')} | "
+                         f"{_fmt(v['median_tre_ours_both'])} / {_fmt(v['median_tre_peer_both'])} | "
+                         f"{v['ours_tre_le_peer']} / {len_both(v)} | {_names(v['only_ours'])} | "
+                         f"{_names(v['only_peer'])} |")
     if calib:
         lines += ["", "Calibration of our score (quartile bins):", "", "| score | pairs | success rate |",
                   "|---|---|---|"]
@@ -233,43 +400,76 @@ def markdown(summary: list[dict], calib: list[dict], info: dict) -> str:
             if "score_from" in c:
                 rate = _fmt(c["success_rate"], ".0%")
                 lines.append(f"| {c['score_from']:.3f}–{c['score_to']:.3f} | {c['n']} | {rate} |")
+            elif "separated" in c:
+                lines.append(f"\nLowest score of a success {_fmt(c['lowest_success_score'])}, highest score of a "
+                             f"failure {_fmt(c['highest_failure_score'])} ({c['failures']} failures): every "
+                             f"success scored above every failure: {c['separated'] if c['failures'] else 'n/a'}.")
             else:
                 lines.append(f"\n`reliable` flagged: {c['reliable_and_failed']} reliable-but-failed, "
                              f"{c['unreliable_and_succeeded']} unreliable-but-succeeded, of {c['n']}.")
+    if stacks:
+        lines += ["", "Serial sections (ssTEM, random rigid + elastic distortion per section): mean residual "
+                  "(undistorted px) over sections 1…n−1:", "", "| method | stacks | mean residual (px) | "
+                  "worst section (px) | median time (s) |", "|---|---|---|---|---|"]
+        for m in dict.fromkeys(r["method"] for r in stacks):
+            sel = [r for r in stacks if r["method"] == m and "residual" in r]
+            if sel:
+                worst = max(r.get("max_residual", r["residual"]) for r in sel)
+                lines.append(f"| {m} | {len(sel)} | {np.mean([r['residual'] for r in sel]):.3f} | {worst:.3f} | "
+                             f"{np.median([r['seconds'] for r in sel]):.1f} |")
     return "\n".join(lines) + "\n"
+
+
+def _save_partial(out: Path | None, rows: list[dict]) -> None:
+    """The rows so far (a long run that is stopped still leaves its pairs)."""
+    if out is not None:
+        out.mkdir(parents=True, exist_ok=True)
+        (out / "rows.partial.json").write_text(json.dumps(rows, default=str))
 
 
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    ap.add_argument("--quick", action="store_true", help="one seed per source, fewer sources, no 3-D")
-    ap.add_argument("--seeds", type=int, default=3, help="random transforms per source and model (default 3)")
+    ap.add_argument("--quick", action="store_true", help="one seed per source, fewer sources, no 3-D, no stacks")
+    ap.add_argument("--seeds", type=int, default=3, help="random transforms per source, model and rotation range")
+    ap.add_argument("--rotations", type=float, nargs="+", default=[10.0, 30.0],
+                    help="rotation ranges (± degrees) of the random transforms (default 10 and 30)")
     ap.add_argument("--sources", nargs="+", default=["sstem", "mri", "mri-t2", "nuclei", "ihc"])
     ap.add_argument("--models", nargs="+", default=["rigid", "affine", "deformable"])
     ap.add_argument("--methods", nargs="+", default=list(METHODS), choices=list(METHODS))
     ap.add_argument("--no-3d", action="store_true", help="skip the 3-D MNI152 pair")
+    ap.add_argument("--stacks", type=int, default=2, help="ssTEM serial-section stacks (0: none)")
+    ap.add_argument("--stack-sections", type=int, default=6, help="sections per stack (default 6)")
     ap.add_argument("--out", type=Path, help="folder for results.json and results.md")
     args = ap.parse_args(argv)
     seeds = 1 if args.quick else args.seeds
     sources = ["sstem", "mri-t2", "nuclei"] if args.quick else args.sources
     rows: list[dict] = []
+    _warm_up(args.methods)
     for model in args.models:
-        for source in sources:
-            for seed in range(seeds):
-                try:
-                    pair = make_pair(source, model, seed=seed)
-                except (ImportError, FileNotFoundError) as e:
-                    print(f"skip {source}: {e}")
-                    break
-                rows += run_pair(pair, model, args.methods)
+        for rot in args.rotations:
+            for source in sources:
+                for seed in range(seeds):
+                    try:
+                        pair = make_pair(source, model, seed=seed, rotation=rot)
+                    except (ImportError, FileNotFoundError) as e:
+                        print(f"skip {source}: {e}")
+                        break
+                    pair.name += f"-r{rot:g}"
+                    rows += run_pair(pair, model, args.methods)
+                    _save_partial(args.out, rows)
         if not (args.quick or args.no_3d):
             rows += run_pair(make_pair_3d(model, seed=0), model, args.methods)
+            _save_partial(args.out, rows)
+    stacks = [] if args.quick else run_stacks(args.stacks, args.stack_sections)
     summary, calib, info = summarise(rows), calibration(rows), machine()
-    text = markdown(summary, calib, info)
+    vs = [v for peer in ("ants", "elastix") if peer in args.methods for v in versus(rows, peer)]
+    text = markdown(summary, calib, vs, stacks, info)
     print(text)
     if args.out:
         args.out.mkdir(parents=True, exist_ok=True)
         (args.out / "results.json").write_text(json.dumps({"machine": info, "rows": rows, "summary": summary,
-                                                           "calibration": calib}, indent=1, default=str))
+                                                           "calibration": calib, "versus": vs, "stacks": stacks},
+                                                          indent=1, default=str))
         (args.out / "results.md").write_text(text)
     return 0
 

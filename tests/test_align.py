@@ -158,3 +158,29 @@ def test_cli_register_prints_dy_dx_score(tmp_path, sections, capsys):
         assert main(argv) == 2
         err = capsys.readouterr().err.strip().splitlines()
         assert len(err) == 1 and msg in err[0], err
+
+
+def test_cli_align_model_on_a_full_disk_says_so_in_one_line_and_leaves_nothing(tmp_path, capsys):
+    """`align --model` shares the translation path's full-disk handling: one line naming the file, no output."""
+    import subprocess
+
+    import tifffile
+
+    disk = tmp_path / "small"
+    disk.mkdir()
+    r = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=1m", "tmpfs", str(disk)], capture_output=True)
+    if r.returncode != 0:
+        pytest.skip(f"cannot mount a small tmpfs here: {r.stderr.decode().strip()}")
+    try:
+        base = np.random.default_rng(0).random((400, 400)).astype(np.float32)
+        stack = tmp_path / "stack.tif"  # three shifted copies: 1.7 MB of float32 output, more than the disk
+        tifffile.imwrite(stack, np.stack([base[i:i + 384, :384] for i in (0, 3, 6)]), photometric="minisblack")
+        code = main(["align", str(stack), "--model", "rigid", "--out", str(disk / "aligned.tif"),
+                     "--transforms", str(tmp_path / "tr")])
+        err = capsys.readouterr().err
+        lines = [ln for ln in err.strip().splitlines() if ln.startswith("neuros-cv")]
+        assert code == 2 and len(lines) == 1 and "Traceback" not in err, err
+        assert lines[0].startswith("neuros-cv align: error: disk full while writing") and "aligned.tif" in lines[0]
+        assert list(disk.iterdir()) == [] and not (tmp_path / "tr").exists()
+    finally:
+        subprocess.run(["umount", "-l", str(disk)], check=False)

@@ -42,3 +42,18 @@ def test_sstem_and_3d_pairs(sstem_dir):
     p3 = make_pair_3d("affine", seed=0, downsample=4)
     assert p3.fixed.ndim == 3 and p3.fixed.shape == p3.fixed_labels.shape
     assert target_registration_error(LinearTransform.translation(np.zeros(3)), p3.truth, p3.fixed.shape) > 1.0
+
+
+def test_section_stack_residual_is_zero_for_the_true_alignment_only(sstem_dir):
+    from neuros.plugins.cv.datasets.pairs import make_section_stack
+
+    st = make_section_stack(3, seed=1, downsample=8, rotation=8.0, peak=0.0, root=str(sstem_dir))
+    assert st.stack.shape == (3, 102, 102) and st.stack.dtype == np.float32
+    # the true alignment: section 0's frame → section i of the stack = truth_i⁻¹ ∘ truth_0
+    exact = [t.transforms[-1].inverse() @ st.truths[0].transforms[-1] for t in st.truths]
+    assert max(st.residual(exact)) < 1e-6
+    ident = st.residual([LinearTransform.identity(2)] * 3)
+    assert ident[0] == 0.0 and min(ident[1:]) > 1.0  # sections moved by several pixels
+    # with an elastic warp the sections differ from the rigid-only ones by up to the peak
+    warped = make_section_stack(3, seed=1, downsample=8, rotation=8.0, peak=3.0, root=str(sstem_dir))
+    assert 0.3 < np.abs(warped.stack[1] - st.stack[1]).max() and max(warped.residual(exact)) > 0.2

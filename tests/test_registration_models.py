@@ -169,9 +169,40 @@ def test_3d_affine_on_a_cross_contrast_mni_crop(mni_volumes):
     fixed = t1[tuple(slice(int(o), int(o) + s) for o, s in zip(origin, shape, strict=True))]
     moving = p.apply(t2, shape, order=1)
     truth = p.inverse() @ LinearTransform.translation(origin)
-    r = register(fixed, moving, "affine", check_consistency=False)
+    # the rotation is ~13°: a ±30° search (16 grid rotations) keeps the test fast; the full search is tested below
+    r = register(fixed, moving, "affine", check_consistency=False, angle_range=30)
     assert _tre(r.transform, truth, shape, n=5) < 1.0
     assert r.transform.ndim == 3 and r.apply(moving).shape == shape
+
+
+def test_3d_rotation_grid_covers_so3():
+    from scipy.spatial.transform import Rotation
+
+    from neuros.plugins.cv.registration_models import ROTATION_STEP_3D, _rotation_grid_3d
+
+    grid = np.stack(_rotation_grid_3d(ROTATION_STEP_3D))
+    assert 300 < len(grid) < 1000 and np.allclose(np.linalg.det(grid), 1.0)
+    probe = Rotation.random(500, random_state=0).as_matrix()
+    cos = (np.einsum("nij,mij->nm", probe, grid) - 1) / 2  # cos of the angle between two rotations
+    nearest = np.degrees(np.arccos(np.clip(cos.max(1), -1, 1)))
+    assert nearest.max() < 0.9 * ROTATION_STEP_3D  # no rotation is farther than ~one step from the grid
+    assert len(_rotation_grid_3d(ROTATION_STEP_3D, 40.0)) < len(grid) / 10  # angle_range limits it
+
+
+def test_3d_large_oblique_rotation_is_recovered(mni_volumes):
+    """A 90° turn about an oblique axis, T1 crop vs the whole T2-like volume: the principal axes of a crop are
+    not the volume's, so only the rotation search finds it (the earlier principal-axes step missed it)."""
+    from scipy.spatial.transform import Rotation
+
+    t1, t2 = mni_volumes
+    shape = (48, 48, 48)
+    rot = Rotation.from_rotvec(np.deg2rad(90) * np.array([0.6, -0.48, 0.64])).as_matrix()
+    c = (np.array(t1.shape) - 1) / 2
+    truth = LinearTransform(rot, c - rot @ c + np.array([2.0, -3.0, 1.0])) @ LinearTransform.translation(
+        c - (np.array(shape) - 1) / 2)
+    fixed = truth.apply(t1, shape)
+    r = register(fixed, t2, "rigid", check_consistency=False)
+    assert _tre(r.transform, truth, shape, n=5) < 1.0 and r.reliable
 
 
 # --- stacks ---------------------------------------------------------------------------------------------------

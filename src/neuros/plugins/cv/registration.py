@@ -44,6 +44,7 @@ __all__ = [
     "Translation",
     "align_stack",
     "register_translation",
+    "resolve_backbone",
     "shift_image",
     "structure_channels",
 ]
@@ -264,7 +265,27 @@ def _downsample(image: np.ndarray, factor: int) -> np.ndarray:
     return downscale_local_mean(blurred, (factor, factor))
 
 
-def _resolve_backbone(backbone: Backbone | str | None, weights: str | None) -> Backbone | None:
+def resolve_backbone(backbone: Backbone | str | None, weights: str | None = None) -> Backbone | None:
+    """The backbone a registration uses: an instance as given, a registered name built by ``get_backbone``.
+
+    Parameters
+    ----------
+    backbone : Backbone, str or None
+        ``None``, ``"none"`` and ``"structure"`` mean no backbone (structure channels only).
+    weights : str, optional
+        Passed to ``get_backbone`` with a name; an error without a backbone.
+
+    Returns
+    -------
+    Backbone or None
+
+    Raises
+    ------
+    ValueError
+        ``weights`` without a backbone.
+    TypeError
+        ``backbone`` of another type.
+    """
     if backbone is None or isinstance(backbone, Backbone):
         if weights is not None and backbone is None:
             raise ValueError("weights= needs a backbone name (e.g. backbone='vit-small')")
@@ -341,7 +362,7 @@ def register_translation(
     >>> bool(abs(t.dy - 3.4) < 0.1 and abs(t.dx + 5.25) < 0.1), t.score > 0.9
     (True, True)
     """
-    bb = _resolve_backbone(backbone, weights)
+    bb = resolve_backbone(backbone, weights)
     patch = int(bb.patch_size) if bb is not None else 8
     a = as_image(image_a, "image_a", min_size=patch)
     b = as_image(image_b, "image_b", min_size=patch)
@@ -536,7 +557,7 @@ def align_stack(
         raise ValueError(f"reference must be one of {', '.join(REFERENCES)}, got {reference!r}")
     if not 0 < float(running_weight) <= 1:
         raise ValueError(f"running_weight must be in (0, 1], got {running_weight}")
-    bb = _resolve_backbone(backbone, weights)
+    bb = resolve_backbone(backbone, weights)
     sections = [as_image(vol[i], f"volume[{i}]") for i in range(n)]
     shifts = np.zeros((n, 2))
     pairwise = np.zeros((n, 2))

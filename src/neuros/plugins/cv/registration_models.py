@@ -18,8 +18,10 @@ How it works
    channels computed, and the masked normalised cross-correlation (Padfield, 2012) with the fixed channels is
    evaluated for *every* translation at once by FFT, among translations that keep ``min_overlap`` of the fixed
    grid covered. The best (rotation, scale, translation) wins: a grid search, so no local optimum can trap
-   it. 3-D uses the principal axes of the foreground (all four proper sign choices) and the identity as
-   candidate rotations, each with the same all-translation search.
+   it. 3-D searches rotations too: a near-uniform grid over SO(3) (:data:`ROTATION_STEP_3D` = 30° apart,
+   ~550 rotations, within ``angle_range``) on a copy twice as coarse, each with its all-translation search;
+   its best few distinct rotations, the principal axes of the foreground (four proper sign choices) and the
+   identity then compete at the coarse level (× ``scales``), and the winner is refined locally (± 10°).
 3. **Fine step**: instance optimisation (Adam, in torch on the CPU) of the transform's parameters on a
    pyramid (``torch.nn.functional.grid_sample``), maximising the same similarity; a penalty keeps the overlap
    above ``min_overlap``.
@@ -35,6 +37,7 @@ How it works
 
 from __future__ import annotations
 
+import itertools
 import math
 import time
 from collections.abc import Callable, Sequence
@@ -169,6 +172,24 @@ def _downsample(img: np.ndarray, f: int) -> np.ndarray:
     return g.reshape(new).mean(axis=tuple(range(1, 2 * len(shp), 2))).astype(np.float32)
 
 
+class _Pyramid:
+    """An image and its :func:`_downsample` copies, each computed once (the coarse search, the fine levels and
+    the reverse check all ask for the same factors)."""
+
+    def __init__(self, img: np.ndarray) -> None:
+        self.img, self.shape, self.ndim = img, img.shape, img.ndim
+        self._levels: dict[int, np.ndarray] = {1: img}
+
+    def at(self, f: int) -> np.ndarray:
+        if f not in self._levels:
+            self._levels[f] = _downsample(self.img, f)
+        return self._levels[f]
+
+
+def _at(img: np.ndarray | _Pyramid, f: int) -> np.ndarray:
+    return img.at(f) if isinstance(img, _Pyramid) else _downsample(img, f)
+
+
 # --- torch helpers: structure channels and masked similarity --------------------------------------------------
 def _torch():
     import torch
@@ -297,6 +318,40 @@ def _principal_axes(img: np.ndarray) -> np.ndarray:
     return v[:, np.argsort(w)[::-1]]
 
 
+def _rotation_grid_3d(step: float, max_angle: float = 180.0) -> list[np.ndarray]:
+    """Rotations covering SO(3) about ``step`` degrees apart, those within ``max_angle`` of the identity.
+
+    Hopf-style sampling (Yershova et al., IJRR 2010): where the rotation sends the last axis (a Fibonacci
+    lattice on the sphere, ``4π / step²`` points) × a spin about that axis (``360 / step`` angles).
+    """
+    from scipy.spatial.transform import Rotation
+
+    h = np.deg2rad(float(step))
+    n_dir, n_spin = max(2, round(4 * math.pi / h ** 2)), max(1, round(2 * math.pi / h))
+    k = np.arange(n_dir) + 0.5
+    z = 1.0 - 2.0 * k / n_dir
+    phi = math.pi * (1.0 + math.sqrt(5.0)) * k
+    dirs = np.stack([np.sqrt(1 - z * z) * np.cos(phi), np.sqrt(1 - z * z) * np.sin(phi), z], 1)
+    axis = np.cross(np.array([0.0, 0.0, 1.0]), dirs)  # rotation taking e_z to each direction
+    norm = np.linalg.norm(axis, axis=1, keepdims=True)
+    axis = np.where(norm > 1e-9, axis / np.maximum(norm, 1e-12), np.array([1.0, 0.0, 0.0]))
+    to_dir = Rotation.from_rotvec(axis * np.arccos(np.clip(z, -1, 1))[:, None])
+    spins = Rotation.from_rotvec(np.outer(np.arange(n_spin) * 2 * math.pi / n_spin, [0.0, 0.0, 1.0]))
+    rots = [to_dir[i] * spins[j] for i in range(n_dir) for j in range(n_spin)]
+    lim = np.deg2rad(min(float(max_angle), 180.0)) + 1e-9
+    return [np.eye(3)] + [r.as_matrix() for r in rots if r.magnitude() <= lim]
+
+
+def _local_rotations_3d(step: float) -> list[np.ndarray]:
+    """The identity and ± ``step`` degrees about each axis and each pair of axes (19 rotations)."""
+    from scipy.spatial.transform import Rotation
+
+    h = np.deg2rad(float(step))
+    vecs = [v for v in itertools.product((-1, 0, 1), repeat=3) if sum(map(abs, v)) <= 2]
+    return [Rotation.from_rotvec(h * np.asarray(v, float) / max(np.linalg.norm(v), 1.0)).as_matrix()
+            for v in vecs]
+
+
 def _rotations_3d(fixed: np.ndarray, moving: np.ndarray) -> list[np.ndarray]:
     """Identity and the rotations taking the fixed principal axes onto the moving ones (4 proper sign sets)."""
     pf, pm = _principal_axes(fixed), _principal_axes(moving)
@@ -309,25 +364,26 @@ def _rotations_3d(fixed: np.ndarray, moving: np.ndarray) -> list[np.ndarray]:
     return out
 
 
-def _fft_corr(a_hat: Any, b: Any, shape: tuple[int, ...]) -> Any:
-    """``c[d] = Σ_x a(x) b(x + d)`` (circular, FFT size ``shape``) summed over channel axis 1."""
-    torch = _torch()
-    dims = tuple(range(-len(shape), 0))
-    b_hat = torch.fft.rfftn(b, s=shape, dim=dims)
-    return torch.fft.irfftn((torch.conj(a_hat) * b_hat).sum(1), s=shape, dim=dims)
-
-
-def _coarse_search(fixed: np.ndarray, moving: np.ndarray, f: int, matrices: list[np.ndarray],
+def _coarse_search(fixed: np.ndarray | _Pyramid, moving: np.ndarray | _Pyramid, f: int, matrices: list[np.ndarray],
                    min_overlap: float, batch: int = 40) -> tuple[LinearTransform, float]:
     """Best (matrix, translation) over all candidates × all translations at level ``f`` (full-res transform)."""
+    ranked = _coarse_candidates(fixed, moving, f, matrices, min_overlap, batch)
+    if not ranked:
+        raise ValueError(f"no transform keeps min_overlap={min_overlap:g} of the fixed image covered")
+    return ranked[0][1], ranked[0][0]
+
+
+def _coarse_candidates(fixed: np.ndarray | _Pyramid, moving: np.ndarray | _Pyramid, f: int,
+                       matrices: list[np.ndarray], min_overlap: float, batch: int = 40
+                       ) -> list[tuple[float, LinearTransform]]:
+    """Every candidate matrix with its best translation at level ``f``: (score, full-res transform), best first;
+    candidates with no translation that keeps ``min_overlap`` are left out."""
     torch = _torch()
     d = fixed.ndim
-    fl, ml = _downsample(fixed, f), _downsample(moving, f)
+    fl, ml = _at(fixed, f), _at(moving, f)
     sf, sm = fl.shape, ml.shape
-    smax = max(float(np.abs(np.linalg.svd(m, compute_uv=False)).max()) for m in matrices)
     side = math.ceil(math.sqrt(sum(s * s for s in sm)) / max(min(
         float(np.linalg.svd(m, compute_uv=False).min()) for m in matrices), 1e-3)) + 2
-    del smax
     sc = (side,) * d
     from scipy.fft import next_fast_len
 
@@ -346,7 +402,7 @@ def _coarse_search(fixed: np.ndarray, moving: np.ndarray, f: int, matrices: list
     cw_ = np.array([(s - 1) / 2.0 for s in sc])
     cm_ = np.array([(s - 1) / 2.0 for s in sm])
     zs = torch.from_numpy(np.moveaxis(np.indices(sc, dtype=np.float32), 0, -1) - cw_.astype(np.float32))
-    best = (-np.inf, None, None)
+    found: list[tuple[float, np.ndarray, np.ndarray]] = []
     for start in range(0, len(matrices), batch):
         mats = matrices[start:start + batch]
         mt_ = torch.from_numpy(np.stack(mats).astype(np.float32))
@@ -373,17 +429,15 @@ def _coarse_search(fixed: np.ndarray, moving: np.ndarray, f: int, matrices: list
         ncc = torch.where((count > need - 0.5) & (den > 1e-9), frac * num / den.clamp_min(1e-12),
                           torch.tensor(-2.0))
         val, idx = ncc.flatten(1).max(1)
-        k = int(torch.argmax(val))
-        if float(val[k]) > best[0]:
-            shift = np.array(np.unravel_index(int(idx[k]), fft_shape), dtype=np.float64)
-            shift = np.where(shift > np.array(sc) - 1, shift - np.array(fft_shape), shift)
-            best = (float(val[k]), mats[k], shift)
-    if best[1] is None:
-        raise ValueError(f"no transform keeps min_overlap={min_overlap:g} of the fixed image covered")
-    m, dvec = best[1], best[2]
+        for k in range(n):
+            if float(val[k]) > -1.5:
+                shift = np.array(np.unravel_index(int(idx[k]), fft_shape), dtype=np.float64)
+                shift = np.where(shift > np.array(sc) - 1, shift - np.array(fft_shape), shift)
+                found.append((float(val[k]), mats[k], shift))
+    found.sort(key=lambda t: -t[0])
     o = (f - 1) / 2.0
-    b = -m @ np.full(d, o) + f * (m @ (dvec - cw_) + cm_) + o
-    return LinearTransform(m, b, "affine"), best[0]
+    return [(v, LinearTransform(m, -m @ np.full(d, o) + f * (m @ (dvec - cw_) + cm_) + o, "affine"))
+            for v, m, dvec in found]
 
 
 # --- the fine step ----------------------------------------------------------------------------------------------
@@ -400,12 +454,12 @@ def _skew(w: Any, d: int) -> Any:
 class _Level:
     """One pyramid level: fixed channels and the moving image, both downsampled by ``f``."""
 
-    def __init__(self, fixed: np.ndarray, moving: np.ndarray, f: int, feats: tuple[Any, Any] | None = None,
-                 feature_weight: float = 0.0) -> None:
+    def __init__(self, fixed: np.ndarray | _Pyramid, moving: np.ndarray | _Pyramid, f: int,
+                 feats: tuple[Any, Any] | None = None, feature_weight: float = 0.0) -> None:
         torch = _torch()
         self.f = f
         self.feats = None
-        fl, ml = _downsample(fixed, f), _downsample(moving, f)
+        fl, ml = _at(fixed, f), _at(moving, f)
         self.fshape, self.mshape = fl.shape, ml.shape
         ft = torch.from_numpy(ndi.gaussian_filter(fl, 1.0))[None, None]
         self.mf = _erode(torch.ones_like(ft))
@@ -462,8 +516,13 @@ def _linear_params(model: str, d: int) -> dict[str, int]:
             "affine": {"mat": d * d}}.get(model, {"mat": d * d})
 
 
-def _lbfgs(params: list[Any], closure: Callable[[], Any], iters: int) -> None:
-    """Minimise ``closure()`` over the torch tensors ``params`` with SciPy's L-BFGS-B (torch gradients)."""
+def _lbfgs(params: list[Any], closure: Callable[[], Any], iters: int, ftol: float = 1e-7,
+           maxls: int = 20) -> None:
+    """Minimise ``closure()`` over the torch tensors ``params`` with SciPy's L-BFGS-B (torch gradients).
+
+    The linear stage passes ``ftol=1e-5, maxls=6``: the loss is float32, and tighter settings only spent
+    line-search evaluations without moving the answer (TRE unchanged to 0.005 px on 15 pairs, ~30 % less CPU).
+    """
     from scipy.optimize import minimize
 
     torch = _torch()
@@ -481,7 +540,7 @@ def _lbfgs(params: list[Any], closure: Callable[[], Any], iters: int) -> None:
         return float(loss.detach()), grad
 
     x0 = np.concatenate([p.detach().numpy().ravel().astype(np.float64) for p in params])
-    opts = {"maxiter": int(iters), "maxfun": 2 * int(iters), "ftol": 1e-7}
+    opts = {"maxiter": int(iters), "maxfun": 2 * int(iters), "ftol": float(ftol), "maxls": int(maxls)}
     res = minimize(fun, x0, jac=True, method="L-BFGS-B", options=opts)
     fun(res.x)
 
@@ -515,7 +574,7 @@ def _linear_level(lev: _Level, a0: np.ndarray, b0: np.ndarray, centre: np.ndarra
         s, ov = lev.similarity(lev.points @ mat.T + off)
         return -s + 10.0 * torch.relu(min_overlap - ov)
 
-    _lbfgs([tau, *extra.values()], closure, iters)
+    _lbfgs([tau, *extra.values()], closure, iters, ftol=1e-5, maxls=6)
     with torch.no_grad():
         mat, off = build()
     return mat.double().numpy(), off.double().numpy()
@@ -582,9 +641,10 @@ def _factors(shape: tuple[int, ...], size: int) -> int:
 
 
 def _pyramid(shape: tuple[int, ...], coarse_f: int, fine_size: int) -> list[int]:
-    """Downsampling factors of the fine step: the finest (``fine_size``) and, if still finer than the coarse
+    """Downsampling factors of the fine step: the finest (longer side ``fine_size``; full resolution for images
+    up to twice that, where it costs little and the optimum gains most) and, if still finer than the coarse
     search, twice that."""
-    fmin = _factors(shape, fine_size)
+    fmin = 1 if max(shape) <= 2 * fine_size else _factors(shape, fine_size)
     return [2 * fmin, fmin] if 2 * fmin < coarse_f else [fmin]
 
 
@@ -600,7 +660,28 @@ def _mean_point_error(fwd: LinearTransform, rev: LinearTransform, shape: tuple[i
     return float(np.linalg.norm(a - b, axis=1)[inside].mean())
 
 
-def _linear_stage(fixed: np.ndarray, moving: np.ndarray, model: str, opts: dict[str, Any]
+#: 3-D rotation search: grid step (degrees) over SO(3), how many of its best rotations (at twice the coarse
+#: factor) go on to the coarse level, and how far apart (degrees) those must be.
+ROTATION_STEP_3D, ROTATION_KEEP_3D, ROTATION_SEPARATION_3D = 30.0, 6, 25.0
+
+
+def _search_rotations_3d(fixed: _Pyramid, moving: _Pyramid, fc: int, opts: dict[str, Any]) -> list[np.ndarray]:
+    """The best few rotations of an SO(3) grid (:func:`_rotation_grid_3d`), each with its best translation, on
+    a copy twice as coarse as the coarse search's (so a full grid costs about what 70 candidates do there)."""
+    grid = _rotation_grid_3d(ROTATION_STEP_3D, opts["angle_range"])
+    ranked = _coarse_candidates(fixed, moving, 2 * fc, grid, opts["min_overlap"])
+    keep: list[np.ndarray] = []
+    cos_sep = math.cos(np.deg2rad(ROTATION_SEPARATION_3D))
+    for _, t in ranked:
+        # rotation angle between candidates: trace(R_a^T R_b) = 1 + 2 cos(angle)
+        if all((np.trace(k.T @ t.matrix) - 1) / 2 < cos_sep for k in keep):
+            keep.append(t.matrix)
+        if len(keep) == ROTATION_KEEP_3D:
+            break
+    return keep
+
+
+def _linear_stage(fixed: _Pyramid, moving: _Pyramid, model: str, opts: dict[str, Any]
                   ) -> tuple[LinearTransform, LinearTransform, list[_Level]]:
     d = fixed.ndim
     lin_model = "affine" if model == "deformable" else model
@@ -608,10 +689,15 @@ def _linear_stage(fixed: np.ndarray, moving: np.ndarray, model: str, opts: dict[
     if d == 2:
         rots = _rotations_2d(0 if model == "translation" else opts["angle_range"], opts["angle_step"])
     else:
-        rots = [np.eye(3)] if model == "translation" else _rotations_3d(fixed, moving)
+        rots = [np.eye(3)] if model == "translation" else _rotations_3d(fixed.img, moving.img)
     scales = (1.0,) if lin_model in ("translation", "rigid") else tuple(opts["scales"])
+    if d == 3 and model != "translation" and opts["angle_range"] > 0:
+        rots = rots + _search_rotations_3d(fixed, moving, fc, opts)
     mats = [s * r for s in scales for r in rots]
     coarse, _ = _coarse_search(fixed, moving, fc, mats, opts["min_overlap"])
+    if d == 3 and len(mats) > 1:  # local refinement of the winner: ± a third of the grid step
+        local = [coarse.matrix @ r for r in _local_rotations_3d(ROTATION_STEP_3D / 3.0)]
+        coarse, _ = _coarse_search(fixed, moving, fc, local, opts["min_overlap"])
     if d == 2 and len(mats) > 1:  # local refinement of the winner: a third of the angle step, ±6 % scale
         step = np.deg2rad(opts["angle_step"]) / 3.0
         fine_scales = (1.0,) if len(scales) == 1 else (0.94, 1.0, 1.0 / 0.94)
@@ -679,9 +765,10 @@ def register(
     coarse_size : int, optional
         Longer side (pixels) of the downsampled copy used by the global search. Default 48 in 2-D, 24 in 3-D.
     fine_size : int, optional
-        Longer side of the finest optimisation level of the linear stage; pass the image's size for full
-        resolution. Default 128 in 2-D (the optimum is then within ~0.05 px on 512² same-contrast pairs,
-        sub-pixel interpolation does the rest, and the cost no longer grows with the image), 64 in 3-D.
+        Longer side of the finest optimisation level of the linear stage; images up to twice this size are
+        optimised at full resolution. Default 128 in 2-D (the optimum is then within ~0.05 px on 512²
+        same-contrast pairs, sub-pixel interpolation does the rest, and the cost no longer grows with the
+        image), 64 in 3-D.
         The deformable stage runs on two levels: the finest at ``4 × fine_size`` in 2-D (full resolution
         up to 512²), at ``fine_size`` in 3-D (cost).
     iterations : int or sequence of int
@@ -746,7 +833,8 @@ def _register(fixed: Any, moving: Any, model: str, backbone: Any, min_overlap: f
             "angle_step": float(angle_step), "scales": scales, "coarse_size": int(coarse_size),
             "fine_size": fine_size, "iterations": iterations, "feats": feats,
             "feature_weight": float(feature_weight)}
-    coarse, lin, levels = _linear_stage(f_img, m_img, model, opts)
+    f_pyr, m_pyr = _Pyramid(f_img), _Pyramid(m_img)
+    coarse, lin, levels = _linear_stage(f_pyr, m_pyr, model, opts)
     method = f"coarse-search+{'affine' if model == 'deformable' else model}"
     consistency = float("nan")
     if feats is not None:
@@ -756,13 +844,13 @@ def _register(fixed: Any, moving: Any, model: str, backbone: Any, min_overlap: f
         ropts = dict(opts, fine_size=max(32, fine_size // 2))
         if feats is not None:
             ropts["feats"] = feats[::-1]
-        _, rev, _ = _linear_stage(m_img, f_img, "affine" if model == "deformable" else model, ropts)
+        _, rev, _ = _linear_stage(m_pyr, f_pyr, "affine" if model == "deformable" else model, ropts)
         consistency = _mean_point_error(lin, rev, f_img.shape, m_img.shape)
     transform: Transform = lin
     folding = 0.0
     if model == "deformable":
         fd = _factors(f_img.shape, (4 if d == 2 else 1) * fine_size)
-        dlev = [_Level(f_img, m_img, f, feats, float(feature_weight)) for f in sorted({max(2 * fd, 1), fd},
+        dlev = [_Level(f_pyr, m_pyr, f, feats, float(feature_weight)) for f in sorted({max(2 * fd, 1), fd},
                                                                                       reverse=True)]
         v = _optimise_field(dlev, lin, f_img.shape, float(grid_spacing),
                             _iterations(len(dlev), deformable_iterations), float(smooth))
@@ -785,9 +873,9 @@ def _backbone_features(backbone: Any, weights: str | None, fixed: Any, moving: A
         if weights is not None:
             raise ValueError("weights= needs a backbone name (e.g. backbone='vit-small')")
         return None
-    from .registration import _resolve_backbone
+    from .registration import resolve_backbone
 
-    bb = _resolve_backbone(backbone, weights)
+    bb = resolve_backbone(backbone, weights)
     if f_img.ndim != 2:
         raise ValueError("backbone features are 2-D only; register 3-D volumes with backbone=None")
     raw = [np.asarray(x) if channel_axis is None else np.moveaxis(np.asarray(x), channel_axis, -1)

@@ -11,6 +11,8 @@ import csv
 import json
 import os
 import tempfile
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import numpy as np
@@ -47,6 +49,21 @@ def _temp_beside(path: Path, suffix: str = ".tmp") -> Path:
     fd, name = tempfile.mkstemp(prefix=f".{path.name}.", suffix=suffix, dir=path.parent)
     os.close(fd)
     return Path(name)
+
+
+@contextmanager
+def _writing(out: Path, temporaries: list[Path]) -> Iterator[None]:
+    """Writing ``out`` through ``temporaries``: a full disk is the one-line error, and the temporaries are
+    removed whatever happens (they were renamed into place on success)."""
+    try:
+        yield
+    except OSError as e:
+        if is_disk_full(e):
+            raise disk_full_error(out) from None
+        raise
+    finally:
+        for t in temporaries:
+            t.unlink(missing_ok=True)
 
 
 def add_parser(sub: argparse._SubParsersAction) -> None:
@@ -142,7 +159,7 @@ def run(args: argparse.Namespace) -> int:
     }
     suffix = ".nii.gz" if out.name.lower().endswith(".nii.gz") else out.suffix
     tmp_out, tmp_tr = _temp_beside(out, suffix), _temp_beside(tr)
-    try:
+    with _writing(out, [tmp_out, tmp_tr]):
         _write_aligned(tmp_out, out, aligned, str(args.stack), meta)
         rows = transforms.rows()
         with open(tmp_tr, "w", newline="") as fh:
@@ -153,13 +170,6 @@ def run(args: argparse.Namespace) -> int:
             honour_umask(t)
         os.replace(tmp_out, out)
         os.replace(tmp_tr, tr)
-    except OSError as e:
-        if is_disk_full(e):
-            raise disk_full_error(out) from None
-        raise
-    finally:
-        for t in (tmp_out, tmp_tr):
-            t.unlink(missing_ok=True)
     print(f"aligned {sections.shape[0]} sections → {out}; transforms → {tr} (backbone={transforms.backbone}, "
           f"weights={transforms.weights})")
     return 0
@@ -207,7 +217,8 @@ def run_model(args: argparse.Namespace) -> int:
     suffix = ".nii.gz" if out.name.lower().endswith(".nii.gz") else out.suffix
     tmp_out = _temp_beside(out, suffix)
     rows = []
-    try:  # the stack first (to a temporary file), then the transforms folder, then the stack in place: both or none
+    # the stack first (to a temporary file), then the transforms folder, then the stack in place: both or none
+    with _writing(out, [tmp_out]):
         _write_aligned(tmp_out, out, np.moveaxis(aligned, 0, args.axis), str(args.stack), meta)
         honour_umask(tmp_out)
         with atomic_output_dir(Path(args.transforms).expanduser(), overwrite=args.overwrite, inputs=[args.stack],
@@ -224,12 +235,6 @@ def run_model(args: argparse.Namespace) -> int:
                 writer.writeheader()
                 writer.writerows(rows)
         os.replace(tmp_out, out)
-    except OSError as e:
-        if is_disk_full(e):
-            raise disk_full_error(out) from None
-        raise
-    finally:
-        tmp_out.unlink(missing_ok=True)
     unreliable = [i for i, r in enumerate(rows) if r["reliable_with_previous"] is False]
     print(f"aligned {n} sections ({model}) → {out}; transforms → {args.transforms}/ (section 0's grid → section i)")
     if unreliable:

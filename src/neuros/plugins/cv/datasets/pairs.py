@@ -12,7 +12,8 @@ smooth displacement fields (Gaussian-filtered noise, peak ``peak`` px, checked t
 Sources: ``sstem`` (real ssTEM EM sections), ``mri`` (MNI152 T1 axial slice; labels grey/white matter),
 ``mri-t2`` (the same slice as a T2-like image made from the tissue maps: the cross-contrast case),
 ``nuclei`` (stardist fluorescence nuclei; instance labels), ``ihc`` (scikit-image's immunohistochemistry,
-grey). :func:`make_pair_3d` builds the 3-D MNI152 T1 vs T2-like pair.
+grey). :func:`make_pair_3d` builds the 3-D MNI152 T1 vs T2-like pair, :func:`make_section_stack` a serial-section
+stack of real ssTEM sections, each with its own random rigid motion and elastic distortion.
 """
 
 from __future__ import annotations
@@ -31,8 +32,10 @@ __all__ = [
     "MODELS",
     "SOURCES",
     "RegistrationPair",
+    "SectionStack",
     "make_pair",
     "make_pair_3d",
+    "make_section_stack",
     "random_linear",
     "random_warp",
     "target_registration_error",
@@ -186,7 +189,8 @@ def make_pair(source: str, model: str = "affine", seed: int = 0, crop: float = 0
     fixed = truth.apply(base, shape)
     moving = other if other is not None else base
     pair = RegistrationPair(f"{source}-{model}-{seed}", fixed, moving, truth, cross_contrast=other is not None,
-                            meta={"source": source, "model": model, "seed": seed, "base_shape": list(base.shape)})
+                            meta={"source": source, "model": model, "seed": seed, "base_shape": list(base.shape),
+                                  "rotation": rotation})
     if labels is not None:
         pair.fixed_labels, pair.moving_labels = truth.apply_labels(labels, shape), labels
     return pair
@@ -209,4 +213,64 @@ def make_pair_3d(model: str = "deformable", seed: int = 0, downsample: int = 2, 
     fixed = truth.apply(t1)
     return RegistrationPair(f"mni152-3d-{model}-{seed}", fixed, t2, truth, truth.apply_labels(lab, t1.shape), lab,
                             cross_contrast=True, meta={"source": "mni152-3d", "model": model, "seed": seed,
-                                                       "downsample": downsample})
+                                                       "downsample": downsample, "rotation": rotation})
+
+
+@dataclass
+class SectionStack:
+    """Serial sections ``stack[i] = truths[i].apply(section_i)``: ``truths[i]`` maps stack-grid points to the
+    undistorted section's pixels (the sections of the data set are already aligned to each other)."""
+
+    stack: np.ndarray
+    truths: list[Transform]
+    meta: dict = field(default_factory=dict)
+
+    def residual(self, transforms: Sequence[Transform], margin: float = 0.15, step: int = 8) -> list[float]:
+        """Per section, the mean distance (undistorted pixels) between where the estimated alignment and the
+        truth put the points of section 0's frame: ``|truths[i](transforms[i](x)) − truths[0](x)|`` over a grid
+        of points inside the central ``1 − 2·margin`` of the frame. ``transforms[i]`` maps section 0's frame
+        to section ``i`` of the stack (the convention of ``align_stack_models``)."""
+        shape = self.stack.shape[1:]
+        axes = [np.arange(round(margin * n), round((1 - margin) * n), step, dtype=np.float64) for n in shape]
+        pts = np.stack([g.ravel() for g in np.meshgrid(*axes, indexing="ij")], axis=1)
+        want = self.truths[0].map_points(pts)
+        return [float(np.linalg.norm(t.map_points(e.map_points(pts)) - want, axis=1).mean())
+                for t, e in zip(self.truths, transforms, strict=True)]
+
+
+def make_section_stack(n: int = 6, seed: int = 0, downsample: int = 4, crop: float = 0.8, rotation: float = 5.0,
+                       shift: float = 10.0, peak: float = 4.0, root: str | None = None) -> SectionStack:
+    """Real ssTEM sections 0 … n−1, each moved by a random rigid transform (rotation up to ``±rotation``
+    degrees, shift up to ``shift`` px) and a smooth elastic warp (peak ``peak`` px), as cutting and imaging do.
+
+    Parameters
+    ----------
+    n : int
+        Sections (at most 14).
+    seed : int
+        Draws the distortions.
+    downsample : int
+        Block-mean factor of the 1024² sections (4 → 256²).
+    crop : float
+        Side of the stack's grid as a fraction of a section's (its centre), so moved sections fill it.
+    rotation, shift, peak
+        Ranges of the distortions (degrees, pixels, pixels).
+    root : str, optional
+        Folder of the ssTEM data (default ../shared/data/sstem_drosophila_vnc).
+    """
+    from .catalog import load_sstem
+
+    rng = np.random.default_rng(seed)
+    sections = load_sstem(root, sections=list(range(int(n))), downsample=int(downsample)).images
+    base = sections[0].shape
+    shape = tuple(round(s * crop) for s in base)
+    to_window = LinearTransform.translation((np.array(base) - np.array(shape)) / 2)
+    stack, truths = [], []
+    for img in sections:
+        lin = random_linear(2, "rigid", rng, np.array(base) / 2, rotation=rotation, shift=shift) @ to_window
+        truth = CompositeTransform([random_warp(shape, rng, peak), lin])
+        stack.append(truth.apply(img, shape))
+        truths.append(truth)
+    return SectionStack(np.stack(stack).astype(np.float32), truths,
+                        {"source": "sstem", "n": int(n), "seed": seed, "downsample": downsample,
+                         "rotation": rotation, "shift": shift, "peak": peak})
