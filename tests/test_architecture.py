@@ -25,6 +25,7 @@ LAYERS: list[tuple[str, int]] = [
     ("registration", 4),
     ("registration_models", 4),
     ("heads", 3),
+    ("adapt", 3),
     ("feature_matching", 3),
     ("backbones", 2),
     ("datasets", 2),

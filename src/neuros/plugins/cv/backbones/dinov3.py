@@ -247,6 +247,10 @@ class DINOv3Backbone(GridBackbone):
             raise W.NotACheckpointError(f"{path} holds a DINOv3 {info.arch}, but {self.model_id} is a {v.arch}")
         self.model = W.load_model(info, lambda: self._build(0), None)
         self.weights = f"pretrained:{path}"
+        self.adapted = W.adapted_record(path)  # an `adapt` folder: every output names it (describe, meta)
+        if self.adapted is not None:
+            self.note = (f"adapted weights: {self.adapted['base_weights']} adapted by neuros-cv adapt "
+                         f"({self.adapted['steps']} steps, seed {self.adapted['seed']}; {self.adapted['provenance']})")
 
     def _build(self, seed: int) -> Any:
         import torch
@@ -336,6 +340,8 @@ class DINOv3Backbone(GridBackbone):
             m.update(layers=self.layers if self.layers is not None else [-1], layer_reduce=self.layer_reduce)
         else:
             m.update(stage=self.stage)
+        if getattr(self, "adapted", None):
+            m["adapted"] = self.adapted
         return m
 
     def _spec_options(self) -> dict[str, Any]:
@@ -362,6 +368,8 @@ class DINOv3Backbone(GridBackbone):
         d = super().describe()
         d.update(stride=self.stride, dtype=str(self._torch_dtype).replace("torch.", ""),
                  device=self._device)
+        if getattr(self, "adapted", None):
+            d["adapted"] = self.adapted
         return d
 
 

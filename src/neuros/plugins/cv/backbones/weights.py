@@ -35,10 +35,12 @@ from pathlib import Path
 from typing import Any
 
 __all__ = [
+    "ADAPTED_FILE",
     "WEIGHTS_ENV",
     "CheckpointInfo",
     "NotACheckpointError",
     "WeightsNotFoundError",
+    "adapted_record",
     "candidate_names",
     "convert_state_dict",
     "find_weights",
@@ -55,6 +57,11 @@ __all__ = [
 ]
 
 WEIGHTS_ENV = "NEUROS_CV_WEIGHTS"
+#: The provenance file ``neuros-cv adapt`` writes beside the weights of an adapted folder (schema below).
+ADAPTED_FILE = "adapt.json"
+ADAPTED_SCHEMA = "neuros-cv/adapt/1"
+#: A peft LoRA adapter kept beside the base weights (``adapt --lora separate``): merged when loaded.
+_ADAPTER_CONFIG = "adapter_config.json"
 _WEIGHT_FILES = ("model.safetensors", "pytorch_model.bin", "model.safetensors.index.json",
                  "pytorch_model.bin.index.json", "open_clip_pytorch_model.bin")
 
@@ -279,6 +286,23 @@ def missing_weights_message(model_id: str, hub_id: str, timm_id: str | None) -> 
         f"download the folder elsewhere and pass weights='pretrained:/path/to/folder' or set "
         f"{WEIGHTS_ENV}{release}{mirror}"
     )
+
+
+def adapted_record(path: str | os.PathLike[str]) -> dict[str, Any] | None:
+    """What ``neuros-cv adapt`` recorded about an adapted checkpoint folder (its :data:`ADAPTED_FILE`), in
+    short: base weights, steps, seed, data and the last loss; None for any other checkpoint."""
+    p = Path(path)
+    f = p / ADAPTED_FILE if p.is_dir() else None
+    if f is None or not f.is_file():
+        return None
+    try:
+        doc = json.loads(f.read_text(encoding="utf-8"))
+    except (OSError, json.JSONDecodeError):
+        return None
+    if not isinstance(doc, dict) or doc.get("schema") != ADAPTED_SCHEMA:
+        return None
+    keys = ("base_backbone", "base_weights", "train", "steps", "seed", "n_images", "final_loss")
+    return {"adapted": True, "provenance": str(f), **{k: doc.get(k) for k in keys}}
 
 
 # --------------------------------------------------------------------------------------- conversion
@@ -699,8 +723,13 @@ def load_model(
     if info.kind == "transformers":
         cls = DINOv3ViTModel if info.arch == "vit" else DINOv3ConvNextModel
         try:
-            return cls.from_pretrained(str(info.path), local_files_only=True, dtype=dtype).eval()
-        except (OSError, ValueError, RuntimeError, KeyError) as e:
+            model = cls.from_pretrained(str(info.path), local_files_only=True, dtype=dtype).eval()
+            if (info.path / _ADAPTER_CONFIG).is_file():  # LoRA kept separately by `neuros-cv adapt`
+                from peft import PeftModel
+
+                model = PeftModel.from_pretrained(model, str(info.path)).merge_and_unload().eval()
+            return model
+        except (OSError, ValueError, RuntimeError, KeyError, ImportError) as e:
             first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
             raise NotACheckpointError(f"cannot load {info.path}: {first}") from None
     with _no_init():  # every tensor is overwritten below: skip the random init (seconds for a ViT-S)

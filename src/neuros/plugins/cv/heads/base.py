@@ -324,6 +324,7 @@ class SegmentationHead(BaseEstimator):
         self.backbone_, self.weights_, self.feature_dim_ = fm.backbone, fm.weights, fm.feature_dim
         self.stride_ = float(fm.stride)
         self.preprocessing_ = dict(fm.meta.get("preprocessing", {})) if fm.meta else {}
+        self.adapted_ = fm.meta.get("adapted") if fm.meta else None  # weights written by `neuros-cv adapt`
 
     def _check_maps(self, maps: list[FeatureMap]) -> None:
         """Refuse maps made otherwise than the training features: a one-line error naming the field that differs.
@@ -473,6 +474,7 @@ class SegmentationHead(BaseEstimator):
             "preprocessing": self.preprocessing_,
             "n_train_patches": int(self.n_train_patches_),
             **({"placeholder": PLACEHOLDER_NOTE} if self.weights_ == PLACEHOLDER_WEIGHTS else {}),
+            **({"adapted": self.adapted_} if getattr(self, "adapted_", None) else {}),
         }
 
     def save(self, folder: str | Path, overwrite: bool = False, inputs: Iterable[str | Path] = ()) -> Path:
