@@ -92,7 +92,26 @@ class _LayerCombo(QComboBox):
         return self.viewer.layers[name] if name and name in self.viewer.layers else None
 
 
-class SegmentWidget(QWidget):
+class _WorkerWidget(QWidget):
+    """What both dock widgets share: one background worker at a time and one-line error notifications.
+
+    Subclasses set ``self._worker`` (None when idle), ``self.status`` (a QLabel) and ``self.last_error``.
+    """
+
+    @property
+    def busy(self) -> bool:
+        """Whether a worker is running."""
+        return self._worker is not None
+
+    def notify_error(self, error: BaseException | str) -> None:
+        """Show an error as a one-line napari notification (and keep it in ``last_error``)."""
+        msg = error if isinstance(error, str) else one_line(error)
+        self.last_error = msg
+        self.status.setText(f"error: {msg}")
+        show_error(msg)
+
+
+class SegmentWidget(_WorkerWidget):
     """Scribble segmentation: pick image + scribble layers, backbone and head; Train, Predict, Live; save/load.
 
     Parameters
@@ -179,18 +198,6 @@ class SegmentWidget(QWidget):
         self._watch_labels()
 
     # ----------------------------------------------------------------- state
-    @property
-    def busy(self) -> bool:
-        """Whether a worker is running."""
-        return self._worker is not None
-
-    def notify_error(self, error: BaseException | str) -> None:
-        """Show an error as a one-line napari notification (and keep it in ``last_error``)."""
-        msg = error if isinstance(error, str) else one_line(error)
-        self.last_error = msg
-        self.status.setText(f"error: {msg}")
-        show_error(msg)
-
     def _token(self, layer: Any) -> tuple[int, int]:
         return (id(layer), id(layer.data))
 
@@ -388,7 +395,7 @@ def _run_job(session: Session, job: dict[str, Any]) -> dict[str, Any]:
             "seconds": time.perf_counter() - t0}
 
 
-class AlignWidget(QWidget):
+class AlignWidget(_WorkerWidget):
     """Align a stack layer (translation or a transform model) into a new layer, transforms in its metadata."""
 
     def __init__(self, napari_viewer: Any) -> None:
@@ -411,16 +418,6 @@ class AlignWidget(QWidget):
         layout.addWidget(self.status)
         layout.addStretch(1)
         self.align_button.clicked.connect(self.align)
-
-    @property
-    def busy(self) -> bool:
-        return self._worker is not None
-
-    def notify_error(self, error: BaseException | str) -> None:
-        msg = error if isinstance(error, str) else one_line(error)
-        self.last_error = msg
-        self.status.setText(f"error: {msg}")
-        show_error(msg)
 
     def align(self) -> None:
         """Align the chosen stack in a worker; the result becomes the layer ``<name> aligned``."""
