@@ -123,21 +123,25 @@ def bench_peer(image: np.ndarray, mask: np.ndarray, strokes: list[np.ndarray]) -
     return rows, t_feat
 
 
-def bench_viewer(image: np.ndarray, mask: np.ndarray, strokes: list[np.ndarray]) -> dict[str, Any]:
-    """Stroke → prediction layer updated, through the real widget in a headless viewer."""
+def _viewer_with_widget(image: np.ndarray, dock_name: str | None = None):
+    """A headless napari viewer with the image, an empty scribble layer and the segmentation widget docked.
+
+    Returns ``(viewer, labels, widget, wait)``; ``wait(n)`` processes Qt events until the widget has finished
+    ``n`` runs.
+    """
     from neuros.plugins.cv.napari_plugin.headless import ensure_headless
 
     ensure_headless()
     import napari
     from qtpy.QtWidgets import QApplication
 
-    from neuros.plugins.cv.napari_plugin.widget import LIVE_DELAY_MS, SegmentWidget
+    from neuros.plugins.cv.napari_plugin.widget import SegmentWidget
 
     viewer = napari.Viewer(show=True)
     viewer.add_image(image, name="em")
     labels = viewer.add_labels(np.zeros(image.shape, np.uint8), name="scribbles")
     w = SegmentWidget(viewer)
-    viewer.window.add_dock_widget(w)
+    viewer.window.add_dock_widget(w, **({} if dock_name is None else {"name": dock_name}))
     w.image_combo.setCurrentText("em")
     w.labels_combo.setCurrentText("scribbles")
     app = QApplication.instance()
@@ -147,6 +151,14 @@ def bench_viewer(image: np.ndarray, mask: np.ndarray, strokes: list[np.ndarray])
             app.processEvents()
             time.sleep(0.002)
 
+    return viewer, labels, w, wait
+
+
+def bench_viewer(image: np.ndarray, mask: np.ndarray, strokes: list[np.ndarray]) -> dict[str, Any]:
+    """Stroke → prediction layer updated, through the real widget in a headless viewer."""
+    from neuros.plugins.cv.napari_plugin.widget import LIVE_DELAY_MS
+
+    viewer, labels, w, wait = _viewer_with_widget(image)
     labels.data_setitem(np.nonzero(strokes[0]), 1)  # warm-up: features cached by a first Train
     labels.data_setitem(np.nonzero(strokes[0] == 2), 2)
     w.train_button.click()
@@ -172,33 +184,14 @@ def bench_viewer(image: np.ndarray, mask: np.ndarray, strokes: list[np.ndarray])
 
 def screenshot(path: Path, size: int = 512) -> None:
     """The docs' picture: synthetic EM, thick scribbles, the Live prediction, the widget docked (window PNG)."""
-    from neuros.plugins.cv.napari_plugin.headless import ensure_headless
-
-    ensure_headless()
     import imageio.v3 as iio
-    import napari
-    from qtpy.QtWidgets import QApplication
-
-    from neuros.plugins.cv.napari_plugin.widget import SegmentWidget
 
     image, mask = make_image("em", size, seed=1)
     first = simulate_scribbles(mask, seed=0, per_object=1, per_background=2, width=5).astype(np.uint8)
     more = simulate_scribbles(mask, seed=5, per_object=1, per_background=1, width=5).astype(np.uint8)
-    viewer = napari.Viewer(show=True)
+    viewer, labels, w, wait = _viewer_with_widget(image, dock_name="neurOS cv")
     viewer.window.resize(1100, 640)
-    viewer.add_image(image, name="em")
-    labels = viewer.add_labels(np.zeros(image.shape, np.uint8), name="scribbles")
-    w = SegmentWidget(viewer)
-    viewer.window.add_dock_widget(w, name="neurOS cv")
-    w.image_combo.setCurrentText("em")
-    w.labels_combo.setCurrentText("scribbles")
-    app = QApplication.instance()
-
-    def wait(runs: int) -> None:
-        while w.n_runs < runs or w.busy:
-            app.processEvents()
-            time.sleep(0.005)
-
+    from qtpy.QtWidgets import QApplication  # after the helper has chosen the Qt platform
     for v in (1, 2):
         labels.data_setitem(np.nonzero(first == v), v)
     w.train_button.click()
@@ -214,7 +207,7 @@ def screenshot(path: Path, size: int = 512) -> None:
     viewer.layers.move(viewer.layers.index(labels), len(viewer.layers))  # strokes on top of the prediction
     viewer.layers.selection.active = labels
     for _ in range(20):
-        app.processEvents()
+        QApplication.instance().processEvents()
     shot = viewer.screenshot(canvas_only=False, flash=False)
     iio.imwrite(path, shot[..., :3])
     viewer.close()
