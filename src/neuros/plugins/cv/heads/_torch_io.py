@@ -5,6 +5,8 @@ No pickle: ``net.*`` tensors are the state dict, ``mean``/``scale`` the per-chan
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -31,3 +33,22 @@ def load_net(path: Path, net: Any) -> tuple[np.ndarray, np.ndarray]:
     net.load_state_dict({k[4:]: v for k, v in t.items()})
     net.eval()
     return mean, scale
+
+
+@contextmanager
+def one_torch_thread() -> Iterator[None]:
+    """Run torch on one intra-op thread inside the block, restoring the previous count after.
+
+    Training a small network on mini-batches (1024 rows × tens of channels) is dominated by per-operation
+    overhead, which a second thread only adds to: the MLP head's fit on 210 k rows took 39 s on one thread and
+    87 s on two on this 2-core machine (benchmarks/bench_pixel.py, docs/benchmarks.md), and one thread never
+    spins against other work.
+    """
+    import torch
+
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(threads)

@@ -10,7 +10,7 @@ from pathlib import Path
 import numpy as np
 
 from ..labels import class_weights_per_class
-from ._torch_io import load_net, save_net
+from ._torch_io import load_net, one_torch_thread, save_net
 from .base import SegmentationHead
 
 __all__ = ["MLPHead"]
@@ -72,13 +72,14 @@ class MLPHead(SegmentationHead):
         loss_fn = torch.nn.CrossEntropyLoss(weight=cw)
         opt = torch.optim.Adam(net.parameters(), lr=float(self.lr), weight_decay=float(self.weight_decay))
         net.train()
-        for _ in range(int(self.epochs)):
-            order = torch.randperm(len(yt), generator=gen)
-            for s in range(0, len(yt), int(self.batch_size)):
-                idx = order[s : s + int(self.batch_size)]
-                opt.zero_grad()
-                loss_fn(net(xt[idx]), yt[idx]).backward()
-                opt.step()
+        with one_torch_thread():  # mini-batches this small run faster on one thread (see one_torch_thread)
+            for _ in range(int(self.epochs)):
+                order = torch.randperm(len(yt), generator=gen)
+                for s in range(0, len(yt), int(self.batch_size)):
+                    idx = order[s : s + int(self.batch_size)]
+                    opt.zero_grad()
+                    loss_fn(net(xt[idx]), yt[idx]).backward()
+                    opt.step()
         net.eval()
         self.net_ = net
 
