@@ -44,6 +44,7 @@ from ..datasets.io import (
 from ..dense import DEFAULT_TILE, TiledFeatures
 from ..heads import DEFAULT_HEAD, DEFAULT_PIXEL_HEAD, head_class, list_heads, load_head, make_head
 from ..heads.base import SegmentationHead
+from ..heads.decision import fit_tuned
 from ..labels import DEFAULT_MAX_CLASSES, RULES, check_training_masks, mask_targets
 from ..output import atomic_output_dir, atomic_write_text, check_output_dir, check_output_file, dumps_json
 from ._batch import Batch, add_skip_errors
@@ -106,6 +107,9 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
                         f"'all' (default: {DEFAULT_PIXEL_SAMPLES} at stride <= 4, else all)")
     t.add_argument("--n-components", type=int, metavar="K",
                    help="reduce the features to K principal components first (PCA stored with the head)")
+    t.add_argument("--tune-holdout", type=_holdout, metavar="N",
+                   help="choose per-class decision offsets on N held-out images (a count, or a fraction such as "
+                        "0.25), then refit on every image and store them with the head (training runs twice)")
     _tile_option(t)
     q = actions.add_parser(
         "predict", help="predict pixel masks with a saved head",
@@ -177,6 +181,18 @@ def _budget(text: str) -> int | str:
     if value < 1:
         raise argparse.ArgumentTypeError(f"expected a positive number of positions or 'all', got {text!r}")
     return value
+
+
+def _holdout(text: str) -> int | float:
+    """``--tune-holdout``: a count of images (``2``) or a fraction of them (``0.25``)."""
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a number of images or a fraction, got {text!r}") from None
+    if value <= 0 or (value >= 1 and not value.is_integer()):
+        raise argparse.ArgumentTypeError(f"expected a whole number of images (>= 1) or a fraction in (0, 1), "
+                                         f"got {text!r}")
+    return int(value) if value >= 1 else value
 
 
 def _tile_option(p: argparse.ArgumentParser) -> None:
@@ -285,18 +301,32 @@ def _train(args: argparse.Namespace) -> int:
         maps = _feature_sources(bb, all_images, args.tile)
         head = make_head(args.head, seed=args.seed, label_rule=args.label_rule, class_weight=class_weight,
                          unlabelled=args.unlabelled, max_samples_per_class=budget, n_components=args.n_components)
-        head.fit(maps, all_masks)
+        if args.tune_holdout is None:
+            head.fit(maps, all_masks)
+        else:
+            fit_tuned(head, maps, all_masks, holdout=args.tune_holdout)
         tick("fitted")
     head.save(out, overwrite=args.overwrite, inputs=inputs)
     table = f"{head.n_train_patches_} positions at stride {float(bb.stride):g}" + (
         f", at most {budget} per class" if budget else "")
     extra = "".join([f", unlabelled value {args.unlabelled}" if args.unlabelled is not None else "",
-                     f", PCA to {args.n_components} components" if args.n_components else ""])
+                     f", PCA to {args.n_components} components" if args.n_components else "",
+                     _offsets_note(head)])
     print(f"Trained a {args.head} head (class_weight={head.class_weight}, label rule {head.label_rule}{extra}) on "
           f"{len(all_images)} image(s) ({table}) with {bb.name} [{bb.weights}] "
           f"(backbone spec {bb.spec}), "
           f"classes {head.classes_.tolist()}; saved to {out}")
     return 0
+
+
+def _offsets_note(head: SegmentationHead) -> str:
+    """What ``--tune-holdout`` chose, for the training summary line (empty without it)."""
+    d = getattr(head, "decision_", None)
+    if d is None:
+        return ""
+    gain = d["mean_dice_held_out"]
+    return (f", decision offsets {[round(v, 2) for v in d['offsets']]} tuned on held-out image(s) "
+            f"{d['held_out_images']} (mean Dice {gain['argmax']:.3f} -> {gain['tuned']:.3f})")
 
 
 def _sampling_budget(requested: int | str | None, bb: Backbone) -> int | None:
@@ -383,7 +413,7 @@ def _predict_one(p: Path, name: str, tmp: Path, head: SegmentationHead, bb: Back
     labels, probas, objects, n_objects = [], [], [], 0
     for fm in _feature_sources(bb, slices, args.tile):
         proba = head.predict_proba(fm)
-        labels.append(head.classes_[proba.argmax(axis=2)])
+        labels.append(head.decide(proba))
         if args.probabilities:
             probas.append(proba)
         if index is not None:  # ids run on over a stack's slices: one id, one object
@@ -506,7 +536,7 @@ def _evaluate_pair(ip: Path, mp: Path, head: SegmentationHead, bb: Backbone,
     pred, objects = [], []
     for fm, t in zip(_feature_sources(bb, ims, args.tile), truth, strict=True):
         proba = head.predict_proba(fm)
-        pred.append(proba.argmax(axis=2))
+        pred.append(head.decide(proba, index=True))
         if index is not None:
             from ..instances import label_instances
             from ..metrics import match_instances

@@ -2,13 +2,15 @@
 
 ``make_head(kind)`` builds one (``logistic``, ``sgd``, ``knn``, ``rf``, ``mlp``); every head has
 ``fit(feature_maps, masks)``, ``predict_proba(maps, level="pixel" | "patch")``, ``predict(...)``,
-``save(dir)``; :func:`load_head` reads one back. ``single_class="majority"`` is the report's single-class
+``save(dir)``; :func:`load_head` reads one back. :func:`fit_tuned` fits a head with per-class decision offsets
+chosen on held-out images (``heads.decision``). ``single_class="majority"`` is the report's single-class
 fallback (a head that predicts the one training class).
 """
 
 from __future__ import annotations
 
 from .base import FORMAT, SegmentationHead
+from .decision import fit_tuned, tune_offsets
 from .linear import GradientBoostingHead, IncrementalLinearHead, KNNHead, LogisticHead, RandomForestHead
 from .mlp import MLPHead
 from .registry import (
@@ -35,9 +37,11 @@ __all__ = [
     "MLPHead",
     "RandomForestHead",
     "SegmentationHead",
+    "fit_tuned",
     "head_class",
     "list_heads",
     "load_head",
     "make_head",
+    "tune_offsets",
 ]
 

@@ -10,8 +10,9 @@ and ``_proba_matrix(X)`` — plus ``_save_weights``/``_load_weights``; this base
   ``single_class="majority"``, training patches of one class give a head that predicts that class;
 - ``predict_proba(maps, level="pixel" | "patch")``: classifies every grid cell in one matrix call and, at
   pixel level, upsamples the class probabilities (``interpolation="bilinear"``: ``FeatureMap.to_pixels``, or
-  ``"nearest"``: each patch's value on all its pixels; no loop over pixels). :meth:`predict` is its argmax —
-  the one way head output becomes pixel masks;
+  ``"nearest"``: each patch's value on all its pixels; no loop over pixels). :meth:`decide` turns them into
+  labels (their argmax, or with per-class offsets tuned on held-out images) — the one way head output becomes
+  pixel masks, used by :meth:`predict` and every prediction path;
 - ``save(dir)`` / :func:`load_head`: weights plus ``head.json`` with the backbone spec, written atomically;
   heads from before specs load too (their ``backbone``/``weights``/``preprocessing`` keys become a spec).
 """
@@ -408,7 +409,8 @@ class SegmentationHead(BaseEstimator):
                 interpolation: str = "bilinear") -> np.ndarray | list[np.ndarray]:
         """Label maps (values from :attr:`classes_`): (H, W) at pixel level, (h, w) at patch level.
 
-        The argmax of :meth:`predict_proba` (same ``level`` and ``interpolation``).
+        :meth:`decide` on :meth:`predict_proba` (same ``level`` and ``interpolation``): the argmax, shifted by
+        the head's tuned decision offsets when it has them.
         """
         maps = as_maps(feature_maps)
         cls = type(self)
@@ -427,8 +429,29 @@ class SegmentationHead(BaseEstimator):
             return labels[0] if isinstance(feature_maps, TiledFeatures) else labels
         proba = self.predict_proba(feature_maps, level, interpolation)
         if isinstance(proba, list):
-            return [self.classes_[p.argmax(axis=2)] for p in proba]
-        return self.classes_[proba.argmax(axis=2)]
+            return [self.decide(p) for p in proba]
+        return self.decide(proba)
+
+    def decide(self, proba: np.ndarray, index: bool = False) -> np.ndarray:
+        """Labels from class probabilities (last axis, columns as :attr:`classes_`): the one decision rule.
+
+        The argmax of ``log(proba) + decision_offsets_``; without tuned offsets (the default) that is the
+        argmax of ``proba``. Offsets are chosen on held-out images by :func:`~.decision.fit_tuned` and saved
+        with the head, so every prediction path (``predict``, ``segment predict``, volumes, napari) decides alike.
+
+        Parameters
+        ----------
+        proba : (..., K) array
+            Probabilities from :meth:`predict_proba` (any leading shape).
+        index : bool
+            Return class indices 0..K-1 instead of the class values.
+        """
+        offsets = getattr(self, "decision_offsets_", None)
+        if offsets is None:
+            idx = np.asarray(proba).argmax(axis=-1)
+        else:
+            idx = (np.log(np.clip(proba, 1e-7, None)) + np.asarray(offsets, dtype=np.float32)).argmax(axis=-1)
+        return idx if index else self.classes_[idx]
 
     def _tile_labels(self, fm: TiledFeatures) -> np.ndarray:
         """(H, W) labels of a stride-1 TiledFeatures, classified and decided tile by tile."""
@@ -436,7 +459,7 @@ class SegmentationHead(BaseEstimator):
         for rows, cols, tile in fm.tiles():
             th, tw = tile.grid_shape
             proba = self._class_proba(tile.flat().astype(np.float32, copy=False))
-            out[rows, cols] = self.classes_[proba.argmax(axis=1)].reshape(th, tw)
+            out[rows, cols] = self.decide(proba).reshape(th, tw)
         return out
 
     # ----------------------------------------------------------------- subclass hooks
@@ -475,6 +498,7 @@ class SegmentationHead(BaseEstimator):
             "n_train_patches": int(self.n_train_patches_),
             **({"placeholder": PLACEHOLDER_NOTE} if self.weights_ == PLACEHOLDER_WEIGHTS else {}),
             **({"adapted": self.adapted_} if getattr(self, "adapted_", None) else {}),
+            **({"decision": self.decision_} if getattr(self, "decision_offsets_", None) is not None else {}),
         }
 
     def save(self, folder: str | Path, overwrite: bool = False, inputs: Iterable[str | Path] = ()) -> Path:

@@ -114,6 +114,13 @@ def load_head(folder: str | Path) -> SegmentationHead:
     except (ValueError, TypeError) as e:
         raise ValueError(f"{meta_file}: bad backbone record: {str(e).splitlines()[0]}") from None
     head.n_train_patches_ = int(meta.get("n_train_patches", 0))
+    decision = meta.get("decision")
+    if decision is not None:
+        try:
+            head.decision_ = dict(decision)
+            head.decision_offsets_ = np.asarray(decision["offsets"], dtype=np.float32).reshape(len(head.classes_))
+        except (TypeError, KeyError, ValueError) as e:
+            raise ValueError(f"{meta_file}: bad decision record: {str(e).splitlines()[0]}") from None
     missing = [f for f in meta.get("files", []) if not (path / f).is_file()]
     if missing:
         raise FileNotFoundError(f"saved head {path} is incomplete: missing {', '.join(missing)}")

@@ -325,7 +325,7 @@ class Session:
         if box is not None:
             fm, window = crop_map(fm, *box)
         proba = head.predict_proba(fm)
-        return head.classes_[proba.argmax(axis=2)], proba, window
+        return head.decide(proba), proba, window
 
     # -------------------------------------------------------------- heads on disk
     def save_head(self, folder: str | Path, overwrite: bool = False) -> Path:

@@ -127,7 +127,7 @@ def _segment_block(region: np.ndarray, block: Block, task: _SegmentTask) -> tupl
     group = zarr.open_group(task.out, mode="r+")
     sl = (block.z, slice(*block.core_y), slice(*block.core_x))
     labels = group[LABELS]
-    labels[sl] = np.asarray(head.classes_)[core.argmax(axis=2)].astype(labels.dtype)
+    labels[sl] = head.decide(core).astype(labels.dtype)
     if task.save_proba:  # (K, z, y, x): OME-NGFF axis order
         group[PROBA][(slice(None), *sl)] = np.moveaxis(core, -1, 0).astype(np.float32)
     if task.instances is not None:
