@@ -236,3 +236,25 @@ def test_sqrt_class_weights_sit_between_none_and_balanced() -> None:
     with pytest.raises(ValueError, match="class_weight must be None, 'balanced' or 'sqrt'"):
         make_head("conv", class_weight="inverse").fit([FeatureMap(np.zeros((8, 8, 2), np.float32), 1.0, (8, 8),
                                                                   "t", "none")], [np.eye(8, dtype=np.uint8)])
+
+
+@pytest.mark.parametrize("stride", [1, 2])
+def test_tta_makes_predictions_turn_with_the_map(blobs, stride) -> None:
+    """Averaged over the square's symmetries, the decoder is equivariant: a turned map gives turned output."""
+    fm, mask = blobs
+    if stride == 2:
+        fm = FeatureMap(np.ascontiguousarray(fm.features[::2, ::2]), 2.0, fm.image_shape, "filterbank", WEIGHTS)
+    head = ConvDecoderHead(**SMALL).fit(fm, [mask])
+    turned = FeatureMap(np.ascontiguousarray(np.rot90(fm.features, 1)[:, ::-1]), fm.stride,
+                        fm.image_shape[::-1], "filterbank", WEIGHTS)
+
+    def turn(p):
+        return np.rot90(p, 1)[:, ::-1]
+
+    plain = head.predict_proba(turned, level="patch")
+    assert not np.allclose(plain, turn(head.predict_proba(fm, level="patch")), atol=1e-3)  # the net alone is not
+    tta = clone(head).set_params(tta=True)
+    tta.__dict__.update({k: v for k, v in vars(head).items() if k.endswith("_")})  # the same fitted weights
+    a = tta.predict_proba(turned, level="patch")
+    np.testing.assert_allclose(a, turn(tta.predict_proba(fm, level="patch")), atol=1e-5)
+    assert tta.predict_proba(fm).shape == (*mask.shape, 3)
