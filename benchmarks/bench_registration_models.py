@@ -376,6 +376,10 @@ def versus(rows: list[dict], peer: str = "ants") -> list[dict]:
     return out
 
 
+#: Score bins of the calibration table.
+SCORE_BINS = (0.0, 0.05, 0.2, 0.5, 0.8, 0.9, 1.0)
+
+
 def calibration(rows: list[dict]) -> list[dict]:
     """Success rate per score bin: on the labelled calibration set (``cal-*`` rows) when it ran, else on our
     benchmark answers."""
@@ -383,10 +387,9 @@ def calibration(rows: list[dict]) -> list[dict]:
     ours = ours or [r for r in rows if r["method"] == "ours" and "score" in r]
     if not ours:
         return []
-    edges = np.quantile([r["score"] for r in ours], np.linspace(0, 1, 5))
     out = []
-    for lo, hi in itertools.pairwise(edges):
-        b = [r for r in ours if lo <= r["score"] <= hi]
+    for lo, hi in itertools.pairwise(SCORE_BINS):
+        b = [r for r in ours if lo <= r["score"] < hi or (hi == SCORE_BINS[-1] and r["score"] == hi)]
         out.append({"score_from": float(lo), "score_to": float(hi), "n": len(b),
                     "success_rate": float(np.mean([r["success"] for r in b])) if b else None})
     good = [r["score"] for r in ours if r["success"]]
@@ -440,7 +443,7 @@ def markdown(summary: list[dict], calib: list[dict], vs: list[dict], stacks: lis
                          f"{v['ours_tre_le_peer']} / {len_both(v)} | {_names(v['only_ours'])} | "
                          f"{_names(v['only_peer'])} |")
     if calib:
-        lines += ["", "Calibration of our score (quartile bins):", "", "| score | pairs | success rate |",
+        lines += ["", "Calibration of our score:", "", "| score | pairs | success rate |",
                   "|---|---|---|"]
         for c in calib:
             if "score_from" in c:

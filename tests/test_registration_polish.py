@@ -73,3 +73,20 @@ def test_polish_pins_an_affine_down_to_hundredths_of_a_pixel(em):
     fine = register(fixed, moving, "affine", check_consistency=False)
     before, after = _tre(coarse.transform, truth, fixed.shape), _tre(fine.transform, truth, fixed.shape)
     assert after < 0.01 and after < 0.5 * before, (before, after)
+
+
+def test_polished_directions_agree_and_the_score_drops_for_an_unconfirmed_answer(em):
+    """Right answers: both directions polished, so they agree to hundredths of a pixel and the score is about
+    the similarity. A wrong answer from a cut-down search (no rotations for a 60° turn): the reverse check
+    searches all rotations anyway, disagrees by many pixels, and the score collapses."""
+    fixed, moving, _ = _affine_pair(em)
+    right = register(fixed, moving, "affine")
+    assert right.consistency < 0.1, right.consistency
+    assert right.reliable and 0.9 * right.similarity <= right.score <= right.similarity
+    a = np.deg2rad(60.0)
+    rot = np.array([[np.cos(a), -np.sin(a)], [np.sin(a), np.cos(a)]])
+    c = np.array([500.0, 480.0])
+    turned = LinearTransform(rot, c - rot @ c).apply(em, em.shape)[400:600, 380:580]
+    wrong = register(fixed, turned, "rigid", angle_range=0)
+    assert wrong.consistency > 3.0 and not wrong.reliable
+    assert wrong.score < 0.1 * wrong.similarity and wrong.score < 0.2 * right.score

@@ -735,7 +735,7 @@ REVERSE_SCALES = (0.8, 1.0, 1.25)
 
 #: Last linear refinement (:func:`_polish_linear`): sample points (at most, per dimension), histogram bins,
 #: L-BFGS iterations, and the largest mean point move (pixels) accepted from the structure-channel answer.
-POLISH: dict[str, Any] = {"points": {2: 1 << 15, 3: 1 << 17}, "bins": 32, "iterations": 30, "max_move": 1.0}
+POLISH: dict[str, Any] = {"points": {2: 1 << 15, 3: 1 << 17}, "bins": 48, "iterations": 30, "max_move": 1.0}
 
 
 class _PolishLevel:
