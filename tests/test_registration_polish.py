@@ -90,3 +90,42 @@ def test_polished_directions_agree_and_the_score_drops_for_an_unconfirmed_answer
     wrong = register(fixed, turned, "rigid", angle_range=0)
     assert wrong.consistency > 3.0 and not wrong.reliable
     assert wrong.score < 0.1 * wrong.similarity and wrong.score < 0.2 * right.score
+
+
+@pytest.fixture(scope="module")
+def mni_volumes():
+    """MNI152 T1 (2 mm) and a T2-like volume from the real tissue maps (CSF bright, WM dark)."""
+    datasets = pytest.importorskip("nilearn.datasets")
+    t1 = datasets.load_mni152_template(resolution=2).get_fdata()
+    gm = datasets.load_mni152_gm_template(resolution=2).get_fdata()
+    wm = datasets.load_mni152_wm_template(resolution=2).get_fdata()
+    brain = datasets.load_mni152_brain_mask(resolution=2).get_fdata() > 0
+    csf = np.clip(brain - gm - wm, 0, 1)
+    return t1.astype(np.float32), ((0.95 * csf + 0.55 * gm + 0.25 * wm) * brain).astype(np.float32)
+
+
+def test_3d_deformable_field_on_mutual_information_recovers_a_warp(mni_volumes):
+    """T1 crop vs a T2-like crop under a smooth warp (peak 3 voxels): the 3-D field, fitted on the mutual
+    information of the intensities, must undo most of what the affine alone leaves, without folding (0.76 →
+    0.25 voxel; the earlier structure-channel field reached the same here, in ~3× the time)."""
+    from scipy import ndimage as ndi
+
+    from neuros.plugins.cv.transforms import DisplacementField
+
+    t1, t2 = mni_volumes
+    shape = (40, 48, 40)
+    rng = np.random.default_rng(5)
+    u = np.stack([ndi.gaussian_filter(rng.standard_normal(shape), 6) for _ in range(3)])
+    u *= 3.0 / np.abs(u).max()
+    warp = DisplacementField(u)  # the truth: fixed x → moving x + u(x)
+    fixed = t1[26:66, 32:80, 24:64]
+    moving = (LinearTransform.translation((26.0, 32.0, 24.0)) @ warp.inverse()).apply(t2, shape, order=3)
+    kw = {"check_consistency": False, "angle_range": 0, "scales": (1.0,)}
+    lin = register(fixed, moving, "affine", **kw)
+    r = register(fixed, moving, "deformable", deformable_iterations=25, **kw)
+    pts = np.stack(np.meshgrid(*[np.linspace(0.2 * s, 0.8 * s, 6) for s in shape], indexing="ij"), -1)
+    pts = pts.reshape(-1, 3)
+    err_lin = float(np.linalg.norm(lin.transform.map_points(pts) - warp.map_points(pts), axis=1).mean())
+    err_def = float(np.linalg.norm(r.transform.map_points(pts) - warp.map_points(pts), axis=1).mean())
+    assert err_def < 0.6 * err_lin, (err_lin, err_def)
+    assert r.folding_fraction == 0.0
