@@ -543,6 +543,8 @@ def _lbfgs(params: list[Any], closure: Callable[[], Any], iters: int, ftol: floa
     sizes = [p.numel() for p in params]
 
     def fun(x: np.ndarray) -> tuple[float, np.ndarray]:
+        if not (np.isfinite(x).all() and np.abs(x).max(initial=0.0) < 1e6):  # a runaway step: refuse it (torch's
+            return 1e6, np.zeros_like(x)  # grid_sample backward must never see non-finite coordinates)
         chunks = np.split(x.astype(np.float32), np.cumsum(sizes)[:-1])
         for p, c in zip(params, chunks, strict=True):
             with torch.no_grad():
