@@ -25,6 +25,8 @@ aligned by today's translation ``align_stack``, ``align_stack_models`` rigid and
 the alignment and the truth put points of section 0's frame.
 
     .venv/bin/python benchmarks/bench_registration_models.py --quick     # a few minutes
+    # the labelled calibration set only (defaults and a cut-down search; right and wrong answers):
+    .venv/bin/python benchmarks/bench_registration_models.py --models --no-3d --stacks 0 --calibration 3
     .venv/bin/python benchmarks/bench_registration_models.py --out results/bench-registration
 """
 
