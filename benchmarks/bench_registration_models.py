@@ -25,6 +25,8 @@ aligned by today's translation ``align_stack``, ``align_stack_models`` rigid and
 the alignment and the truth put points of section 0's frame.
 
     .venv/bin/python benchmarks/bench_registration_models.py --quick     # a few minutes
+    # the labelled calibration set only (defaults and a cut-down search; right and wrong answers):
+    .venv/bin/python benchmarks/bench_registration_models.py --models --no-3d --stacks 0 --calibration 3
     .venv/bin/python benchmarks/bench_registration_models.py --out results/bench-registration
 """
 
@@ -53,11 +55,12 @@ MARGIN = 64  # ramps extend this far beyond the moving image, so points that lea
 
 
 # ---------------------------------------------------------------------- methods: each returns a Transform
-def _ours(pair: RegistrationPair, model: str) -> tuple[Transform, dict]:
+def _ours(pair: RegistrationPair, model: str, **kw: object) -> tuple[Transform, dict]:
     from neuros.plugins.cv.registration_models import register
 
-    res = register(pair.fixed, pair.moving, model=model)
-    extra = {k: getattr(res, k) for k in ("score", "overlap", "reliable", "consistency") if hasattr(res, k)}
+    res = register(pair.fixed, pair.moving, model=model, **kw)
+    extra = {k: getattr(res, k) for k in ("score", "similarity", "overlap", "reliable", "consistency")
+             if hasattr(res, k)}
     return res.transform, {k: (float(v) if isinstance(v, (np.floating, float)) else v) for k, v in extra.items()}
 
 
@@ -168,6 +171,47 @@ def _warm_up(methods: list[str]) -> None:
 METHODS: dict[str, Callable[[RegistrationPair, str], tuple[Transform, dict]]] = {
     "ours": _ours, "translation": _translation, "ants": _ants, "sitk": _sitk, "elastix": _elastix,
 }
+
+
+# ---------------------------------------------------------------------- a labelled set with real failures
+#: Settings of ``register`` for the calibration set: the defaults, and a cut-down search (no rotations, no
+#: scales) that fails on the larger transforms — wrong answers found the way a user's bad setting finds them.
+CALIBRATION_SETTINGS = {"cal-default": {}, "cal-no-search": {"angle_range": 0.0, "scales": (1.0,)}}
+
+
+def run_calibration(seeds: int, sources: list[str]) -> list[dict]:
+    """Our rigid and affine answers on ``sources`` (rotation ±30°, ``seeds`` transforms each) and on full-size
+    512² ssTEM pairs (``crop=1.0``: some zoom out so far that little of the fixed grid is covered), with the
+    default settings and a cut-down search: each answer labelled right or wrong (TRE < 1 px) for the score's
+    calibration."""
+    rows = []
+    for source, crop in [(s, 0.75) for s in sources] + [("sstem", 1.0)]:
+        for model in ("rigid", "affine"):
+            for seed in range(seeds):
+                try:
+                    pair = make_pair(source, model, seed=seed, rotation=30.0, crop=crop)
+                except (ImportError, FileNotFoundError) as e:
+                    print(f"skip {source}: {e}")
+                    break
+                pair.name += f"-c{crop:g}"
+                for name, kw in CALIBRATION_SETTINGS.items():
+                    row = {"pair": pair.name, "source": source, "model": model, "method": name,
+                           "cross_contrast": pair.cross_contrast, "ndim": 2, "rotation": 30.0}
+                    t0 = time.perf_counter()
+                    try:
+                        est, extra = _ours(pair, model, **kw)
+                    except ValueError as e:  # "no transform keeps min_overlap": an honest refusal
+                        row.update(error=str(e), seconds=time.perf_counter() - t0)
+                        rows.append(row)
+                        continue
+                    row["seconds"] = time.perf_counter() - t0
+                    row["tre"] = target_registration_error(est, pair.truth, pair.fixed.shape)
+                    row["success"] = bool(row["tre"] < 1.0)
+                    row.update(extra)
+                    rows.append(row)
+                    print(f"  {pair.name:24s} {name:15s} TRE {row['tre']:9.3f} px  score {row['score']:.3f}  "
+                          f"consistency {row['consistency']:.3f}  reliable {row['reliable']}", flush=True)
+    return rows
 
 
 # ---------------------------------------------------------------------- serial sections
@@ -288,6 +332,7 @@ def _key(r: dict) -> tuple:
 
 
 def summarise(rows: list[dict]) -> list[dict]:
+    rows = [r for r in rows if not r["method"].startswith("cal-")]  # the calibration set has its own table
     out = []
     for model, cross, nd, rot, method in sorted({_key(r) for r in rows}):
         sel = [r for r in rows if _key(r) == (model, cross, nd, rot, method)]
@@ -333,14 +378,20 @@ def versus(rows: list[dict], peer: str = "ants") -> list[dict]:
     return out
 
 
+#: Score bins of the calibration table.
+SCORE_BINS = (0.0, 0.05, 0.2, 0.5, 0.8, 0.9, 1.0)
+
+
 def calibration(rows: list[dict]) -> list[dict]:
-    ours = [r for r in rows if r["method"] == "ours" and "score" in r]
+    """Success rate per score bin: on the labelled calibration set (``cal-*`` rows) when it ran, else on our
+    benchmark answers."""
+    ours = [r for r in rows if r["method"].startswith("cal-") and "score" in r]
+    ours = ours or [r for r in rows if r["method"] == "ours" and "score" in r]
     if not ours:
         return []
-    edges = np.quantile([r["score"] for r in ours], np.linspace(0, 1, 5))
     out = []
-    for lo, hi in itertools.pairwise(edges):
-        b = [r for r in ours if lo <= r["score"] <= hi]
+    for lo, hi in itertools.pairwise(SCORE_BINS):
+        b = [r for r in ours if lo <= r["score"] < hi or (hi == SCORE_BINS[-1] and r["score"] == hi)]
         out.append({"score_from": float(lo), "score_to": float(hi), "n": len(b),
                     "success_rate": float(np.mean([r["success"] for r in b])) if b else None})
     good = [r["score"] for r in ours if r["success"]]
@@ -394,7 +445,7 @@ def markdown(summary: list[dict], calib: list[dict], vs: list[dict], stacks: lis
                          f"{v['ours_tre_le_peer']} / {len_both(v)} | {_names(v['only_ours'])} | "
                          f"{_names(v['only_peer'])} |")
     if calib:
-        lines += ["", "Calibration of our score (quartile bins):", "", "| score | pairs | success rate |",
+        lines += ["", "Calibration of our score:", "", "| score | pairs | success rate |",
                   "|---|---|---|"]
         for c in calib:
             if "score_from" in c:
@@ -434,11 +485,15 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--rotations", type=float, nargs="+", default=[10.0, 30.0],
                     help="rotation ranges (± degrees) of the random transforms (default 10 and 30)")
     ap.add_argument("--sources", nargs="+", default=["sstem", "mri", "mri-t2", "nuclei", "ihc"])
-    ap.add_argument("--models", nargs="+", default=["rigid", "affine", "deformable"])
+    ap.add_argument("--models", nargs="*", default=["rigid", "affine", "deformable"],
+                    help="models of the goal run (none: only the calibration set and the stacks)")
     ap.add_argument("--methods", nargs="+", default=list(METHODS), choices=list(METHODS))
     ap.add_argument("--no-3d", action="store_true", help="skip the 3-D MNI152 pair")
     ap.add_argument("--stacks", type=int, default=2, help="ssTEM serial-section stacks (0: none)")
     ap.add_argument("--stack-sections", type=int, default=6, help="sections per stack (default 6)")
+    ap.add_argument("--calibration", type=int, default=0, metavar="SEEDS",
+                    help="also run the labelled calibration set (default and cut-down settings) with SEEDS "
+                         "transforms per source and model (0: none)")
     ap.add_argument("--out", type=Path, help="folder for results.json and results.md")
     args = ap.parse_args(argv)
     seeds = 1 if args.quick else args.seeds
@@ -460,6 +515,9 @@ def main(argv: list[str] | None = None) -> int:
         if not (args.quick or args.no_3d):
             rows += run_pair(make_pair_3d(model, seed=0), model, args.methods)
             _save_partial(args.out, rows)
+    if args.calibration:
+        rows += run_calibration(args.calibration, sources)
+        _save_partial(args.out, rows)
     stacks = [] if args.quick else run_stacks(args.stacks, args.stack_sections)
     summary, calib, info = summarise(rows), calibration(rows), machine()
     vs = [v for peer in ("ants", "elastix") if peer in args.methods for v in versus(rows, peer)]
