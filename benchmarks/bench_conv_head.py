@@ -29,6 +29,7 @@ from _machine import machine
 from neuros.plugins.cv.backbones.filterbank import WEIGHTS, pixel_features
 from neuros.plugins.cv.datasets.catalog import load_sstem
 from neuros.plugins.cv.features import FeatureMap
+from neuros.plugins.cv.heads import fit_tuned
 from neuros.plugins.cv.heads.conv import ConvDecoderHead
 from neuros.plugins.cv.metrics import confusion, score_images
 
@@ -91,9 +92,14 @@ def run_conv(args, train_maps, train_masks, test_maps) -> tuple[list[np.ndarray]
     head = ConvDecoderHead(channels=args.channels, dilations=tuple(int(d) for d in args.dilations.split(",")),
                            trunk_stride=args.trunk_stride, steps=args.steps, crop=args.crop,
                            batch_size=args.batch, lr=args.lr, class_weight=args.class_weight, seed=args.seed,
-                           augment=args.augment)
+                           augment=args.augment, tta={"on": True, "off": False}.get(args.tta, "auto"))
     t0 = time.perf_counter()
-    head.fit(train_maps, train_masks)
+    if args.tune_holdout:  # offsets chosen on held-out training sections, then refit on all (heads.fit_tuned)
+        fit_tuned(head, train_maps, train_masks, holdout=args.tune_holdout)
+        print(f"decision offsets {head.decision_['offsets']} tuned on training images "
+              f"{head.decision_['held_out_images']}: {head.decision_['mean_dice_held_out']}", flush=True)
+    else:
+        head.fit(train_maps, train_masks)
     t_fit = time.perf_counter() - t0
     t0 = time.perf_counter()
     if args.tune:  # also report the test sections under offsets chosen on the tuning sections
@@ -105,7 +111,7 @@ def run_conv(args, train_maps, train_masks, test_maps) -> tuple[list[np.ndarray]
         pred = [head.classes_[p.argmax(axis=-1)] for p in proba]
     else:
         pred = [head.predict(fm) for fm in test_maps]
-    return pred, t_fit, time.perf_counter() - t0, head.get_params()
+    return pred, t_fit, time.perf_counter() - t0, {**head.get_params(), "decision": getattr(head, "decision_", None)}
 
 
 def tune_bias(proba: list[np.ndarray], masks: list[np.ndarray], grid: np.ndarray) -> np.ndarray:
@@ -155,11 +161,16 @@ def main(argv: list[str] | None = None) -> dict:
     p.add_argument("--channels", type=int, default=32)
     p.add_argument("--dilations", default="1,2,4,8,16")
     p.add_argument("--trunk-stride", type=int, default=4)
-    p.add_argument("--steps", type=int, default=500)
+    p.add_argument("--steps", type=int, default=1500)
     p.add_argument("--crop", type=int, default=128)
     p.add_argument("--batch", type=int, default=4)
     p.add_argument("--augment", action=argparse.BooleanOptionalAction, default=False,
                    help="random rotations/flips of the training windows (default off, as the head)")
+    p.add_argument("--tta", choices=("auto", "on", "off"), default="auto",
+                   help="conv: average the 8 symmetries at prediction (auto, the head's default: filter bank only)")
+    p.add_argument("--tune-holdout", type=int, default=0, metavar="N",
+                   help="conv: choose decision offsets on N held-out training sections, then refit on all of them "
+                        "(heads.fit_tuned; the test sections are never seen)")
     p.add_argument("--lr", type=float, default=3e-3)
     p.add_argument("--class-weight", default="balanced", type=lambda s: None if s == "none" else s)
     p.add_argument("--tune", default="", help="conv: also choose per-class decision offsets on these sections "

@@ -244,7 +244,8 @@ def test_tta_makes_predictions_turn_with_the_map(blobs, stride) -> None:
     fm, mask = blobs
     if stride == 2:
         fm = FeatureMap(np.ascontiguousarray(fm.features[::2, ::2]), 2.0, fm.image_shape, "filterbank", WEIGHTS)
-    head = ConvDecoderHead(**SMALL).fit(fm, [mask])
+    head = ConvDecoderHead(**SMALL, tta=False).fit(fm, [mask])
+    assert not head.uses_tta and ConvDecoderHead(**SMALL).fit(fm, [mask]).uses_tta  # "auto": on for the filter bank
     turned = FeatureMap(np.ascontiguousarray(np.rot90(fm.features, 1)[:, ::-1]), fm.stride,
                         fm.image_shape[::-1], "filterbank", WEIGHTS)
 
