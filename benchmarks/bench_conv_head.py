@@ -95,7 +95,7 @@ def run_conv(args, train_maps, train_masks, test_maps) -> tuple[list[np.ndarray]
                            augment=args.augment, tta={"on": True, "off": False}.get(args.tta, "auto"))
     t0 = time.perf_counter()
     if args.tune_holdout:  # offsets chosen on held-out training sections, then refit on all (heads.fit_tuned)
-        fit_tuned(head, train_maps, train_masks, holdout=args.tune_holdout)
+        head = fit_tuned(head, train_maps, train_masks, holdout=args.tune_holdout, refit=args.refit)
         print(f"decision offsets {head.decision_['offsets']} tuned on training images "
               f"{head.decision_['held_out_images']}: {head.decision_['mean_dice_held_out']}", flush=True)
     else:
@@ -171,6 +171,9 @@ def main(argv: list[str] | None = None) -> dict:
     p.add_argument("--tune-holdout", type=int, default=0, metavar="N",
                    help="conv: choose decision offsets on N held-out training sections, then refit on all of them "
                         "(heads.fit_tuned; the test sections are never seen)")
+    p.add_argument("--refit", action=argparse.BooleanOptionalAction, default=True,
+                   help="with --tune-holdout: refit on every training section after tuning (default), or keep the "
+                        "head fitted without the held-out sections (--no-refit)")
     p.add_argument("--lr", type=float, default=3e-3)
     p.add_argument("--class-weight", default="balanced", type=lambda s: None if s == "none" else s)
     p.add_argument("--tune", default="", help="conv: also choose per-class decision offsets on these sections "

@@ -166,7 +166,7 @@ NON_DEFAULT = {
     "hgb": {"max_iter": 5, "learning_rate": 0.2, "max_leaf_nodes": 7, "l2_regularization": 0.5},
     "mlp": {"hidden": 8, "epochs": 2, "batch_size": 64, "lr": 1e-2, "weight_decay": 0.0, "dropout": 0.0},
     "conv": {"channels": 4, "dilations": (1,), "trunk_stride": 2, "steps": 3, "crop": 16, "batch_size": 2,
-             "lr": 1e-2, "weight_decay": 0.0, "tile": 64, "augment": True},
+             "lr": 1e-2, "weight_decay": 0.0, "tile": 64, "augment": True, "tta": True},
 }
 
 
