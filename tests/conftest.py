@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 # Tests never reach a model hub.
@@ -57,3 +58,19 @@ def offline_env(monkeypatch, tmp_path):
     monkeypatch.setenv("HF_HUB_CACHE", str(cache))
     monkeypatch.delenv(weights.WEIGHTS_ENV, raising=False)
     return cache
+
+
+@pytest.fixture(scope="session")
+def mni_volumes():
+    """MNI152 T1 (2 mm) and a T2-like volume from the real tissue maps (CSF bright, GM mid, WM dark), float32.
+
+    Shared by the registration tests (3-D cross-contrast pairs); skips where nilearn is not installed.
+    """
+    datasets = pytest.importorskip("nilearn.datasets")
+    t1 = datasets.load_mni152_template(resolution=2).get_fdata()
+    gm = datasets.load_mni152_gm_template(resolution=2).get_fdata()
+    wm = datasets.load_mni152_wm_template(resolution=2).get_fdata()
+    brain = datasets.load_mni152_brain_mask(resolution=2).get_fdata() > 0
+    csf = np.clip(brain - gm - wm, 0, 1)
+    t2 = (0.95 * csf + 0.55 * gm + 0.25 * wm) * brain
+    return t1.astype(np.float32), t2.astype(np.float32)

@@ -18,19 +18,6 @@ def em(sstem_dir):
     return tifffile.imread(sstem_dir / "raw" / "04.tif").astype(np.float32) / 255.0
 
 
-@pytest.fixture(scope="module")
-def mni_volumes():
-    """MNI152 T1 (2 mm) and a T2-like volume from the real tissue maps (CSF bright, WM dark)."""
-    datasets = pytest.importorskip("nilearn.datasets")
-    t1 = datasets.load_mni152_template(resolution=2).get_fdata()
-    gm = datasets.load_mni152_gm_template(resolution=2).get_fdata()
-    wm = datasets.load_mni152_wm_template(resolution=2).get_fdata()
-    brain = datasets.load_mni152_brain_mask(resolution=2).get_fdata() > 0
-    csf = np.clip(brain - gm - wm, 0, 1)
-    t2 = (0.95 * csf + 0.55 * gm + 0.25 * wm) * brain
-    return t1.astype(np.float32), t2.astype(np.float32)
-
-
 def _linear(angle_deg: float, scale: float = 1.0, shear: float = 0.0) -> np.ndarray:
     a = np.deg2rad(angle_deg)
     rot = np.array([[np.cos(a), -np.sin(a)], [np.sin(a), np.cos(a)]])

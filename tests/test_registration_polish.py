@@ -92,18 +92,6 @@ def test_polished_directions_agree_and_the_score_drops_for_an_unconfirmed_answer
     assert wrong.score < 0.1 * wrong.similarity and wrong.score < 0.2 * right.score
 
 
-@pytest.fixture(scope="module")
-def mni_volumes():
-    """MNI152 T1 (2 mm) and a T2-like volume from the real tissue maps (CSF bright, WM dark)."""
-    datasets = pytest.importorskip("nilearn.datasets")
-    t1 = datasets.load_mni152_template(resolution=2).get_fdata()
-    gm = datasets.load_mni152_gm_template(resolution=2).get_fdata()
-    wm = datasets.load_mni152_wm_template(resolution=2).get_fdata()
-    brain = datasets.load_mni152_brain_mask(resolution=2).get_fdata() > 0
-    csf = np.clip(brain - gm - wm, 0, 1)
-    return t1.astype(np.float32), ((0.95 * csf + 0.55 * gm + 0.25 * wm) * brain).astype(np.float32)
-
-
 def test_3d_deformable_field_on_mutual_information_recovers_a_warp(mni_volumes):
     """T1 crop vs a T2-like crop under a smooth warp (peak 3 voxels): the 3-D field, fitted on the mutual
     information of the intensities, must undo most of what the affine alone leaves, without folding (0.76 →
