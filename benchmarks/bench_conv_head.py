@@ -29,7 +29,7 @@ from _machine import machine
 from neuros.plugins.cv.backbones.filterbank import WEIGHTS, pixel_features
 from neuros.plugins.cv.datasets.catalog import load_sstem
 from neuros.plugins.cv.features import FeatureMap
-from neuros.plugins.cv.heads import fit_tuned
+from neuros.plugins.cv.heads import fit_tuned, tune_offsets
 from neuros.plugins.cv.heads.conv import ConvDecoderHead
 from neuros.plugins.cv.metrics import confusion, score_images
 
@@ -104,7 +104,7 @@ def run_conv(args, train_maps, train_masks, test_maps) -> tuple[list[np.ndarray]
     t0 = time.perf_counter()
     if args.tune:  # also report the test sections under offsets chosen on the tuning sections
         tune_maps, tune_masks, _ = load(sections(args.tune), floats(args.sigmas), args.cache)
-        bias = tune_bias([head.predict_proba(fm) for fm in tune_maps], tune_masks, np.arange(-2.0, 2.01, 0.25))
+        bias, _, _ = tune_offsets([head.predict_proba(fm) for fm in tune_maps], tune_masks)  # heads.decision
         proba = [head.predict_proba(fm) for fm in test_maps]
         args.tuned_pred = [head.classes_[(np.log(np.clip(p, 1e-7, 1.0)) + bias).argmax(axis=-1)] for p in proba]
         args.tuned_bias = bias.tolist()
@@ -112,26 +112,6 @@ def run_conv(args, train_maps, train_masks, test_maps) -> tuple[list[np.ndarray]
     else:
         pred = [head.predict(fm) for fm in test_maps]
     return pred, t_fit, time.perf_counter() - t0, {**head.get_params(), "decision": getattr(head, "decision_", None)}
-
-
-def tune_bias(proba: list[np.ndarray], masks: list[np.ndarray], grid: np.ndarray) -> np.ndarray:
-    """Per-class log-probability offsets (class 0 fixed at 0) that maximise mean foreground Dice on a tuning split.
-
-    A decision rule on top of the fitted head: ``argmax(log p + b)``. Balanced class weights shift the
-    posterior towards the rare classes; the offsets move the decision back, chosen on sections that are
-    neither trained on nor tested. Exhaustive over ``grid`` for each foreground class (vectorised per pair).
-    """
-    logp = [np.log(np.clip(p, 1e-7, 1.0)) for p in proba]
-    best, best_b = -1.0, np.zeros(proba[0].shape[-1])
-    for b1 in grid:
-        for b2 in grid:
-            b = np.array([0.0, b1, b2])
-            cm = sum(confusion(m, (lp + b).argmax(axis=-1), 3) for m, lp in zip(masks, logp, strict=True))
-            tp = np.diag(cm)[1:].astype(float)
-            score = float(np.mean(2 * tp / (cm.sum(0)[1:] + cm.sum(1)[1:])))  # pooled Dice per foreground class
-            if score > best:
-                best, best_b = score, b
-    return best_b
 
 
 def run_sklearn(kind: str, args, train_maps, train_masks, test_maps) -> tuple[list[np.ndarray], float, float, dict]:

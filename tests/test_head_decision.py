@@ -72,8 +72,9 @@ def test_fit_tuned_errors_are_one_line():
     fm = get_backbone("filterbank").extract(images[0])
     with pytest.raises(ValueError, match="images to train on and images to hold out: 1 training"):
         fit_tuned(make_head("logistic"), [fm], masks, holdout=1)
-    with pytest.raises(ValueError, match="holdout must be a positive number"):
-        fit_tuned(make_head("logistic"), [fm, fm], masks * 2, holdout=0)
+    for bad in (0, 1.5, True):  # 1.5 images is neither a count nor a fraction: refused, not rounded
+        with pytest.raises(ValueError, match="holdout must be a positive number"):
+            fit_tuned(make_head("logistic"), [fm, fm], masks * 2, holdout=bad)
 
 
 def test_segment_train_tune_holdout_cli(tmp_path, capsys):

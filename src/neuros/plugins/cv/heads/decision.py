@@ -90,7 +90,8 @@ def tune_offsets(proba: Sequence[np.ndarray], truth: Sequence[np.ndarray], grid:
 
 def _holdout(n: int, holdout: int | float, seed: int) -> np.ndarray:
     """Indices of the held-out images: ``holdout`` of them (a count, or a fraction of ``n``), seeded."""
-    if isinstance(holdout, bool) or not isinstance(holdout, (int, float, np.integer, np.floating)) or holdout <= 0:
+    if (isinstance(holdout, bool) or not isinstance(holdout, (int, float, np.integer, np.floating)) or holdout <= 0
+            or (holdout >= 1 and float(holdout) != int(holdout))):
         raise ValueError(f"holdout must be a positive number of images or a fraction in (0, 1), got {holdout!r}")
     count = int(holdout) if holdout >= 1 else max(1, round(float(holdout) * n))
     if n < 2 or count >= n:
