@@ -57,6 +57,35 @@ def test_loss_finite_and_falling_on_a_fixed_batch(data):
     assert np.mean(losses[-3:]) < losses[0] - 0.05, losses
 
 
+def test_sinkhorn_targets_share_the_prototypes_and_resist_a_collapsed_teacher():
+    from neuros.plugins.cv.adapt.losses import centered_targets, sinkhorn_targets
+
+    g = torch.Generator().manual_seed(0)
+    logits = torch.randn(16, 64, generator=g) * 0.3
+    q = sinkhorn_targets(logits, 0.04, n_iter=20)
+    torch.testing.assert_close(q.sum(1), torch.ones(16))  # each sample: a distribution
+    torch.testing.assert_close(q.sum(0), torch.full((64,), 16 / 64), rtol=0.05, atol=0.0)  # ≈ equal share
+    # Sinkhorn-Knopp only rescales rows and columns of exp(t / temp): log q − t / temp = a_i + b_j exactly
+    r = torch.log(q) - logits / 0.04
+    r = r - r.mean(0, keepdim=True) - r.mean(1, keepdim=True) + r.mean()
+    assert float(r.abs().max()) < 1e-3
+    # a collapsed teacher (every sample on one prototype): the running centre starts from zero and keeps the
+    # one-hot target; Sinkhorn-Knopp spreads it, so the student is not taught the collapse
+    collapsed = torch.zeros(16, 64)
+    collapsed[:, 0] = 1.0
+    assert centered_targets(collapsed, torch.zeros(1, 64), 0.04)[:, 0].min() > 0.99
+    assert sinkhorn_targets(collapsed, 0.04).max() < 0.1
+
+
+def test_sinkhorn_centering_trains_and_is_validated(data):
+    a = _adapter(data, steps=40, lr=3e-3, warmup=0.0, koleo_weight=0.0, mask_prob=1.0, centering="sinkhorn")
+    views = a.sampler.sample(0)
+    losses = [a.train_step(views)["loss"] for _ in range(6)]
+    assert all(np.isfinite(losses)) and np.mean(losses[-2:]) < losses[0], losses
+    with pytest.raises(ValueError, match="centering must be one of center, sinkhorn"):
+        AdaptConfig(centering="softmax")
+
+
 def test_teacher_is_the_ema_of_the_student(data):
     a = _adapter(data)
     t0 = {k: v.clone() for k, v in a.teacher.state_dict().items()}

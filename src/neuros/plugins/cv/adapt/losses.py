@@ -4,6 +4,11 @@
   L2-normalised → weight-normalised prototypes), the teacher's centering and sharpening and the cross-entropy
   between teacher and student views — Caron et al., "Emerging Properties in Self-Supervised Vision
   Transformers" (DINO), ICCV 2021, Sec. 3.1 and Alg. 1.
+- :func:`sinkhorn_targets`: the teacher's Sinkhorn-Knopp centering that DINOv2 and DINOv3 use instead of the
+  running centre — Caron et al., "Unsupervised Learning of Visual Features by Contrasting Cluster
+  Assignments" (SwAV), NeurIPS 2020, Sec. 3.1; Oquab et al. (DINOv2), Sec. 4: a few alternating
+  normalisations make every prototype equally used within the batch, so the teacher cannot put every image
+  on one prototype (the collapse a running centre only slowly corrects on small batches).
 - :func:`ibot_loss`: the masked-image-modelling loss on patch tokens — Zhou et al., "iBOT: Image BERT
   Pre-Training with Online Tokenizer", ICLR 2022: the student sees masked patches and predicts the teacher's
   (centred, sharpened) patch-token distribution at those positions.
@@ -21,7 +26,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-__all__ = ["DINOHead", "centered_targets", "dino_loss", "gram_loss", "ibot_loss", "koleo_loss", "update_center"]
+__all__ = ["DINOHead", "centered_targets", "dino_loss", "gram_loss", "ibot_loss", "koleo_loss", "sinkhorn_targets",
+           "update_center"]
 
 
 class DINOHead(nn.Module):
@@ -57,6 +63,36 @@ class DINOHead(nn.Module):
 def centered_targets(teacher_logits: torch.Tensor, center: torch.Tensor, temp: float) -> torch.Tensor:
     """Teacher probabilities: ``softmax((t - center) / temp)`` — centering then sharpening (DINO, Eq. 4)."""
     return F.softmax((teacher_logits.float() - center) / temp, dim=-1)
+
+
+@torch.no_grad()
+def sinkhorn_targets(teacher_logits: torch.Tensor, temp: float, n_iter: int = 3) -> torch.Tensor:
+    """Teacher probabilities by Sinkhorn-Knopp: ``Q = exp(t / temp)`` scaled so that its columns (prototypes)
+    share the batch equally and each row (sample) sums to one, ``n_iter`` alternations (SwAV, Alg. 1; DINOv2).
+
+    Parameters
+    ----------
+    teacher_logits : tensor
+        (B, K) teacher logits (cosines to the prototypes).
+    temp : float
+        Teacher temperature.
+    n_iter : int
+        Alternating normalisations (3 in SwAV and DINOv2).
+
+    Returns
+    -------
+    tensor
+        (B, K) rows summing to one.
+    """
+    logits = teacher_logits.float() / temp
+    # subtracting the maximum keeps exp finite; the normalisations below remove the constant again
+    q = torch.exp(logits - logits.max()).t()  # (K, B)
+    n_proto, n_rows = q.shape
+    q = q / q.sum().clamp_min(1e-30)
+    for _ in range(int(n_iter)):
+        q = q / q.sum(dim=1, keepdim=True).clamp_min(1e-30) / n_proto
+        q = q / q.sum(dim=0, keepdim=True).clamp_min(1e-30) / n_rows
+    return (q * n_rows).t()
 
 
 @torch.no_grad()

@@ -37,11 +37,22 @@ import torch
 from torch import nn
 
 from .crops import MultiCropSampler, Views
-from .losses import DINOHead, centered_targets, dino_loss, gram_loss, ibot_loss, koleo_loss, update_center
+from .losses import (
+    DINOHead,
+    centered_targets,
+    dino_loss,
+    gram_loss,
+    ibot_loss,
+    koleo_loss,
+    sinkhorn_targets,
+    update_center,
+)
 
-__all__ = ["TRAIN_MODES", "AdaptConfig", "Adapter", "latest_checkpoint"]
+__all__ = ["CENTERINGS", "TRAIN_MODES", "AdaptConfig", "Adapter", "latest_checkpoint"]
 
 TRAIN_MODES = ("full", "last-k", "lora")
+#: How the teacher's outputs become targets: Sinkhorn-Knopp (DINOv2/v3's choice) or DINO's running centre.
+CENTERINGS = ("center", "sinkhorn")
 CHECKPOINT_PREFIX = "step-"
 _KEEP_CHECKPOINTS = 2
 
@@ -54,7 +65,8 @@ class AdaptConfig:
     norm) or ``"lora"`` (rank-``lora_rank`` adapters on the attention projections; the base stays frozen).
     Schedules: learning rate linear warm-up over ``warmup`` of the steps then cosine to ``min_lr``; teacher
     momentum cosine from ``momentum`` to 1; teacher temperature linear from ``teacher_temp[0]`` to
-    ``teacher_temp[1]`` over ``teacher_temp_warmup`` of the steps.
+    ``teacher_temp[1]`` over ``teacher_temp_warmup`` of the steps. ``centering`` is ``"center"``
+    (DINO's running centre, ``center_momentum``) or ``"sinkhorn"`` (:func:`~.losses.sinkhorn_targets`, DINOv2/v3).
     """
 
     steps: int = 1000
@@ -82,6 +94,7 @@ class AdaptConfig:
     teacher_temp: tuple[float, float] = (0.04, 0.04)
     teacher_temp_warmup: float = 0.3
     center_momentum: float = 0.9
+    centering: str = "center"
     ibot_weight: float = 1.0
     mask_prob: float = 0.5
     mask_ratio: tuple[float, float] = (0.1, 0.5)
@@ -97,6 +110,8 @@ class AdaptConfig:
             raise ValueError(f"steps and batch_size must be ≥ 1 (got {self.steps}, {self.batch_size})")
         if self.train == "last-k" and self.last_k < 1:
             raise ValueError(f"last_k must be ≥ 1, got {self.last_k}")
+        if self.centering not in CENTERINGS:
+            raise ValueError(f"centering must be one of {', '.join(CENTERINGS)}, got {self.centering!r}")
         if not 0 <= self.momentum < 1:
             raise ValueError(f"momentum must be in [0, 1), got {self.momentum}")
         if self.gram_weight < 0 or self.koleo_weight < 0 or self.ibot_weight < 0:
@@ -280,9 +295,12 @@ class Adapter:
                 cls_all = torch.cat([s_cls, self._tokens(self.student.backbone, loc)[0]])
             s_logits = self.student.dino_head(cls_all)
             s_plogits = self.student.ibot_head(s_patch[masks])
-        t_probs = centered_targets(t_logits, self.center, temp)
+        if c.centering == "sinkhorn":
+            t_probs, t_pprobs = sinkhorn_targets(t_logits, temp), sinkhorn_targets(t_plogits, temp)
+        else:
+            t_probs = centered_targets(t_logits, self.center, temp)
+            t_pprobs = centered_targets(t_plogits, self.center_patch, temp)
         out = {"dino": dino_loss(list(s_logits.split(b)), list(t_probs.split(b)), c.student_temp)}
-        t_pprobs = centered_targets(t_plogits, self.center_patch, temp)
         out["ibot"] = ibot_loss(s_plogits, t_pprobs, masks, c.student_temp)
         out["koleo"] = sum(koleo_loss(x) for x in s_cls.split(b)) / 2
         out["gram"] = gram_loss(s_patch, g_patch) if g_patch is not None else s_cls.new_zeros((), dtype=torch.float32)

@@ -18,7 +18,7 @@ from rich.markup import escape
 from ..adapt.api import build_adapter, data_record, default_checkpoint_dir
 from ..adapt.crops import open_images
 from ..adapt.export import LORA_SAVE, export_adapted
-from ..adapt.train import TRAIN_MODES, AdaptConfig
+from ..adapt.train import CENTERINGS, TRAIN_MODES, AdaptConfig
 from ..output import check_output_dir
 from ._batch import Batch, add_skip_errors, one_line
 from ._progress import progress_callback, stderr_console
@@ -59,6 +59,8 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--lr", type=float, default=5e-4, help="peak learning rate (default 5e-4)")
     p.add_argument("--momentum", type=float, default=0.996, help="teacher EMA momentum at the start (default 0.996)")
     p.add_argument("--out-dim", type=int, default=4096, help="prototypes of the DINO/iBOT heads (default 4096)")
+    p.add_argument("--centering", choices=CENTERINGS, default="center",
+                   help="teacher targets: center (DINO's running centre; default) or sinkhorn (DINOv2/v3)")
     p.add_argument("--ibot-weight", type=float, default=1.0, help="iBOT loss weight (default 1)")
     p.add_argument("--koleo-weight", type=float, default=0.1, help="KoLeo weight (default 0.1)")
     p.add_argument("--gram-weight", type=float, default=0.0,
@@ -81,8 +83,8 @@ def _config(args: argparse.Namespace) -> AdaptConfig:
                        local_size=args.local_size, n_local=args.n_local, region=args.region, train=args.train,
                        last_k=args.last_k, lora_rank=args.lora_rank, lora_alpha=2 * args.lora_rank, lr=args.lr,
                        momentum=args.momentum, out_dim=args.out_dim, ibot_weight=args.ibot_weight,
-                       koleo_weight=args.koleo_weight, gram_weight=args.gram_weight, gram_refresh=args.gram_refresh,
-                       seed=args.seed)
+                       koleo_weight=args.koleo_weight, centering=args.centering, gram_weight=args.gram_weight,
+                       gram_refresh=args.gram_refresh, seed=args.seed)
 
 
 def run(args: argparse.Namespace) -> int:
