@@ -29,7 +29,7 @@ from _machine import machine
 from neuros.plugins.cv.backbones.filterbank import WEIGHTS, pixel_features
 from neuros.plugins.cv.datasets.catalog import load_sstem
 from neuros.plugins.cv.features import FeatureMap
-from neuros.plugins.cv.heads import fit_tuned, tune_offsets
+from neuros.plugins.cv.heads import CrossFitHead, fit_tuned, tune_offsets
 from neuros.plugins.cv.heads.conv import ConvDecoderHead
 from neuros.plugins.cv.metrics import confusion, score_images
 
@@ -94,7 +94,11 @@ def run_conv(args, train_maps, train_masks, test_maps) -> tuple[list[np.ndarray]
                            batch_size=args.batch, lr=args.lr, class_weight=args.class_weight, seed=args.seed,
                            augment=args.augment, tta={"on": True, "off": False}.get(args.tta, "auto"))
     t0 = time.perf_counter()
-    if args.tune_holdout:  # offsets chosen on held-out training sections, then refit on all (heads.fit_tuned)
+    if args.cross_fit:  # one copy per fold of the training sections, offsets tuned out of fold (heads.crossfit)
+        head = CrossFitHead(head, folds=args.cross_fit).fit(train_maps, train_masks)
+        print(f"cross-fitted {args.cross_fit} copies (held out {head.folds_}); decision offsets "
+              f"{head.decision_['offsets']} tuned out of fold: {head.decision_['mean_dice_out_of_fold']}", flush=True)
+    elif args.tune_holdout:  # offsets chosen on held-out training sections, then refit on all (heads.fit_tuned)
         head = fit_tuned(head, train_maps, train_masks, holdout=args.tune_holdout, refit=args.refit)
         print(f"decision offsets {head.decision_['offsets']} tuned on training images "
               f"{head.decision_['held_out_images']}: {head.decision_['mean_dice_held_out']}", flush=True)
@@ -111,7 +115,8 @@ def run_conv(args, train_maps, train_masks, test_maps) -> tuple[list[np.ndarray]
         pred = [head.classes_[p.argmax(axis=-1)] for p in proba]
     else:
         pred = [head.predict(fm) for fm in test_maps]
-    return pred, t_fit, time.perf_counter() - t0, {**head.get_params(), "decision": getattr(head, "decision_", None)}
+    return pred, t_fit, time.perf_counter() - t0, {**head.get_params(deep=False), "head": repr(head),
+                                                   "decision": getattr(head, "decision_", None)}
 
 
 def run_sklearn(kind: str, args, train_maps, train_masks, test_maps) -> tuple[list[np.ndarray], float, float, dict]:
@@ -151,6 +156,9 @@ def main(argv: list[str] | None = None) -> dict:
     p.add_argument("--tune-holdout", type=int, default=0, metavar="N",
                    help="conv: choose decision offsets on N held-out training sections, then refit on all of them "
                         "(heads.fit_tuned; the test sections are never seen)")
+    p.add_argument("--cross-fit", type=int, default=0, metavar="K",
+                   help="conv: K copies, each trained without one fold of the training sections, probabilities "
+                        "averaged, decision offsets tuned on the out-of-fold predictions (heads.CrossFitHead)")
     p.add_argument("--refit", action=argparse.BooleanOptionalAction, default=True,
                    help="with --tune-holdout: refit on every training section after tuning (default), or keep the "
                         "head fitted without the held-out sections (--no-refit)")

@@ -11,6 +11,7 @@ import tifffile
 from neuros.plugins.cv.backbones import get_backbone
 from neuros.plugins.cv.dense import TiledFeatures
 from neuros.plugins.cv.heads import fit_tuned, load_head, make_head, tune_offsets
+from neuros.plugins.cv.heads.decision import DEFAULT_GRID
 
 
 def test_offsets_undo_a_known_prior_shift():
@@ -28,8 +29,33 @@ def test_offsets_undo_a_known_prior_shift():
     assert before < 0.95 and after == pytest.approx(1.0)
     # unlabelled pixels (-1) are not scored: hide every class-2 pixel and class 2 can only be wrong
     hidden = np.where(truth == 2, -1, truth)
-    off2, _, after2 = tune_offsets(list(shifted), list(hidden))
-    assert off2[2] == -2.0 and after2 > after - 0.05  # pushed as far down as the grid goes
+    far, _, after_far = tune_offsets(list(shifted), list(hidden), shrink=False)
+    assert far[2] == min(DEFAULT_GRID) and after_far > after - 0.05  # the search pushes it as far as the grid goes
+    # ... where the last steps change almost nothing: the one-standard-error rule steps back towards zero
+    near, _, after_near = tune_offsets(list(shifted), list(hidden))
+    assert min(DEFAULT_GRID) < near[2] < 0 and near[1] == far[1] and after_near > after_far - 0.01
+
+
+def test_shrink_keeps_a_clear_optimum_and_leaves_a_flat_one():
+    """A score flat for class-1 offsets in [-2, -0.5]: the search stops at -2, the rule steps back to -0.5."""
+    rng = np.random.default_rng(1)
+    truth = [rng.integers(0, 2, size=(60, 60)) for _ in range(3)]
+    proba = []
+    for t in truth:
+        p1 = np.where(t == 1, 0.9, 0.1)  # positives survive offsets down to log(0.1 / 0.9) ≈ -2.2
+        p1[:3] = np.where(t[:3] == 1, 0.9, 0.6)  # negatives called positive unless offset < log(0.4 / 0.6) ≈ -0.4
+        proba.append(np.stack([1 - p1, p1], -1))
+    far, _, after_far = tune_offsets(proba, truth, shrink=False)
+    near, _, after = tune_offsets(proba, truth)
+    assert far[1] == -2.0 and near[1] == -0.5 and after == after_far == 1.0
+    # a prior shift is not flat: every step towards zero loses on every image, so nothing moves
+    logits = rng.normal(size=(3, 80, 80, 3)) * 2.0
+    logits[..., 2] -= 2.0
+    p = np.exp(logits) / np.exp(logits).sum(-1, keepdims=True)
+    lab = p.argmax(-1)
+    shifted = p * np.array([1.0, 1.0, np.exp(1.5)])
+    shifted /= shifted.sum(-1, keepdims=True)
+    np.testing.assert_array_equal(tune_offsets(list(shifted), list(lab))[0], [0.0, 0.0, -1.5])
 
 
 def _em_images(n: int = 4, size: int = 96):

@@ -42,7 +42,7 @@ from ..datasets.io import (
     write_probabilities,
 )
 from ..dense import DEFAULT_TILE, TiledFeatures
-from ..heads import DEFAULT_HEAD, DEFAULT_PIXEL_HEAD, head_class, list_heads, load_head, make_head
+from ..heads import DEFAULT_HEAD, DEFAULT_PIXEL_HEAD, CrossFitHead, head_class, list_heads, load_head, make_head
 from ..heads.base import SegmentationHead
 from ..heads.decision import fit_tuned
 from ..labels import DEFAULT_MAX_CLASSES, RULES, check_training_masks, mask_targets
@@ -110,6 +110,9 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     t.add_argument("--tune-holdout", type=_holdout, metavar="N",
                    help="choose per-class decision offsets on N held-out images (a count, or a fraction such as "
                         "0.25), then refit on every image and store them with the head (training runs twice)")
+    t.add_argument("--cross-fit", type=int, metavar="K",
+                   help="train K copies of the head, each without one of K folds of the images (contiguous), average "
+                        "their probabilities and tune decision offsets on their out-of-fold predictions (K fits)")
     _tile_option(t)
     q = actions.add_parser(
         "predict", help="predict pixel masks with a saved head",
@@ -269,6 +272,10 @@ def _train(args: argparse.Namespace) -> int:
         listed = " ".join(map(str, args.classes))
         raise ValueError(f"--unlabelled {args.unlabelled} is also listed in --classes {listed}; the unlabelled "
                          "value is no class: drop it from --classes or pick another --unlabelled")
+    if args.cross_fit is not None and args.tune_holdout is not None:
+        raise ValueError("--cross-fit tunes decision offsets on every image out of fold; drop --tune-holdout")
+    if args.cross_fit is not None and args.cross_fit < 2:
+        raise ValueError(f"--cross-fit needs at least 2 folds, got {args.cross_fit}")
     bb = spec.build()
     if args.head is None:  # the best measured head for the features' resolution
         args.head = DEFAULT_PIXEL_HEAD.kind if float(bb.stride) <= 4 else DEFAULT_HEAD.kind
@@ -301,7 +308,9 @@ def _train(args: argparse.Namespace) -> int:
         maps = _feature_sources(bb, all_images, args.tile)
         head = make_head(args.head, seed=args.seed, label_rule=args.label_rule, class_weight=class_weight,
                          unlabelled=args.unlabelled, max_samples_per_class=budget, n_components=args.n_components)
-        if args.tune_holdout is None:
+        if args.cross_fit is not None:
+            head = CrossFitHead(head, folds=args.cross_fit).fit(maps, all_masks)
+        elif args.tune_holdout is None:
             head.fit(maps, all_masks)
         else:
             fit_tuned(head, maps, all_masks, holdout=args.tune_holdout)
@@ -324,8 +333,13 @@ def _offsets_note(head: SegmentationHead) -> str:
     d = getattr(head, "decision_", None)
     if d is None:
         return ""
+    offsets = [round(v, 2) for v in d["offsets"]]
+    if "folds" in d:  # a cross-fitted head
+        gain = d["mean_dice_out_of_fold"]
+        return (f", {len(d['folds'])} cross-fitted copies (held out {d['folds']}), decision offsets {offsets} tuned "
+                f"out of fold (mean Dice {gain['argmax']:.3f} -> {gain['tuned']:.3f})")
     gain = d["mean_dice_held_out"]
-    return (f", decision offsets {[round(v, 2) for v in d['offsets']]} tuned on held-out image(s) "
+    return (f", decision offsets {offsets} tuned on held-out image(s) "
             f"{d['held_out_images']} (mean Dice {gain['argmax']:.3f} -> {gain['tuned']:.3f})")
 
 

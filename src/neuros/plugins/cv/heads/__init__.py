@@ -3,13 +3,15 @@
 ``make_head(kind)`` builds one (``logistic``, ``sgd``, ``knn``, ``rf``, ``mlp``); every head has
 ``fit(feature_maps, masks)``, ``predict_proba(maps, level="pixel" | "patch")``, ``predict(...)``,
 ``save(dir)``; :func:`load_head` reads one back. :func:`fit_tuned` fits a head with per-class decision offsets
-chosen on held-out images (``heads.decision``). ``single_class="majority"`` is the report's single-class
-fallback (a head that predicts the one training class).
+chosen on held-out images (``heads.decision``); :class:`CrossFitHead` averages copies of a head fitted without
+one fold of the images each, with offsets tuned out of fold (``heads.crossfit``). ``single_class="majority"`` is
+the report's single-class fallback (a head that predicts the one training class).
 """
 
 from __future__ import annotations
 
 from .base import FORMAT, SegmentationHead
+from .crossfit import CrossFitHead
 from .decision import fit_tuned, tune_offsets
 from .linear import GradientBoostingHead, IncrementalLinearHead, KNNHead, LogisticHead, RandomForestHead
 from .mlp import MLPHead
@@ -29,6 +31,7 @@ __all__ = [
     "DEFAULT_PIXEL_HEAD",
     "FORMAT",
     "HEADS",
+    "CrossFitHead",
     "GradientBoostingHead",
     "HeadSettings",
     "IncrementalLinearHead",

@@ -27,8 +27,9 @@ from .base import SegmentationHead, _mask_list, as_maps
 
 __all__ = ["DEFAULT_GRID", "fit_tuned", "tune_offsets"]
 
-#: Offsets tried for each class (natural-log units: ±2 multiplies a class's odds by e^±2 ≈ 7.4).
-DEFAULT_GRID = tuple(np.round(np.arange(-2.0, 2.001, 0.25), 2))
+#: Offsets tried for each class (natural-log units: ±3 multiplies a class's odds by e^±3 ≈ 20). ±2 was too
+#: narrow: the class-balanced conv head's mitochondria offset stopped at the grid's end on ssTEM.
+DEFAULT_GRID = tuple(np.round(np.arange(-3.0, 3.001, 0.25), 2))
 
 
 def _mean_dice(cm: np.ndarray) -> float:
@@ -40,12 +41,20 @@ def _mean_dice(cm: np.ndarray) -> float:
 
 
 def tune_offsets(proba: Sequence[np.ndarray], truth: Sequence[np.ndarray], grid: Sequence[float] = DEFAULT_GRID,
-                 sweeps: int = 2) -> tuple[np.ndarray, float, float]:
+                 sweeps: int = 2, shrink: bool = True) -> tuple[np.ndarray, float, float]:
     """Per-class log-probability offsets that maximise the mean Dice over classes on labelled images.
 
     Coordinate ascent: class 0 stays at 0 (only differences matter); each other class's offset in turn is set
     to the ``grid`` value that scores best with the others fixed, ``sweeps`` times over the classes (exhaustive
     for two classes; for three, the search converges in two sweeps on ssTEM to the exhaustive pair search).
+
+    Then, with ``shrink`` and at least two images, the offsets are moved back towards zero one grid step at a
+    time while the move is not worse than the best offsets by more than one standard error of the paired
+    per-image difference — the "one-standard-error rule" (Breiman et al., *Classification and Regression
+    Trees*, 1984; Hastie et al., *The Elements of Statistical Learning*, Sec. 7.10): among settings the held-out
+    images cannot tell apart, take the smallest change. The score is often flat over a range of offsets (on
+    ssTEM the out-of-fold mean Dice moved by 0.002 between membrane offsets −0.5 and −1), and the far end of
+    a flat range is the choice least likely to carry over to other images.
 
     Parameters
     ----------
@@ -57,12 +66,14 @@ def tune_offsets(proba: Sequence[np.ndarray], truth: Sequence[np.ndarray], grid:
         Offsets tried per class.
     sweeps : int
         Passes over the classes.
+    shrink : bool
+        Apply the one-standard-error rule above after the search.
 
     Returns
     -------
     offsets : (K,) float32
     before, after : float
-        Mean Dice over classes with zero offsets and with the chosen ones.
+        Mean Dice over classes (all images pooled) with zero offsets and with the chosen ones.
     """
     if len(proba) != len(truth) or not proba:
         raise ValueError(f"tune_offsets needs as many probability maps as truth maps (got {len(proba)} and "
@@ -85,7 +96,35 @@ def tune_offsets(proba: Sequence[np.ndarray], truth: Sequence[np.ndarray], grid:
                 s = score(trial)
                 if s > current + 1e-12:
                     best, current = trial, s
+    if shrink and len(y) >= 2:
+        best = _shrink(best, y, logp, k, np.asarray(grid, dtype=np.float32))
+        current = score(best)
     return best, before, current
+
+
+def _shrink(best: np.ndarray, y: list[np.ndarray], logp: list[np.ndarray], k: int, grid: np.ndarray) -> np.ndarray:
+    """The one-standard-error rule of :func:`tune_offsets`: step offsets towards zero while the paired per-image
+    mean Dice difference to ``best`` is at least minus its standard error."""
+
+    def per_image(b: np.ndarray) -> np.ndarray:
+        return np.array([_mean_dice(confusion(t, (lp + b).argmax(axis=1), k)) for t, lp in zip(y, logp, strict=True)])
+
+    ref = per_image(best)
+    current = best.copy()
+    while True:  # at most (grid steps × classes) moves, each scoring K − 1 candidates
+        accepted = []
+        for c in range(1, k):
+            nearer = grid[(np.abs(grid) < abs(current[c]) - 1e-6) & (grid * current[c] >= 0)]
+            if nearer.size == 0:
+                continue
+            trial = current.copy()
+            trial[c] = nearer[np.argmin(np.abs(nearer - current[c]))]
+            diff = per_image(trial) - ref
+            if diff.mean() >= -diff.std(ddof=1) / np.sqrt(diff.size):
+                accepted.append((float(diff.mean()), trial))
+        if not accepted:
+            return current
+        current = max(accepted, key=lambda t: t[0])[1]
 
 
 def _holdout(n: int, holdout: int | float, seed: int) -> np.ndarray:

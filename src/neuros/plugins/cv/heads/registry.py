@@ -15,6 +15,7 @@ import numpy as np
 from ..backbones.spec import BackboneSpec, non_default_options, option_defaults, takes_weights
 from .base import FORMAT, SegmentationHead
 from .conv import ConvDecoderHead
+from .crossfit import CrossFitHead
 from .linear import GradientBoostingHead, IncrementalLinearHead, KNNHead, LogisticHead, RandomForestHead
 from .mlp import MLPHead
 
@@ -88,6 +89,14 @@ def _spec_of(meta: dict[str, Any]) -> BackboneSpec | None:
     return BackboneSpec(name, weights, non_default_options(opts, defaults))
 
 
+def _construct(kind: str, params: dict[str, Any]) -> SegmentationHead:
+    """An unfitted head from ``head.json``'s kind and parameters (a cross-fitted head names the head it copies)."""
+    if kind == CrossFitHead.kind:
+        inner = params["head"]
+        return CrossFitHead(**{**params, "head": _construct(inner["kind"], inner["params"])})
+    return head_class(kind)(**params)
+
+
 def load_head(folder: str | Path) -> SegmentationHead:
     """Load a head written by :meth:`SegmentationHead.save`.
 
@@ -104,7 +113,10 @@ def load_head(folder: str | Path) -> SegmentationHead:
         raise ValueError(f"cannot read {meta_file}: {e}") from None
     if not isinstance(meta, dict) or meta.get("format") != FORMAT:
         raise ValueError(f"{meta_file} is not a {FORMAT} head description")
-    head = head_class(meta["kind"])(**meta["params"])
+    try:
+        head = _construct(meta["kind"], meta["params"])
+    except (TypeError, KeyError) as e:
+        raise ValueError(f"{meta_file}: bad head parameters: {str(e).splitlines()[0]}") from None
     head.classes_ = np.asarray(meta["classes"], dtype=np.int64)
     head.backbone_, head.weights_ = meta["backbone"], meta["weights"]
     head.feature_dim_, head.stride_ = int(meta["feature_dim"]), float(meta["stride"])
