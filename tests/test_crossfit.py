@@ -132,3 +132,26 @@ def test_segment_train_cross_fit_cli(tmp_path, capsys):
     assert main([*base, "--cross-fit", "2", "--tune-holdout", "1", "--out", str(tmp_path / "bad")]) == 2
     assert "drop --tune-holdout" in capsys.readouterr().err
     assert not (tmp_path / "bad").exists()
+
+
+def test_segment_train_conv_head_at_stride_1_through_the_cli(tmp_path, monkeypatch, capsys):
+    """The pixel sampling budget is for table heads: `--head conv` at stride 1 trains without a flag (it used to be
+    refused with max_samples_per_class), and an explicit budget is still refused in one line."""
+    import neuros.plugins.cv.cli.segment as seg
+    from neuros.plugins.cv.cli import main
+
+    real = seg.make_head
+    monkeypatch.setattr(seg, "make_head", lambda kind, **kw: real(kind, **(
+        {**kw, "steps": 3, "crop": 32, "batch_size": 2, "channels": 8, "dilations": (1, 2)} if kind == "conv" else kw)))
+    images, masks = _em(n=2, size=64)
+    for i, (im, m) in enumerate(zip(images, masks, strict=True)):
+        tifffile.imwrite(tmp_path / f"im{i}.tif", im)
+        tifffile.imwrite(tmp_path / f"m{i}.tif", m.astype(np.uint8))
+    base = ["segment", "train", "--images", *[str(tmp_path / f"im{i}.tif") for i in range(2)], "--masks",
+            *[str(tmp_path / f"m{i}.tif") for i in range(2)], "--backbone", "filterbank[stride=1]", "--head", "conv"]
+    assert main([*base, "--cross-fit", "2", "--out", str(tmp_path / "conv")]) == 0
+    head = load_head(tmp_path / "conv")
+    assert head.fitted_kind == "crossfit(conv)" and head.members_[0].max_samples_per_class is None
+    assert main([*base, "--max-samples-per-class", "500", "--out", str(tmp_path / "bad")]) == 2
+    assert "max_samples_per_class does not apply" in capsys.readouterr().err
+    assert not (tmp_path / "bad").exists()

@@ -281,7 +281,10 @@ def _train(args: argparse.Namespace) -> int:
         args.head = DEFAULT_PIXEL_HEAD.kind if float(bb.stride) <= 4 else DEFAULT_HEAD.kind
     class_weight = _class_weight(args.head, args.balanced)
     note_placeholder(bb.name, bb.weights)
-    budget = _sampling_budget(args.max_samples_per_class, bb)
+    # the default budget is for heads that sample a table of positions; the conv head reads whole maps (an
+    # explicit --max-samples-per-class still reaches it, and it refuses it in one line)
+    sampled = head_class(args.head).samples_positions or args.max_samples_per_class is not None
+    budget = _sampling_budget(args.max_samples_per_class, bb) if sampled else None
     steps = 2 * len(img_paths) + 1
     with progress_callback(steps, "segment train") as tick:
         images = _read_slices(img_paths, args.key, args.axis, tick)

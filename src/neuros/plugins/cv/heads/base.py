@@ -108,6 +108,9 @@ class SegmentationHead(BaseEstimator):
     kind = "base"
     #: Whether ``class_weight="balanced"`` is supported (the kNN head has no loss to weight).
     supports_class_weight = True
+    #: Whether the head trains on a sampled table of positions (``max_samples_per_class`` applies); the conv
+    #: decoder trains on windows of the whole maps instead.
+    samples_positions = True
 
     def __init__(self, label_rule: str = "argmax", threshold: float = 0.5, class_weight: str | None = None,
                  seed: int = 0, single_class: str = "error", unlabelled: int | None = None,

@@ -127,6 +127,7 @@ class ConvDecoderHead(SegmentationHead):
     """
 
     kind = "conv"
+    samples_positions = False
 
     def __init__(self, channels: int = 32, dilations: tuple[int, ...] = (1, 2, 4, 8, 16), trunk_stride: int = 4,
                  steps: int = 1500,

@@ -204,9 +204,7 @@ class CrossFitHead(SegmentationHead):
         return files
 
     def _load_weights(self, folder: Path) -> None:
-        from .registry import load_head
-
-        self.members_ = [load_head(folder / _member_dir(i)) for i in range(int(self.folds))]
+        """The fold record; ``load_head`` loads the copies (``members_``) from the member folders first."""
         self.folds_ = json.loads((folder / "head.json").read_text(encoding="utf-8")).get("held_out_folds")
 
     def _load_reduction(self, folder: Path) -> None:

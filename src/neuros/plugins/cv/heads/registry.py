@@ -138,6 +138,8 @@ def load_head(folder: str | Path) -> SegmentationHead:
         raise FileNotFoundError(f"saved head {path} is incomplete: missing {', '.join(missing)}")
     try:
         head._load_reduction(path)
+        if isinstance(head, CrossFitHead):  # its copies are saved heads of their own, one folder each
+            head.members_ = [load_head(path / str(m)) for m in meta.get("members", [])]
         head._load_weights(path)
     except (OSError, ValueError, KeyError, EOFError, RuntimeError) as e:
         raise ValueError(f"cannot load head weights from {path}: {str(e).splitlines()[0] if str(e) else e}") from None
