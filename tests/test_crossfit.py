@@ -155,3 +155,14 @@ def test_segment_train_conv_head_at_stride_1_through_the_cli(tmp_path, monkeypat
     assert main([*base, "--max-samples-per-class", "500", "--out", str(tmp_path / "bad")]) == 2
     assert "max_samples_per_class does not apply" in capsys.readouterr().err
     assert not (tmp_path / "bad").exists()
+
+
+def test_context_px_is_the_decoders_reach_for_blockwise_halos():
+    """`volume segment` adds a head's own reach to the backbone halo: 0 for table heads, the decoder's for conv."""
+    images, masks = _em(n=2, size=64)
+    bb = get_backbone("filterbank[stride=1,sigmas=[1,2]]")
+    maps = [bb.extract(im) for im in images]
+    conv = make_head("conv", channels=8, dilations=(1, 2), trunk_stride=2, steps=2, crop=32, batch_size=2, tta=False)
+    assert conv.fit(maps, masks).context_px == conv.halo > 0
+    assert make_head("logistic").fit(maps, masks).context_px == 0
+    assert CrossFitHead(clone(conv), folds=2).fit(maps, masks).context_px == conv.halo

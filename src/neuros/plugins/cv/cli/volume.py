@@ -192,7 +192,7 @@ def run(args: argparse.Namespace) -> int:
         hd = worker_head(args.head)
         instance_index(hd.classes_, args.instances, args=args)
         bb = worker_backbone(head_backbone(hd))
-        plan_blocks(arr, bb, args.block, args.halo, extra=int(bb.stride))
+        plan_blocks(arr, bb, args.block, args.halo, extra=int(bb.stride) + hd.context_px)
     if args.retries < 0:
         raise ValueError(f"--retries must be >= 0, got {args.retries}")
     old = signal.signal(signal.SIGTERM, _raise_interrupt)

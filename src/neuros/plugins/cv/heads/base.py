@@ -303,6 +303,13 @@ class SegmentationHead(BaseEstimator):
                 "(the foreground is smaller than a patch); use label_rule='fraction' with a lower threshold")
 
     @property
+    def context_px(self) -> int:
+        """Image pixels of context the head itself reads around each output pixel, beyond its features' own
+        (0 for heads that classify each grid cell alone; a decoder's reach for the conv head). Blockwise
+        prediction (``volume segment``) adds it to the backbone's halo."""
+        return 0
+
+    @property
     def fitted_kind(self) -> str:
         """What was fitted: the head's ``kind``, or ``"majority"`` when training held a single class."""
         self._check_fitted()

@@ -159,6 +159,11 @@ class ConvDecoderHead(SegmentationHead):
         return decoder_halo(self.dilations, self.trunk_stride)
 
     @property
+    def context_px(self) -> int:
+        """The decoder's reach in image pixels: :attr:`halo` grid cells at the training maps' stride."""
+        return int(self.halo * round(float(getattr(self, "stride_", 1.0) or 1.0)))
+
+    @property
     def uses_tta(self) -> bool:
         """Whether prediction averages the 8 symmetries: ``tta=True``, or ``"auto"`` on the filter bank's maps."""
         if self.tta == "auto":

@@ -175,6 +175,11 @@ class CrossFitHead(SegmentationHead):
         return [a / k for a in total] if isinstance(total, list) else total / k
 
     @property
+    def context_px(self) -> int:
+        """The widest reach among the copies (they share their parameters, so all are equal)."""
+        return max((m.context_px for m in getattr(self, "members_", [])), default=0)
+
+    @property
     def fitted_kind(self) -> str:
         self._check_fitted()
         return f"crossfit({self.members_[0].fitted_kind})"

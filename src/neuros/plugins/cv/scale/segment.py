@@ -5,7 +5,8 @@ Each block computes features of its halo'd region with the head's own backbone (
 class probabilities (grid probabilities upsampled bilinearly; at stride 1 the grid is the pixels), crops the
 core and writes labels (and, optionally, the probabilities and instance labels of one class). The halo is the
 backbone's own (``Backbone.halo``) plus one grid cell (its ``stride``), since bilinear upsampling near a
-block's edge uses the neighbouring cell; with it, blocks equal :func:`section_probabilities` on whole sections
+block's edge uses the neighbouring cell, plus the head's own reach (``head.context_px``: a conv decoder's
+±136 px at its defaults, 0 for the table heads); with it, blocks equal :func:`section_probabilities` on whole sections
 — and ``head.predict_proba(TiledFeatures(backbone, section))`` — exactly for bounded-receptive-field
 backbones (the filter bank at any stride). Below stride 16 a block's own features are computed tile by tile
 (:class:`~neuros.plugins.cv.dense.TiledFeatures`), so a large block never holds a whole pixel-level map.
@@ -288,7 +289,7 @@ def volume_segment(
     arr = open_volume(src, level, component)
     geometry = read_geometry(src, level, component).with_voxel_size(voxel_size, voxel_unit)
     step = grid_step(bb)
-    (by, bx), halo = plan_blocks(arr, bb, block, halo, extra=step)
+    (by, bx), halo = plan_blocks(arr, bb, block, halo, extra=step + hd.context_px)  # + a decoder head's reach
     x = da.from_zarr(arr)
     lo, hi = intensity_range(x, scaling)
     z, h, w = arr.shape
