@@ -74,3 +74,23 @@ def mni_volumes():
     csf = np.clip(brain - gm - wm, 0, 1)
     t2 = (0.95 * csf + 0.55 * gm + 0.25 * wm) * brain
     return t1.astype(np.float32), t2.astype(np.float32)
+
+
+@pytest.fixture()
+def em_tiffs(tmp_path):
+    """``write(n, size)``: synthetic EM images and masks written as TIFF files in ``tmp_path`` (training input
+    of the `segment train` CLI tests); returns (images, masks, image paths, mask paths)."""
+    import tifffile
+
+    from neuros.plugins.cv.datasets.synthetic import make_image
+
+    def write(n: int, size: int):
+        pairs = [make_image("em", size, seed=s) for s in range(n)]
+        images, masks = [im for im, _ in pairs], [m.astype(np.int64) for _, m in pairs]
+        for i, (im, m) in enumerate(zip(images, masks, strict=True)):
+            tifffile.imwrite(tmp_path / f"im{i}.tif", im)
+            tifffile.imwrite(tmp_path / f"m{i}.tif", m.astype(np.uint8))
+        return (images, masks, [str(tmp_path / f"im{i}.tif") for i in range(n)],
+                [str(tmp_path / f"m{i}.tif") for i in range(n)])
+
+    return write

@@ -6,7 +6,6 @@ import json
 
 import numpy as np
 import pytest
-import tifffile
 from sklearn.base import clone
 
 from neuros.plugins.cv.backbones import get_backbone
@@ -108,15 +107,10 @@ def test_errors_are_one_line(em):
         CrossFitHead(make_head("logistic"), folds=2).fit(maps, only_first)
 
 
-def test_segment_train_cross_fit_cli(tmp_path, capsys):
+def test_segment_train_cross_fit_cli(tmp_path, capsys, em_tiffs):
     from neuros.plugins.cv.cli import main
 
-    images, masks = _em(n=3, size=72)
-    for i, (im, m) in enumerate(zip(images, masks, strict=True)):
-        tifffile.imwrite(tmp_path / f"im{i}.tif", im)
-        tifffile.imwrite(tmp_path / f"m{i}.tif", m.astype(np.uint8))
-    ims = [str(tmp_path / f"im{i}.tif") for i in range(3)]
-    ms = [str(tmp_path / f"m{i}.tif") for i in range(3)]
+    images, _, ims, ms = em_tiffs(3, 72)
     base = ["segment", "train", "--images", *ims, "--masks", *ms, "--backbone", "filterbank[stride=1]",
             "--head", "logistic", "--balanced"]
     assert main([*base, "--cross-fit", "3", "--out", str(tmp_path / "head")]) == 0
@@ -134,7 +128,7 @@ def test_segment_train_cross_fit_cli(tmp_path, capsys):
     assert not (tmp_path / "bad").exists()
 
 
-def test_segment_train_conv_head_at_stride_1_through_the_cli(tmp_path, monkeypatch, capsys):
+def test_segment_train_conv_head_at_stride_1_through_the_cli(tmp_path, monkeypatch, capsys, em_tiffs):
     """The pixel sampling budget is for table heads: `--head conv` at stride 1 trains without a flag (it used to be
     refused with max_samples_per_class), and an explicit budget is still refused in one line."""
     import neuros.plugins.cv.cli.segment as seg
@@ -143,12 +137,9 @@ def test_segment_train_conv_head_at_stride_1_through_the_cli(tmp_path, monkeypat
     real = seg.make_head
     monkeypatch.setattr(seg, "make_head", lambda kind, **kw: real(kind, **(
         {**kw, "steps": 3, "crop": 32, "batch_size": 2, "channels": 8, "dilations": (1, 2)} if kind == "conv" else kw)))
-    images, masks = _em(n=2, size=64)
-    for i, (im, m) in enumerate(zip(images, masks, strict=True)):
-        tifffile.imwrite(tmp_path / f"im{i}.tif", im)
-        tifffile.imwrite(tmp_path / f"m{i}.tif", m.astype(np.uint8))
-    base = ["segment", "train", "--images", *[str(tmp_path / f"im{i}.tif") for i in range(2)], "--masks",
-            *[str(tmp_path / f"m{i}.tif") for i in range(2)], "--backbone", "filterbank[stride=1]", "--head", "conv"]
+    _, _, ims, ms = em_tiffs(2, 64)
+    base = ["segment", "train", "--images", *ims, "--masks", *ms, "--backbone", "filterbank[stride=1]", "--head",
+            "conv"]
     assert main([*base, "--cross-fit", "2", "--out", str(tmp_path / "conv")]) == 0
     head = load_head(tmp_path / "conv")
     assert head.fitted_kind == "crossfit(conv)" and head.members_[0].max_samples_per_class is None

@@ -103,15 +103,10 @@ def test_fit_tuned_errors_are_one_line():
             fit_tuned(make_head("logistic"), [fm, fm], masks * 2, holdout=bad)
 
 
-def test_segment_train_tune_holdout_cli(tmp_path, capsys):
+def test_segment_train_tune_holdout_cli(tmp_path, capsys, em_tiffs):
     from neuros.plugins.cv.cli import main
 
-    images, masks = _em_images(n=3, size=80)
-    for i, (im, m) in enumerate(zip(images, masks, strict=True)):
-        tifffile.imwrite(tmp_path / f"im{i}.tif", im)
-        tifffile.imwrite(tmp_path / f"m{i}.tif", m.astype(np.uint8))
-    ims = [str(tmp_path / f"im{i}.tif") for i in range(3)]
-    ms = [str(tmp_path / f"m{i}.tif") for i in range(3)]
+    images, _, ims, ms = em_tiffs(3, 80)
     rc = main(["segment", "train", "--images", *ims, "--masks", *ms, "--backbone", "filterbank[stride=1]",
                "--head", "logistic", "--balanced", "--tune-holdout", "1", "--out", str(tmp_path / "head")])
     assert rc == 0
