@@ -522,12 +522,17 @@ class SegmentationHead(BaseEstimator):
                              f"({self.classes_[self.single_class_]}); train on masks with at least two classes")
         meta = self.metadata()
         with atomic_output_dir(folder, overwrite=overwrite, inputs=inputs, command="segment train") as tmp:
-            meta["files"] = self._save_weights(tmp)
-            if getattr(self, "pca_components_", None) is not None:
-                np.savez(tmp / _PCA_FILE, mean=self.pca_mean_, components=self.pca_components_)
-                meta["files"].append(_PCA_FILE)
+            meta["files"] = self._write_files(tmp)
             (tmp / "head.json").write_text(dumps_json(meta), encoding="utf-8")
         return Path(folder)
+
+    def _write_files(self, folder: Path) -> list[str]:
+        """The weights and the PCA (if any) into ``folder``; the names of the files written."""
+        files = self._save_weights(folder)
+        if getattr(self, "pca_components_", None) is not None:
+            np.savez(folder / _PCA_FILE, mean=self.pca_mean_, components=self.pca_components_)
+            files.append(_PCA_FILE)
+        return files
 
     def __repr__(self) -> str:
         params = ", ".join(f"{k}={v!r}" for k, v in self.get_params(deep=False).items())

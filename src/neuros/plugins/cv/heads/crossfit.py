@@ -33,10 +33,6 @@ from .decision import tune_offsets
 
 __all__ = ["CrossFitHead"]
 
-_COMMON = ("label_rule", "threshold", "class_weight", "seed", "single_class", "unlabelled", "max_samples_per_class",
-           "n_components")
-
-
 def _member_dir(i: int) -> str:
     return f"member-{i}"
 
@@ -200,10 +196,7 @@ class CrossFitHead(SegmentationHead):
             sub = folder / _member_dir(i)
             sub.mkdir()
             mmeta = member.metadata()
-            mmeta["files"] = member._save_weights(sub)
-            if getattr(member, "pca_components_", None) is not None:
-                np.savez(sub / "pca.npz", mean=member.pca_mean_, components=member.pca_components_)
-                mmeta["files"].append("pca.npz")
+            mmeta["files"] = member._write_files(sub)
             (sub / "head.json").write_text(dumps_json(mmeta), encoding="utf-8")
             files += [f"{_member_dir(i)}/{f}" for f in [*mmeta["files"], "head.json"]]
         return files
