@@ -156,6 +156,9 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--n-local", type=int, default=4)
     ap.add_argument("--lr", type=float, default=1e-3)
     ap.add_argument("--momentum", type=float, default=0.9, help="teacher EMA momentum at the start (short run)")
+    ap.add_argument("--centering", choices=("center", "sinkhorn"), default="center",
+                    help="teacher targets: DINO's running centre (default) or Sinkhorn-Knopp (DINOv2/v3)")
+    ap.add_argument("--out-dim", type=int, default=2048, help="prototypes of the DINO/iBOT heads (default 2048)")
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--tile", type=int, default=256, help="evaluation tile of the ViT rows (px)")
     ap.add_argument("--n-boot", type=int, default=1000)
@@ -181,7 +184,8 @@ def main(argv: list[str] | None = None) -> int:
     init_model(init, args.patch, args.depth, args.width)
     # Calibrate the number of steps to the budget (the schedules run over `steps`): two steps, timed.
     base = dict(batch_size=args.batch, global_size=args.global_size, local_size=args.local_size,
-                n_local=args.n_local, lr=args.lr, momentum=args.momentum, out_dim=2048, head_hidden=512, warmup=0.1)
+                n_local=args.n_local, lr=args.lr, momentum=args.momentum, out_dim=args.out_dim, head_hidden=512,
+                warmup=0.1, centering=args.centering)
     cal_dir = out / "calibrate"
     for p in (cal_dir, out / "calibrate.checkpoints"):
         shutil.rmtree(p, ignore_errors=True)
