@@ -84,6 +84,11 @@ def test_sinkhorn_centering_trains_and_is_validated(data):
     assert all(np.isfinite(losses)) and np.mean(losses[-2:]) < losses[0], losses
     with pytest.raises(ValueError, match="centering must be one of center, sinkhorn"):
         AdaptConfig(centering="softmax")
+    from neuros.plugins.cv.cli import build_parser
+    from neuros.plugins.cv.cli.adapt import _config
+
+    parsed = build_parser().parse_args(["adapt", "in/", "--out", "out/", "--centering", "sinkhorn"])
+    assert _config(parsed).centering == "sinkhorn"  # the CLI flag reaches the run's config
 
 
 def test_teacher_is_the_ema_of_the_student(data):

@@ -125,6 +125,8 @@ def test_segment_train_cross_fit_cli(tmp_path, capsys, em_tiffs):
     np.testing.assert_array_equal(written, head.predict(TiledFeatures(bb, images[0])))
     assert main([*base, "--cross-fit", "2", "--tune-holdout", "1", "--out", str(tmp_path / "bad")]) == 2
     assert "drop --tune-holdout" in capsys.readouterr().err
+    assert main([*base, "--cross-fit", "1", "--out", str(tmp_path / "bad")]) == 2  # the head's own check
+    assert "folds must be an integer >= 2, got 1" in capsys.readouterr().err
     assert not (tmp_path / "bad").exists()
 
 

@@ -274,8 +274,6 @@ def _train(args: argparse.Namespace) -> int:
                          "value is no class: drop it from --classes or pick another --unlabelled")
     if args.cross_fit is not None and args.tune_holdout is not None:
         raise ValueError("--cross-fit tunes decision offsets on every image out of fold; drop --tune-holdout")
-    if args.cross_fit is not None and args.cross_fit < 2:
-        raise ValueError(f"--cross-fit needs at least 2 folds, got {args.cross_fit}")
     bb = spec.build()
     if args.head is None:  # the best measured head for the features' resolution
         args.head = DEFAULT_PIXEL_HEAD.kind if float(bb.stride) <= 4 else DEFAULT_HEAD.kind
