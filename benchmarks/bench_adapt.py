@@ -10,7 +10,8 @@
    mitochondria object F1) are run for (a), (b) and (c) the filter bank, with the pixel head (``mlp``) and the
    patch head (``logistic``). The ViT rows are evaluated in 256-px tiles with 32 px of context (``tile``), close
    to the training crops, and their pixel head reads ``stride=2`` features (bilinear from the 16-px grid, as
-   stride 1 would be; a quarter of the memory); the filter bank runs as in the suite (stride 1).
+   stride 1 would be; a quarter of the memory; ``--pixel-grid`` sets other options, e.g. shift-and-stitch);
+   the filter bank runs as in the suite (``PIXEL_BACKBONE``: stride 1, σ 0.7–16).
 4. Writes ``results.json``, ``table.md``, the loss curve (``adapt_loss.png``) and PCA-RGB of random vs adapted
    features on held-back section 10 (``adapt_pca.png``).
 
@@ -35,7 +36,7 @@ from neuros.plugins.cv.adapt import AdaptConfig, adapt
 from neuros.plugins.cv.backbones import get_backbone, register_backbone
 from neuros.plugins.cv.backbones.dinov3 import DINOv3Backbone
 from neuros.plugins.cv.datasets.catalog import load_sstem
-from neuros.plugins.cv.experiments.pixel_suite import PixelSuiteConfig, run_pixel_suite
+from neuros.plugins.cv.experiments.pixel_suite import PIXEL_BACKBONE, PixelSuiteConfig, run_pixel_suite
 
 RAW = Path(__file__).resolve().parents[1].parent / "shared" / "data" / "sstem_drosophila_vnc" / "raw"
 
@@ -161,6 +162,9 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--out-dim", type=int, default=2048, help="prototypes of the DINO/iBOT heads (default 2048)")
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--tile", type=int, default=256, help="evaluation tile of the ViT rows (px)")
+    ap.add_argument("--pixel-grid", default="stride=2",
+                    help="spec options of the ViT rows' pixel features (default 'stride=2': bilinear from the "
+                         "patch grid; e.g. 'stride=4,shifts=4' for shift-and-stitch at a quarter patch)")
     ap.add_argument("--n-boot", type=int, default=1000)
     ap.add_argument("--figures", help="also copy the two figures here (e.g. docs/img)")
     ap.add_argument("--quick", action="store_true", help="a smoke run: 20 s budget, one train and one test section")
@@ -226,9 +230,9 @@ def evaluate(args: argparse.Namespace, out: Path, init: Path, adapted: Path, per
     t_eval = time.perf_counter()
     for label, name in names.items():
         print(f"evaluating {label}", flush=True)
-        rows[label] = pixel_rows(f"{name}[stride=2]", name, n_boot, crop, args.quick)
+        rows[label] = pixel_rows(f"{name}[{args.pixel_grid}]", name, n_boot, crop, args.quick)
     print("evaluating (c) filter bank", flush=True)
-    rows["(c) filter bank"] = pixel_rows("filterbank[stride=1]", "filterbank", n_boot, crop, args.quick)
+    rows["(c) filter bank"] = pixel_rows(PIXEL_BACKBONE, "filterbank", n_boot, crop, args.quick)
     eval_s = time.perf_counter() - t_eval
 
     section = 10

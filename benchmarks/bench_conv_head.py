@@ -6,12 +6,21 @@ features (``backbones.filterbank.pixel_features`` at ``--sigmas``, wrapped as st
 
 - ``conv``: :class:`~neuros.plugins.cv.heads.conv.ConvDecoderHead` on the whole training maps;
 - ``hgb``: scikit-learn ``HistGradientBoostingClassifier`` on ``--samples`` class-balanced sampled pixels;
-- ``rf``: a 100-tree random forest on the same sample (the ilastik recipe's classifier).
+- ``rf``: a 100-tree random forest on the same sample (the ilastik recipe's classifier);
+- ``mlp``: the pixel default head (class-balanced MLP, 70 k pixels per class, as ``bench_pixel.py``);
+
+and two baselines on the raw sections, not on these features:
+
+- ``ilastik``: :class:`~neuros.plugins.cv.classical.IlastikRecipe` (``multiscale_basic_features`` σ 1–16 + a
+  100-tree forest on 200 k pixels);
+- ``patch``: the real suite's patch row (``filterbank`` 16-px cells + the default balanced logistic head,
+  upsampled to pixels).
 
 Tuning uses a validation split inside the training sections (``--train 0-6 --test 7``); the test sections are
 read only for the final report. Times are wall-clock seconds on this machine (feature extraction separate).
 
     nice -n 10 .venv/bin/python benchmarks/bench_conv_head.py [--rows conv,hgb,rf] [--steps 600] [--json out.json]
+    .venv/bin/python benchmarks/bench_conv_head.py --rows conv,mlp,ilastik,patch --cross-fit 4 --tta on  # issue 12
 """
 
 from __future__ import annotations
@@ -135,13 +144,53 @@ def run_sklearn(kind: str, args, train_maps, train_masks, test_maps) -> tuple[li
     return pred, t_fit, time.perf_counter() - t0, {"samples": int(y.size), **model.get_params()}
 
 
+def run_mlp(args, train_maps, train_masks, test_maps) -> tuple[list[np.ndarray], float, float, dict]:
+    from neuros.plugins.cv.heads import make_head
+
+    head = make_head("mlp", seed=args.seed, class_weight="balanced", max_samples_per_class=70_000)
+    t0 = time.perf_counter()
+    head.fit(train_maps, train_masks)
+    t_fit = time.perf_counter() - t0
+    t0 = time.perf_counter()
+    pred = head.predict(test_maps)
+    return pred, t_fit, time.perf_counter() - t0, head.get_params(deep=False)
+
+
+def run_baseline(kind: str, args) -> tuple[list[np.ndarray], float, float, dict]:
+    """The ilastik recipe or the patch row, on the raw sections (they make their own features: timed)."""
+    train = load_sstem(sections=sections(args.train), downsample=1)
+    test = load_sstem(sections=sections(args.test), downsample=1)
+    if kind == "ilastik":
+        from neuros.plugins.cv.classical import IlastikRecipe
+
+        model = IlastikRecipe(n_estimators=100, max_pixels=200_000, n_jobs=-1, seed=args.seed)
+        t0 = time.perf_counter()
+        model.fit(list(train.images), list(train.masks))
+        t_fit = time.perf_counter() - t0
+        t0 = time.perf_counter()
+        pred = [model.predict(im) for im in test.images]
+        return pred, t_fit, time.perf_counter() - t0, {"n_estimators": 100, "max_pixels": 200_000}
+    from neuros.plugins.cv.backbones import get_backbone
+    from neuros.plugins.cv.heads import DEFAULT_HEAD, make_head
+
+    bb = get_backbone("filterbank")
+    head = make_head(DEFAULT_HEAD.kind, seed=args.seed, class_weight=DEFAULT_HEAD.class_weight)
+    t0 = time.perf_counter()
+    head.fit([bb.extract(im) for im in train.images], list(train.masks))
+    t_fit = time.perf_counter() - t0
+    t0 = time.perf_counter()
+    pred = head.predict([bb.extract(im) for im in test.images], level="pixel")
+    return pred, t_fit, time.perf_counter() - t0, {"backbone": "filterbank", **head.get_params(deep=False)}
+
+
 def main(argv: list[str] | None = None) -> dict:
     import torch
 
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--train", default="0-7", help="training sections (default 0-7)")
     p.add_argument("--test", default="8-13", help="test sections (default 8-13; use a training section to tune)")
-    p.add_argument("--rows", default="conv,hgb,rf", help="comma-separated: conv, hgb, rf")
+    p.add_argument("--rows", default="conv,hgb,rf",
+                   help="comma-separated: conv, hgb, rf, mlp on the filter bank; ilastik, patch as baselines")
     p.add_argument("--sigmas", default="0.7,1,2,4,8,16", help="filter-bank scales")
     p.add_argument("--channels", type=int, default=32)
     p.add_argument("--dilations", default="1,2,4,8,16")
@@ -180,8 +229,11 @@ def main(argv: list[str] | None = None) -> dict:
           f"train, {t_feat_test:.0f} s test", flush=True)
     rows = []
     for kind in args.rows.split(","):
-        runner = run_conv if kind == "conv" else lambda *a, k=kind: run_sklearn(k, *a)
-        pred, t_fit, t_pred, params = runner(args, train_maps, train_masks, test_maps)
+        if kind in ("ilastik", "patch"):
+            pred, t_fit, t_pred, params = run_baseline(kind, args)
+        else:
+            runner = {"conv": run_conv, "mlp": run_mlp}.get(kind, lambda *a, k=kind: run_sklearn(k, *a))
+            pred, t_fit, t_pred, params = runner(args, train_maps, train_masks, test_maps)
         scores = score_images(test_masks, pred, 3, CLASSES, n_boot=200, seed=0)
         row = {"row": kind, "membrane": scores["classes"]["membrane"]["dice"],
                "mitochondria": scores["classes"]["mitochondria"]["dice"],

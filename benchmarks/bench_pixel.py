@@ -13,7 +13,7 @@ which unlike ``ru_maxrss`` is not inherited across fork+exec) and wall time:
 
 * ``ilastik`` — :class:`neuros.plugins.cv.classical.IlastikRecipe`: ``multiscale_basic_features`` σ 1–16 +
   100-tree random forest on 200 k pixels sampled uniformly from the labelled pixels (Sommer et al. 2011);
-* ``ours`` — ``filterbank[stride=1]`` through ``dense.TiledFeatures`` + the pixel head
+* ``ours`` — :data:`OURS_SPEC` (the real suite's ``PIXEL_BACKBONE``) through ``dense.TiledFeatures`` + the pixel head
   (``make_head("mlp", class_weight="balanced")``) with a per-class sampling budget.
 
 Dice is membrane / mitochondria Dice pooled over the test pixels (``metrics.score_images``). Ratios (time,
@@ -45,11 +45,11 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _machine import machine
+from neuros.plugins.cv.experiments.pixel_suite import PIXEL_BACKBONE as OURS_SPEC
 
 TRAIN, TEST = tuple(range(8)), tuple(range(8, 14))
 CLASSES = ("other", "membrane", "mitochondria")
 METHODS = ("ilastik", "ours")
-OURS_SPEC = "filterbank[stride=1]"
 
 
 def cpu_seconds() -> float:

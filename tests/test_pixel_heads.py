@@ -131,6 +131,40 @@ def test_stride1_tiled_labels_are_decided_tile_by_tile_and_equal_the_whole_argma
         head.predict(tiled[0], interpolation="cubic")
 
 
+class _Counting:
+    """A backbone wrapper that counts how many windows it extracts."""
+
+    def __init__(self, backbone):
+        self.inner, self.calls = backbone, 0
+
+    def __getattr__(self, name):
+        return getattr(self.inner, name)
+
+    def extract(self, image):
+        self.calls += 1
+        return self.inner.extract(image)
+
+
+@pytest.mark.parametrize("tile", [32, 128])  # several tiles per image, and one tile (the whole image)
+def test_tiled_features_compute_each_tile_once_and_keep_none_after_a_head_read_them(tile):
+    """A head's fit reads ``meta`` and then the sampled rows: each tile is computed once; afterwards no
+    TiledFeatures of the training list (or of a prediction list) still holds a tile — memory stays bounded by
+    one tile, not by the number of images."""
+    rng = np.random.default_rng(5)
+    images = [rng.random((64, 96)).astype(np.float32) for _ in range(3)]
+    masks = [(im > 0.5).astype(np.int64) for im in images]
+    bb = _Counting(get_backbone("filterbank[stride=1,sigmas=[1,2]]"))
+    tiled = [TiledFeatures(bb, im, tile=tile) for im in images]
+    head = make_head("logistic", class_weight="balanced", max_samples_per_class=300).fit(tiled, masks)
+    assert bb.calls == sum(tf.n_tiles for tf in tiled)
+    assert all(tf._last is None for tf in tiled)
+    bb.calls = 0
+    head.predict(tiled)
+    head.predict_proba(tiled)
+    assert bb.calls == 2 * sum(tf.n_tiles for tf in tiled)
+    assert all(tf._last is None for tf in tiled)
+
+
 # --------------------------------------------------------------------------- sparse heads on real EM
 def test_sparse_pixel_head_trains_only_on_labelled_pixels(sstem_crops):
     images, masks = sstem_crops

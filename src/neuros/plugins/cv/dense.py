@@ -90,7 +90,9 @@ class TiledFeatures:
         self.feature_dim = int(backbone.feature_dim)
         self.spec = backbone.spec
         self._tiles = self._plan()
-        self._whole: FeatureMap | None = None
+        #: The last tile computed (index, core map): repeated reads of one tile (``meta`` and then ``take`` in a
+        #: head's fit, every call on a one-tile image) compute it once; never more than one tile is kept.
+        self._last: tuple[int, FeatureMap] | None = None
 
     # ------------------------------------------------------------------ layout
     def _plan(self) -> list[_Tile]:
@@ -113,16 +115,28 @@ class TiledFeatures:
     @property
     def meta(self) -> dict[str, Any]:
         """The backbone's record of how features were made (``FeatureMap.meta`` of the first tile)."""
-        return self._extract(self._tiles[0]).meta
+        return self._extract(0).meta
 
     # ------------------------------------------------------------------ extraction
-    def _extract(self, t: _Tile) -> FeatureMap:
-        """The core of tile ``t`` as a FeatureMap (whole-image grid rows ``t.rows``, cols ``t.cols``)."""
+    def release(self) -> None:
+        """Forget the cached tile (see ``_last``): a head calls this once it has read an image's features, so a
+        list of many images never holds more than the tile being computed."""
+        self._last = None
+
+    def _extract(self, k: int) -> FeatureMap:
+        """The core of tile ``k`` as a FeatureMap (whole-image grid rows ``rows``, cols ``cols`` of the tile)."""
+        if self._last is not None and self._last[0] == k:
+            return self._last[1]
+        self._last = None  # at most one tile in memory, the one being computed
+        core = self._compute(self._tiles[k])
+        self._last = (k, core)
+        return core
+
+    def _compute(self, t: _Tile) -> FeatureMap:
         if len(self._tiles) == 1:
-            if self._whole is None:
-                self._whole = self.source.extract(self.image)
-                self._check(self._whole)
-            return self._whole
+            fm = self.source.extract(self.image)
+            self._check(fm)
+            return fm
         fm = self.source.extract(self.image[t.y0 : t.y1, t.x0 : t.x1])
         self._check(fm)
         r0 = (t.rows.start * self._step - t.y0) // self._step
@@ -144,8 +158,8 @@ class TiledFeatures:
 
     def tiles(self) -> Iterator[tuple[slice, slice, FeatureMap]]:
         """Each tile's whole-image grid ``rows``, ``cols`` and its core :class:`FeatureMap`, row-major."""
-        for t in self._tiles:
-            yield t.rows, t.cols, self._extract(t)
+        for k, t in enumerate(self._tiles):
+            yield t.rows, t.cols, self._extract(k)
 
     def take(self, rows: np.ndarray, cols: np.ndarray) -> np.ndarray:
         """Features (n, C) float32 at grid positions ``(rows[i], cols[i])``; computes only the tiles needed."""
@@ -161,13 +175,13 @@ class TiledFeatures:
         for k in np.unique(which):  # a loop over tiles, not positions
             t = self._tiles[int(k)]
             sel = np.flatnonzero(which == k)
-            out[sel] = self._extract(t).features[r[sel] - t.rows.start, c[sel] - t.cols.start]
+            out[sel] = self._extract(int(k)).features[r[sel] - t.rows.start, c[sel] - t.cols.start]
         return out
 
     def materialise(self) -> FeatureMap:
         """The whole feature map as one :class:`FeatureMap` (memory: the whole image; for small images)."""
         if len(self._tiles) == 1:
-            return self._extract(self._tiles[0])
+            return self._extract(0)
         feats = np.empty((*self.grid_shape, self.feature_dim), dtype=np.float32)
         meta: dict[str, Any] = {}
         for rows, cols, fm in self.tiles():

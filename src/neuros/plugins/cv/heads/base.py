@@ -72,7 +72,9 @@ def _rows(fm: Maps, flat_idx: np.ndarray | None) -> np.ndarray:
     if flat_idx is None:
         flat_idx = np.arange(fm.grid_shape[0] * fm.grid_shape[1])
     r, c = np.divmod(flat_idx, fm.grid_shape[1])
-    return fm.take(r, c)
+    rows = fm.take(r, c)
+    fm.release()  # read once: a list of images must not keep a tile each
+    return rows
 
 
 class SegmentationHead(BaseEstimator):
@@ -412,6 +414,7 @@ class SegmentationHead(BaseEstimator):
             for rows, cols, tile in fm.tiles():
                 th, tw = tile.grid_shape
                 grid[rows, cols] = self._class_proba(tile.flat().astype(np.float32, copy=False)).reshape(th, tw, -1)
+            fm.release()
             out.append(grid)
         return out
 
@@ -470,6 +473,7 @@ class SegmentationHead(BaseEstimator):
             th, tw = tile.grid_shape
             proba = self._class_proba(tile.flat().astype(np.float32, copy=False))
             out[rows, cols] = self.decide(proba).reshape(th, tw)
+        fm.release()
         return out
 
     # ----------------------------------------------------------------- subclass hooks
