@@ -74,6 +74,7 @@ def register(name: str, folder: Path, tile: int, overlap: int) -> str:
 
 def pixel_rows(pixel: str, patch: str, n_boot: int, crop: int | None, quick: bool = False) -> list[dict]:
     cfg = PixelSuiteConfig(datasets=("em",), pixel_backbone=pixel, patch_backbone=patch, baseline=False,
+                           control_backbone=None,
                            n_boot=n_boot, em_test_crop=crop,
                            **({"em_train": (0,), "em_test": (8,)} if quick else {}))
     res, _ = run_pixel_suite(cfg, progress=lambda m: print(f"  [{time.strftime('%H:%M:%S')}] {m}", flush=True))

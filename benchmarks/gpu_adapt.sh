@@ -69,7 +69,7 @@ for label, pix, patch in (("start", "gpu-adapt-base[stride=2]", "gpu-adapt-base"
                           ("filter bank", "filterbank[stride=1]", "filterbank")):
     t0 = time.perf_counter()
     res, _ = run_pixel_suite(PixelSuiteConfig(datasets=("em",), pixel_backbone=pix, patch_backbone=patch,
-                                              baseline=False))
+                                              baseline=False, control_backbone=None))
     rows[label] = res["pixel"]
     for r in res["pixel"]:
         print(json.dumps({"stage": "eval", "row": label, "method": r["method"],

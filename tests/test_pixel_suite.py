@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 
 from neuros.plugins.cv.cli import main
-from neuros.plugins.cv.experiments.pixel_suite import BASELINE, PixelSuiteConfig, load_pixel_data
+from neuros.plugins.cv.experiments.pixel_suite import BASELINE, CONTROL_BACKBONE, PixelSuiteConfig, load_pixel_data
 from neuros.plugins.cv.experiments.real_suite import RealSuiteConfig
 from neuros.plugins.cv.report.real_tables import pixel_table, real_tables
 
@@ -39,12 +39,17 @@ def nuclei_rows(run_dir):
 def test_baseline_pixel_and_patch_rows_with_object_scores(nuclei_rows):
     assert nuclei_rows["pixel_skipped"] == []
     rows = {(r["kind"], r["labels"]): r for r in nuclei_rows["pixel"]}
-    assert set(rows) == {(k, lab) for k in ("baseline", "pixel:logistic", "patch") for lab in ("dense", "scribbles")}
+    kinds = ("baseline", "pixel:logistic", "patch", "control")
+    assert set(rows) == {(k, lab) for k in kinds for lab in ("dense", "scribbles")}
     assert rows["baseline", "dense"]["method"] == BASELINE
+    # The DINOv3 pixel path runs as a control, and its row says the weights are random (never "pretrained").
+    assert rows["control", "dense"]["method"] == f"{CONTROL_BACKBONE} + mlp (control)"
+    assert "@random" in CONTROL_BACKBONE and "[stride=4]" in CONTROL_BACKBONE
     dice = {k: r["classes"]["nucleus"]["dice"] for k, r in rows.items()}
     # Measured: recipe 0.93, stride-1 filter bank + logistic 0.91, 16-px patch head 0.76 (nuclei ≈ 30 % of pixels).
     assert dice["baseline", "dense"] > 0.85 and dice["pixel:logistic", "dense"] > 0.85
     assert dice["patch", "dense"] < dice["pixel:logistic", "dense"] - 0.05  # pixels beat 16-px cells at edges
+    assert 0.0 < dice["control", "dense"] < dice["pixel:logistic", "dense"]  # random ViT: above nothing, below us
     obj = rows["baseline", "dense"]["objects"]["nucleus"]
     assert obj["f1"] > 0.6 and obj["tp"] > 20 and 0.5 <= obj["mean_matched_iou"] <= 1.0
     assert obj["method"] == "watershed" and 0 < obj["min_size"] < 200  # touching nuclei split; specks dropped
@@ -65,7 +70,7 @@ def test_cli_writes_the_pixel_rows(run_dir, nuclei_rows):
     assert nuclei_rows["config"]["pixel"]["sparse"] is True  # --sparse
     assert nuclei_rows["config"]["pixel"]["baseline_trees"] == 10  # the [pixel] table of the TOML
     csv = (run_dir / "pixel.csv").read_text().splitlines()
-    assert csv[0].startswith("dataset,method,labels,class,dice") and len(csv) == 1 + 6
+    assert csv[0].startswith("dataset,method,labels,class,dice") and len(csv) == 1 + 8
     md = (run_dir / "tables.md").read_text()
     assert "ilastik recipe" in md and "nuclei, pixel rows: one 512² image" in md
 

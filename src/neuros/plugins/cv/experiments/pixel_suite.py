@@ -9,7 +9,11 @@ axial slices at the template's 1 mm; nuclei: stardist's 512² image, top half �
 * ``<pixel backbone> + <head>`` — each pixel head on lazily tiled stride-1 features
   (:class:`~neuros.plugins.cv.dense.TiledFeatures`), trained on a per-class sample of labelled pixels;
 * ``<patch backbone> + <head> (patch)`` — today's patch head (16-px cells, bilinear to pixels) on the same
-  full-resolution images.
+  full-resolution images;
+* ``<control backbone> + <pixel head> (control)`` — the DINOv3 pixel path as a control: ViT-S/16 with
+  **random** weights (``vit-small@random[stride=4]``: its 16-px grid bilinearly upsampled to a 4-px grid, tiled
+  like every pixel backbone) under the default pixel head. It shows what the DINOv3 path gives without learned
+  weights; pretrained weights, where a user has them, go in the same place (``control_backbone``).
 
 Each row: pixel Dice per class with a bootstrap CI over test images (``metrics.score_images``), train and
 predict seconds, and for mitochondria (EM) and nuclei the object scores (``metrics.match_instances`` at IoU ≥
@@ -62,6 +66,8 @@ MIN_OBJECT_PERCENTILE = 5.0
 #: sections, 512² test crops): membrane 0.769 vs 0.759 and mitochondria 0.677 vs 0.640 against σ 1–8; MRI
 #: 0.002–0.004 lower, nuclei level (docs/segmentation.md).
 PIXEL_BACKBONE = "filterbank[stride=1,sigmas=[0.7,1,2,4,8,16]]"
+#: The DINOv3 pixel path with random weights, a control row (never presented as pretrained: the row names it).
+CONTROL_BACKBONE = "vit-small@random[stride=4]"
 
 
 @dataclass(frozen=True)
@@ -73,6 +79,7 @@ class PixelSuiteConfig:
     pixel_heads: tuple[str, ...] = (DEFAULT_PIXEL_HEAD.kind,)
     patch_backbone: str = "filterbank"
     patch_head: str = DEFAULT_HEAD.kind
+    control_backbone: str | None = CONTROL_BACKBONE
     baseline: bool = True
     baseline_trees: int = 100
     baseline_pixels: int = 200_000
@@ -196,10 +203,12 @@ def load_pixel_data(config: PixelSuiteConfig) -> dict[str, dict[str, Any]]:
 
 # --------------------------------------------------------------------------- methods
 def _methods(config: PixelSuiteConfig) -> list[tuple[str, str]]:
-    """(label, kind) of every row: kind is "baseline", "pixel:<head>" or "patch"."""
+    """(label, kind) of every row: kind is "baseline", "pixel:<head>", "patch" or "control"."""
     rows = [(BASELINE, "baseline")] if config.baseline else []
     rows += [(f"{config.pixel_backbone} + {h}", f"pixel:{h}") for h in config.pixel_heads]
     rows.append((f"{config.patch_backbone} + {config.patch_head} (patch)", "patch"))
+    if config.control_backbone:
+        rows.append((f"{config.control_backbone} + {DEFAULT_PIXEL_HEAD.kind} (control)", "control"))
     return rows
 
 
@@ -221,8 +230,9 @@ def _fit_predict(kind: str, config: PixelSuiteConfig, train: tuple[Sequence[np.n
         head = make_head(config.patch_head, class_weight=DEFAULT_HEAD.class_weight,
                          label_rule=DEFAULT_HEAD.label_rule, unlabelled=unlabelled, seed=config.seed)
     else:
-        bb = backbones[config.pixel_backbone]
-        head = make_head(kind.split(":", 1)[1], unlabelled=unlabelled, class_weight=DEFAULT_PIXEL_HEAD.class_weight,
+        bb = backbones[config.control_backbone if kind == "control" else config.pixel_backbone]
+        head_kind = DEFAULT_PIXEL_HEAD.kind if kind == "control" else kind.split(":", 1)[1]
+        head = make_head(head_kind, unlabelled=unlabelled, class_weight=DEFAULT_PIXEL_HEAD.class_weight,
                          max_samples_per_class=config.max_samples_per_class, seed=config.seed)
     head.fit([TiledFeatures(bb, im) for im in images], list(masks))
     t_fit = time.perf_counter() - t0
@@ -300,14 +310,16 @@ def run_pixel_suite(
                            "pixel_datasets": {d: {"classes": list(s["classes"]), "source": s["source"],
                                                   "notes": s["notes"]} for d, s in data.items()}}
     backbones: dict[str, Any] = {}
-    for spec in dict.fromkeys((config.pixel_backbone, config.patch_backbone)):
+    for spec in dict.fromkeys(b for b in (config.pixel_backbone, config.patch_backbone, config.control_backbone)
+                              if b):
         try:
             backbones[spec] = BackboneSpec.parse(spec).build()
         except (ValueError, NotImplementedError, ImportError, OSError, RuntimeError) as e:
             res["pixel_skipped"].append({"backbone": spec, "reason": str(e).splitlines()[0]})
     for d, split in data.items():
         for label, kind in _methods(config):
-            needs = {"baseline": None, "patch": config.patch_backbone}.get(kind, config.pixel_backbone)
+            needs = {"baseline": None, "patch": config.patch_backbone,
+                     "control": config.control_backbone}.get(kind, config.pixel_backbone)
             for sparse in (False, True) if config.sparse else (False,):
                 if needs is not None and needs not in backbones:
                     tick(f"skipped {label} · {d}")

@@ -48,7 +48,9 @@ def pixel_table(results: Mapping[str, Any]) -> tuple[str, tuple[list[str], list[
                          _labels_cell(r, cname), _ci(v["dice"], v["dice_ci"]), _objects_cell(r, cname),
                          f"{r['fit_seconds']:.1f}", f"{r['predict_seconds']:.1f}"])
     return ("Real data at full resolution, pixel rows: pixel Dice per class [95% CI over test images]; objects "
-            "matched at IoU ≥ 0.5 (F1 / precision / recall, mean matched IoU); the ilastik recipe is the baseline.",
+            "matched at IoU ≥ 0.5 (F1 / precision / recall, mean matched IoU); the ilastik recipe is the baseline"
+            + ("; (control) rows run the DINOv3 pixel path with the weights their name gives (random: no learned "
+               "features)." if any(r.get("kind") == "control" for r in rows_in) else "."),
             (["Dataset", "Class", "Method", "Labels", "Dice", "Objects F1 / P / R", "Fit (s)", "Predict (s)"], rows))
 
 
