@@ -64,6 +64,15 @@ def test_placeholder_describe_carries_the_one_explanation():
     assert "stand_in" not in get_backbone("vit-small", weights="random").describe()
 
 
+def test_describe_names_a_pretraining_dataset_only_for_a_releases_pretrained_weights(tiny_vit_dir):
+    """Random-init weights, and a local checkpoint that is not a DINOv3 release (a tiny test model, a
+    from-scratch ``adapt`` output), must not be described as pretrained on LVD-1689M."""
+    assert get_backbone("vit-small", weights="random").describe()["pretrain"] == "none (random(seed=0) weights)"
+    local = get_backbone(str(tiny_vit_dir), weights="pretrained").describe()
+    assert local["weights"] == f"pretrained:{tiny_vit_dir}"
+    assert local["pretrain"] == "unknown (a local checkpoint, not a DINOv3 release)"
+
+
 def test_head_json_of_a_placeholder_head_says_what_the_placeholder_is(tmp_path):
     bb = get_backbone("vit-small", weights="placeholder")
     images, masks = make_dataset("em", 3, 64, seed=1, protocol="random")

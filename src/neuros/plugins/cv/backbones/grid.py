@@ -35,7 +35,7 @@ from ..guided import guided_upsample
 from ..preprocess import pad_to_multiple, prepare, scaled_shape, to_float01, to_rgb
 from ..tiling import batched, stitch, tiles
 from .base import GLOBAL_HALO_CELLS, Backbone
-from .variants import Variant
+from .variants import VARIANTS, Variant
 
 __all__ = ["DENSE_DEFAULTS", "UPSAMPLE_METHODS", "GridBackbone"]
 
@@ -333,9 +333,17 @@ class GridBackbone(Backbone):
             raise ValueError(f"image must be 2-D (H, W) or 3-D (H, W, C), got {image.ndim}-D shape {image.shape}")
         return self.extract_batch([image])[0]
 
+    def _pretrain(self) -> str:
+        """What the weights in use were pretrained on: a release's dataset only for that release's weights."""
+        if not str(self.weights).startswith("pretrained"):
+            return f"none ({self.weights} weights)"
+        if self.variant.model_id not in VARIANTS:  # a local checkpoint that is not a release (e.g. adapted)
+            return "unknown (a local checkpoint, not a DINOv3 release)"
+        return self.variant.pretrain
+
     def describe(self) -> dict[str, Any]:
         d = super().describe()
-        d.update(hub_id=self.variant.hub_id, arch=self.variant.arch, pretrain=self.variant.pretrain)
+        d.update(hub_id=self.variant.hub_id, arch=self.variant.arch, pretrain=self._pretrain())
         if self.note:
             d["note"] = self.note
         return d
