@@ -189,9 +189,16 @@ def _worker(address: str) -> subprocess.Popen:
          "--host", "127.0.0.1"], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env=_env())
 
 
+def _as_from_a_terminal() -> None:
+    """In the child before exec: Ctrl-C at its default, as a shell in a terminal starts a command. A test runner
+    started in the background (``nohup … &``, some CI systems) ignores SIGINT, and an ignored signal stays
+    ignored across exec: the CLI would then never see the Ctrl-C this file sends."""
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
+
+
 def _run_until_markers(cmd: list[str], out: Path, n: int) -> subprocess.Popen:
     proc = subprocess.Popen(cmd, cwd=REPO, env=_env(), stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
-                            start_new_session=True)
+                            start_new_session=True, preexec_fn=_as_from_a_terminal)
     deadline = time.monotonic() + 120
     while _markers(out) < n and proc.poll() is None and time.monotonic() < deadline:
         time.sleep(0.02)
