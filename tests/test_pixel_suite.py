@@ -152,3 +152,12 @@ def test_scribble_width_must_be_a_positive_integer():
     for bad in (0, 2.5, True):
         with pytest.raises(ValueError, match="scribble_width must be a positive integer"):
             PixelSuiteConfig(scribble_width=bad)
+
+
+def test_the_control_row_is_named_by_its_weights_and_can_be_turned_off():
+    from neuros.plugins.cv.experiments.pixel_suite import _methods
+
+    kinds = dict((k, label) for label, k in _methods(PixelSuiteConfig()))
+    assert kinds["control"] == f"{CONTROL_BACKBONE} + mlp (control)" and "@random" in kinds["control"]
+    for off in ("", None):  # a suite TOML has no null: "" turns it off too
+        assert "control" not in {k for _, k in _methods(PixelSuiteConfig(control_backbone=off))}
