@@ -87,6 +87,7 @@ def test_sparse_without_pixel_rows_is_a_one_line_error(tmp_path, capsys):
 def test_pixel_table_names_the_baseline_and_the_labels(nuclei_rows):
     caption, (header, rows) = pixel_table(nuclei_rows)
     assert "ilastik recipe is the baseline" in caption and header[2:5] == ["Method", "Labels", "Dice"]
+    assert "(control) rows run the DINOv3 pixel path with the weights their name gives" in caption
     assert rows[0][2] == BASELINE and rows[1][3].startswith("scribbles (") and "× dense" in rows[1][3]
     assert real_tables({"segmentation": [], **nuclei_rows})[-1][0] == caption
     assert pixel_table({"pixel": []}) is None
