@@ -3,8 +3,9 @@
 The intensity similarity that ANTs, elastix and SimpleITK optimise across contrasts: Mattes et al.'s
 formulation (*IEEE TMI* 2003) — a joint histogram of the fixed and moving intensities at a fixed set of
 sample points, each intensity spread over the bins by a cubic B-spline window, so the histogram (and the
-mutual information) is a smooth function of the moving intensities. Each window touches four bins, so the
-histogram is built from 16 weighted entries per point (``index_add``), not a dense (N × bins²) product.
+mutual information) is a smooth function of the moving intensities. Each window touches four consecutive
+bins, so each point adds a 4 × 4 block to the histogram (``index_add`` of the blocks), not a dense
+(N × bins²) product.
 ``registration_models`` uses it for its last, full-resolution refinement of a linear transform
 (``registration_models._polish_linear``).
 """
@@ -13,7 +14,7 @@ from __future__ import annotations
 
 from typing import Any
 
-__all__ = ["bspline_window", "mutual_information", "sample_with_gradient"]
+__all__ = ["bspline_window", "mutual_information", "sample_with_gradient", "stack_with_gradient"]
 
 
 def bspline_window(values: Any, bins: int) -> tuple[Any, Any]:
@@ -52,12 +53,20 @@ def mutual_information(fixed_window: tuple[Any, Any], moving: Any, mask: Any, bi
         A scalar, ≥ 0; larger = more mutually predictable.
     """
     import torch
+    import torch.nn.functional as F
 
     fi, fw = fixed_window
     mi_, mw = bspline_window(moving, bins)
-    flat = (fi[:, :, None] * bins + mi_[:, None, :]).reshape(-1)
-    w = ((fw * mask[:, None])[:, :, None] * mw[:, None, :]).reshape(-1)
-    joint = torch.zeros(bins * bins, dtype=w.dtype).index_add(0, flat, w).view(bins, bins)
+    # Each point adds a 4 × 4 block of weights at (first fixed bin, first moving bin). Accumulate the blocks
+    # as 16-wide rows at one index per point, then fold the 16 columns into place: one index_add of
+    # contiguous rows (and a row gather backwards) instead of 16 scattered entries per point — 4× faster
+    # on 2¹⁷ points, same histogram.
+    base = fi[:, 0] * bins + mi_[:, 0]
+    w = ((fw * mask[:, None])[:, :, None] * mw[:, None, :]).reshape(-1, 16)
+    blocks = torch.zeros((bins * bins, 16), dtype=w.dtype).index_add(0, base, w)
+    size = bins * bins + 3 * bins + 3
+    joint = sum(F.pad(blocks[:, 4 * a + b], (a * bins + b, size - bins * bins - a * bins - b))
+                for a in range(4) for b in range(4))[: bins * bins].view(bins, bins)
     joint = joint / joint.sum().clamp_min(1e-12)
     pf, pm = joint.sum(1, keepdim=True), joint.sum(0, keepdim=True)
     ratio = joint / (pf * pm).clamp_min(1e-12)
@@ -68,6 +77,9 @@ def sample_with_gradient(image: Any, grad: Any, coords: Any) -> Any:
     """Linear interpolation of ``image`` (1, 1, *S) at pixel coordinates ``coords`` (N, d), differentiable in
     ``coords`` through the interpolated central-difference gradient ``grad`` (1, d, *S) rather than through
     the piecewise-constant slope of the linear interpolant — the smooth derivative that ITK's metrics use.
+
+    ``grad=None``: ``image`` is (1, 1 + d, *S), the intensity followed by its gradient (see
+    :func:`stack_with_gradient`), and all are interpolated in one pass.
     """
     import torch
     import torch.nn.functional as F
@@ -75,7 +87,23 @@ def sample_with_gradient(image: Any, grad: Any, coords: Any) -> Any:
     d = coords.shape[-1]
     size = torch.tensor([max(s - 1, 1) for s in image.shape[2:]], dtype=coords.dtype)
     g = (2.0 * coords.detach() / size - 1.0).flip(-1).view(1, *([1] * (d - 1)), -1, d)
-    val = F.grid_sample(image, g, mode="bilinear", padding_mode="border", align_corners=True).reshape(-1)
-    slope = F.grid_sample(grad, g, mode="bilinear", padding_mode="border", align_corners=True)
-    slope = slope.reshape(d, -1).T
+    if grad is None:
+        both = F.grid_sample(image, g, mode="bilinear", padding_mode="border", align_corners=True)
+        both = both.reshape(1 + d, -1)
+        val, slope = both[0], both[1:].T
+    else:
+        val = F.grid_sample(image, g, mode="bilinear", padding_mode="border", align_corners=True).reshape(-1)
+        slope = F.grid_sample(grad, g, mode="bilinear", padding_mode="border", align_corners=True)
+        slope = slope.reshape(d, -1).T
     return val + ((coords - coords.detach()) * slope).sum(-1)
+
+
+def stack_with_gradient(image: Any, grad: Any) -> Any:
+    """(1, 1 + d, *S): ``image`` (1, 1, *S) and its gradient (1, d, *S) as one tensor, channels last in
+    memory, for :func:`sample_with_gradient` with ``grad=None`` — one interpolation pass reads all channels
+    of a voxel at once (2¹⁷ points of a 98 × 116 × 94 volume: about half the time of two passes)."""
+    import torch
+
+    both = torch.cat([image, grad], 1)
+    fmt = torch.channels_last_3d if both.ndim == 5 else torch.channels_last
+    return both.contiguous(memory_format=fmt)

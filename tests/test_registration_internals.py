@@ -1,0 +1,104 @@
+"""The fast paths inside register(): each equals the plain computation it replaces (issue 13, speed)."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from neuros.plugins.cv import registration_models as rm
+from neuros.plugins.cv.mutual_information import (
+    bspline_window,
+    mutual_information,
+    sample_with_gradient,
+    stack_with_gradient,
+)
+
+
+@pytest.fixture(scope="module")
+def em(sstem_dir):
+    import tifffile
+
+    return tifffile.imread(sstem_dir / "raw" / "04.tif").astype(np.float32) / 255.0
+
+
+def test_mutual_information_histogram_equals_the_sixteen_entries_per_point():
+    """The block accumulation builds the same joint histogram as adding each point's 16 weighted entries."""
+    import torch
+
+    rng = np.random.default_rng(0)
+    n, bins = 5000, 24
+    f = torch.from_numpy(rng.random(n, dtype=np.float32))
+    m = torch.from_numpy(np.clip(0.6 * f.numpy() + 0.4 * rng.random(n, dtype=np.float32), 0, 1))
+    mask = torch.from_numpy((rng.random(n) > 0.2).astype(np.float32))
+    (fi, fw), (mi, mw) = bspline_window(f, bins), bspline_window(m, bins)
+    joint = np.zeros((bins, bins))
+    w = (fw * mask[:, None]).numpy()[:, :, None] * mw.numpy()[:, None, :]
+    rows = np.broadcast_to(fi.numpy()[:, :, None], w.shape)
+    cols = np.broadcast_to(mi.numpy()[:, None, :], w.shape)
+    np.add.at(joint, (rows, cols), w)
+    p = joint / joint.sum()
+    outer = p.sum(1, keepdims=True) * p.sum(0, keepdims=True)
+    want = float(np.sum(p[p > 0] * np.log(p[p > 0] / outer[p > 0])))
+    got = float(mutual_information((fi, fw), m, mask, bins))
+    assert got == pytest.approx(want, rel=1e-4, abs=1e-6)
+
+
+def test_stacked_sampling_equals_two_passes(em):
+    import torch
+
+    img = torch.from_numpy(em[:64, :80].copy())[None, None]
+    grad = rm._gradients(img)
+    coords = torch.from_numpy(np.random.default_rng(1).uniform(0, 60, (500, 2)).astype(np.float32))
+    a = coords.clone().requires_grad_(True)
+    b = coords.clone().requires_grad_(True)
+    va = sample_with_gradient(img, grad, a)
+    vb = sample_with_gradient(stack_with_gradient(img, grad), None, b)
+    va.sum().backward()
+    vb.sum().backward()
+    assert torch.allclose(va, vb, atol=1e-6) and torch.allclose(a.grad, b.grad, atol=1e-5)
+
+
+@pytest.mark.parametrize("d", [2, 3])
+def test_point_interpolation_equals_grid_sample_with_border_padding(d):
+    """The sparse interpolation at fixed points (value and gradient) equals grid_sample's, points outside the
+    grid included (clamped, as border padding does)."""
+    import torch
+    import torch.nn.functional as F
+
+    rng = np.random.default_rng(2)
+    shape = (7, 9) if d == 2 else (5, 6, 7)
+    pts = rng.uniform(-1.5, np.asarray(shape) + 0.5, (300, d))
+    u = torch.from_numpy(rng.normal(size=(1, 3, *shape)).astype(np.float32))
+    ua, ub = u.clone().requires_grad_(True), u.clone().requires_grad_(True)
+    size = torch.tensor([s - 1 for s in shape], dtype=torch.float32)
+    g = (2.0 * torch.from_numpy(pts.astype(np.float32)) / size - 1.0).flip(-1).view(1, *([1] * (d - 1)), -1, d)
+    want = F.grid_sample(ua, g, mode="bilinear", padding_mode="border", align_corners=True).reshape(3, -1).T
+    got = rm._PointInterpolation(pts, shape)(ub)
+    weights = torch.from_numpy(rng.normal(size=(300, 3)).astype(np.float32))
+    (want * weights).sum().backward()
+    (got * weights).sum().backward()
+    assert torch.allclose(got, want, atol=1e-5) and torch.allclose(ua.grad, ub.grad, atol=1e-4)
+
+
+def test_coarse_scores_do_not_depend_on_how_candidates_are_batched(em):
+    """Each candidate is correlated on its own box: the same scores and translations in batches of 1 or 40."""
+    fixed, moving = em[100:260, 120:300], em[80:300, 100:330]
+    mats = [s * rm._rot2(np.deg2rad(a)) for s in (0.8, 1.0, 1.25) for a in range(-180, 180, 15)]
+    one = rm._coarse_candidates(fixed, moving, 4, mats, 0.25, batch=1)
+    many = rm._coarse_candidates(fixed, moving, 4, mats, 0.25, batch=40, workers=2)
+    assert len(one) == len(many) == len(mats)
+    a = sorted((round(v, 4), t.offset.round(3).tolist()) for v, t in one)
+    b = sorted((round(v, 4), t.offset.round(3).tolist()) for v, t in many)
+    assert a == b
+    assert np.allclose(one[0][1].matrix, np.eye(2))  # the crop pair is a pure translation
+
+
+def test_threads_do_not_change_the_answer(em):
+    """The reverse registration on its own thread and the coarse batches on two: the same result as serial."""
+    fixed, moving = em[300:428, 300:428], em[292:436, 310:440]
+    serial = rm.register(fixed, moving, "affine", workers=1)
+    threaded = rm.register(fixed, moving, "affine", workers=2)
+    assert np.array_equal(serial.transform.matrix, threaded.transform.matrix)
+    assert np.array_equal(serial.transform.offset, threaded.transform.offset)
+    assert serial.consistency == threaded.consistency and serial.score == threaded.score
+    assert serial.reliable
