@@ -874,6 +874,8 @@ def _linear_stage(fixed: _Pyramid, moving: _Pyramid, model: str, opts: dict[str,
             shortlist = _search_rotations_3d(fixed, moving, fc, opts)
         rots = rots + list(shortlist)
     mats = [s * r for s in scales for r in rots]
+    if opts.get("candidates") is not None:  # the reverse check's second opinion: given starting matrices only
+        mats = [np.asarray(m, dtype=np.float64) for m in opts["candidates"]]
     workers = opts.get("workers", 1)
     ranked = _coarse_candidates(fixed, moving, fc, mats, opts["min_overlap"], workers=workers)
     if not ranked:
@@ -1094,7 +1096,7 @@ def _register(fixed: Any, moving: Any, model: str, backbone: Any, min_overlap: f
     method = f"coarse-search+{'affine' if model == 'deformable' else model}"
     if feats is not None:
         method += f"+{feats[0].backbone}"
-    reverse: Callable[[], LinearTransform] | None = None
+    reverse: Callable[[], tuple[LinearTransform, float]] | None = None
     if check_consistency:
         # the reverse registration only has to confirm the answer to well under a pixel: a coarser finest
         # level and an eighth of the polish points
@@ -1107,8 +1109,9 @@ def _register(fixed: Any, moving: Any, model: str, backbone: Any, min_overlap: f
             ropts["feats"] = feats[::-1]
         rmodel = "affine" if model == "deformable" else model
 
-        def reverse() -> LinearTransform:
-            return _linear_stage(m_pyr, f_pyr, rmodel, ropts)[1]
+        def reverse() -> tuple[LinearTransform, float]:
+            _, answer, rlevels, _ = _linear_stage(m_pyr, f_pyr, rmodel, ropts)
+            return answer, _evaluate(rlevels[-1], answer)[0]
 
     from concurrent.futures import ThreadPoolExecutor
 
@@ -1135,9 +1138,20 @@ def _register(fixed: Any, moving: Any, model: str, backbone: Any, min_overlap: f
             v = _polish_field(f_img, m_img, v0, lin, float(grid_spacing), 2 * _factors(f_img.shape, fine_size),
                               _iterations(1, deformable_iterations)[-1], float(smooth))
         consistency = float("nan")
+        limit = _inconsistency_limit(f_img.shape, model)
         if reverse is not None:
-            rev = pending.result() if split else reverse()
+            rev, rev_similarity = pending.result() if split else reverse()
             consistency = _mean_point_error(lin, rev, f_img.shape, m_img.shape)
+            if not consistency <= limit:
+                # a second opinion before calling the answer inconsistent: the reverse registration again, from
+                # the inverse of the forward answer's matrix; its own similarity decides which of its two
+                # answers it keeps, so a wrong forward answer is confirmed only if the reverse direction's
+                # metric prefers it to what its own search found (a zoomed-out ssTEM pair whose padding edge
+                # fooled the reverse search had a right answer flagged with consistency 556 px)
+                ropts2 = dict(ropts, candidates=[np.linalg.inv(lin.matrix)])
+                _, rev2, rlevels2, _ = _linear_stage(m_pyr, f_pyr, rmodel, ropts2)
+                if _evaluate(rlevels2[-1], rev2)[0] > rev_similarity:
+                    consistency = _mean_point_error(lin, rev2, f_img.shape, m_img.shape)
     transform: Transform = lin
     if v is not None:
         field_ = DisplacementField(_full_field(v, f_img.shape))
@@ -1145,7 +1159,6 @@ def _register(fixed: Any, moving: Any, model: str, backbone: Any, min_overlap: f
         transform = CompositeTransform([field_, lin])
         method += "+svf"
     similarity, overlap = _evaluate(levels[-1], transform)
-    limit = _inconsistency_limit(f_img.shape, model)
     score = _confidence(similarity, consistency, limit)
     reasons = _reasons(score, overlap, consistency, float(min_overlap), limit)
     return Registration(transform=transform, model=model, score=score, overlap=overlap, consistency=consistency,
