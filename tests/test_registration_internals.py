@@ -82,15 +82,18 @@ def test_point_interpolation_equals_grid_sample_with_border_padding(d):
 
 def test_coarse_scores_do_not_depend_on_how_candidates_are_batched(em):
     """Each candidate is correlated on its own box: the same scores and translations in batches of 1 or 40."""
-    fixed, moving = em[100:260, 120:300], em[80:300, 100:330]
+    fixed, moving = em[100:260, 120:300], em[80:301, 100:330]  # moving 44 × 46 at ×5: even sides
     mats = [s * rm._rot2(np.deg2rad(a)) for s in (0.8, 1.0, 1.25) for a in range(-180, 180, 15)]
-    one = rm._coarse_candidates(fixed, moving, 4, mats, 0.25, batch=1)
-    many = rm._coarse_candidates(fixed, moving, 4, mats, 0.25, batch=40, workers=2)
+    one = rm._coarse_candidates(fixed, moving, 5, mats, 0.25, batch=1)
+    many = rm._coarse_candidates(fixed, moving, 5, mats, 0.25, batch=40, workers=2)
     assert len(one) == len(many) == len(mats)
     a = sorted((round(v, 4), t.offset.round(3).tolist()) for v, t in one)
     b = sorted((round(v, 4), t.offset.round(3).tolist()) for v, t in many)
     assert a == b
-    assert np.allclose(one[0][1].matrix, np.eye(2))  # the crop pair is a pure translation
+    # the crop pair is a pure translation by (20, 20): the upright candidate samples pixel centres and finds it
+    # exactly (a box of the wrong parity put it at 17.5, half a coarse pixel off, scoring 0.83 instead of 0.94)
+    assert np.allclose(one[0][1].matrix, np.eye(2)) and np.allclose(one[0][1].offset, 20.0, atol=1e-3)
+    assert one[0][0] > 0.9
 
 
 def test_threads_do_not_change_the_answer(em):

@@ -439,7 +439,8 @@ def _coarse_candidates(fixed: np.ndarray | _Pyramid, moving: np.ndarray | _Pyram
     # box of each candidate: the moving image's half-extent mapped back by the inverse, + 2 pixels (every valid
     # pixel's gradient stencil inside the box); each side of the parity of the moving image's, so the box
     # centre falls on the moving image's centre lattice and an upright candidate samples pixel centres (no
-    # interpolation blur; a half-pixel phase moved coarse scores by up to 0.05)
+    # interpolation blur: on an ssTEM crop pair at ×5 the half-pixel phase took the right candidate's score from
+    # 0.94 to 0.83 and put its translation half a coarse pixel off)
     inv = np.linalg.inv(np.stack(matrices))
     boxes = 2 * np.ceil(np.abs(inv) @ cm_ + 2.0).astype(int) + 1  # (n, d), odd sides
     boxes += (np.asarray(sm) + 1) % 2  # even where the moving side is even
