@@ -85,6 +85,8 @@ def sinkhorn_targets(teacher_logits: torch.Tensor, temp: float, n_iter: int = 3)
         (B, K) rows summing to one.
     """
     logits = teacher_logits.float() / temp
+    if logits.shape[0] == 0:  # a step with no masked patch (iBOT): no targets, not a crash
+        return logits.clone()
     # subtracting the maximum keeps exp finite; the normalisations below remove the constant again
     q = torch.exp(logits - logits.max()).t()  # (K, B)
     n_proto, n_rows = q.shape

@@ -59,8 +59,9 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--lr", type=float, default=5e-4, help="peak learning rate (default 5e-4)")
     p.add_argument("--momentum", type=float, default=0.996, help="teacher EMA momentum at the start (default 0.996)")
     p.add_argument("--out-dim", type=int, default=4096, help="prototypes of the DINO/iBOT heads (default 4096)")
-    p.add_argument("--centering", choices=CENTERINGS, default="center",
-                   help="teacher targets: center (DINO's running centre; default) or sinkhorn (DINOv2/v3)")
+    p.add_argument("--centering", choices=CENTERINGS, default="sinkhorn",
+                   help="teacher targets: sinkhorn (Sinkhorn-Knopp, DINOv2/v3; default) or center (DINO's running "
+                        "centre, which collapsed in short CPU runs)")
     p.add_argument("--ibot-weight", type=float, default=1.0, help="iBOT loss weight (default 1)")
     p.add_argument("--koleo-weight", type=float, default=0.1, help="KoLeo weight (default 0.1)")
     p.add_argument("--gram-weight", type=float, default=0.0,
