@@ -854,29 +854,26 @@ def _refine_hypotheses(fixed: _Pyramid, moving: _Pyramid, fc: int, ranked: list[
 
 
 def _linear_stage(fixed: _Pyramid, moving: _Pyramid, model: str, opts: dict[str, Any]
-                  ) -> tuple[LinearTransform, LinearTransform, list[_Level], list[np.ndarray]]:
-    """Coarse search, structure levels and polish: (coarse answer, linear answer, levels, the 3-D SO(3) shortlist).
+                  ) -> tuple[LinearTransform, LinearTransform, list[_Level]]:
+    """Coarse search, structure levels and polish: (coarse answer, linear answer, levels).
 
-    In 3-D the SO(3) grid is searched unless ``opts["shortlist_3d"]`` gives the rotations to try instead (the
-    consistency check passes the forward search's shortlist, transposed: the reverse ranks those rotations in its
-    own direction instead of searching the whole grid again)."""
+    In 3-D the rotations of ``opts["shortlist_3d"]`` (the SO(3) search's, :func:`_search_rotations_3d`, done
+    once per registration: the consistency check passes them transposed, and the reverse ranks them in its own
+    direction) compete with the identity and the principal axes. ``opts["candidates"]``, if given, replaces
+    the whole candidate set (the check's second opinion)."""
     d = fixed.ndim
-    shortlist: list[np.ndarray] = []
     lin_model = "affine" if model == "deformable" else model
     fc = _factors(tuple(max(a, b) for a, b in zip(fixed.shape, moving.shape, strict=True)), opts["coarse_size"])
-    if d == 2:
-        rots = _rotations_2d(0 if model == "translation" else opts["angle_range"], opts["angle_step"])
-    else:
-        rots = [np.eye(3)] if model == "translation" else _rotations_3d(fixed.img, moving.img)
     scales = (1.0,) if lin_model in ("translation", "rigid") else tuple(opts["scales"])
-    if d == 3 and model != "translation" and opts["angle_range"] > 0:
-        shortlist = opts.get("shortlist_3d")
-        if shortlist is None:
-            shortlist = _search_rotations_3d(fixed, moving, fc, opts)
-        rots = rots + list(shortlist)
-    mats = [s * r for s in scales for r in rots]
-    if opts.get("candidates") is not None:  # the reverse check's second opinion: given starting matrices only
+    if opts.get("candidates") is not None:
         mats = [np.asarray(m, dtype=np.float64) for m in opts["candidates"]]
+    else:
+        if d == 2:
+            rots = _rotations_2d(0 if model == "translation" else opts["angle_range"], opts["angle_step"])
+        else:
+            rots = [np.eye(3)] if model == "translation" else _rotations_3d(fixed.img, moving.img)
+            rots += list(opts.get("shortlist_3d") or ())
+        mats = [s * r for s in scales for r in rots]
     workers = opts.get("workers", 1)
     ranked = _coarse_candidates(fixed, moving, fc, mats, opts["min_overlap"], workers=workers)
     if not ranked:
@@ -900,7 +897,7 @@ def _linear_stage(fixed: _Pyramid, moving: _Pyramid, model: str, opts: dict[str,
     if opts.get("polish") and lin_model != "translation":
         lin = _polish_linear(fixed, moving, lin, lin_model, opts["min_overlap"], levels[-1].f,
                              opts.get("polish_points"))
-    return coarse, lin, levels, list(shortlist)
+    return coarse, lin, levels
 
 
 #: Scales the 2-D consistency check always searches (besides the call's).
@@ -1111,21 +1108,22 @@ def _register(fixed: Any, moving: Any, model: str, backbone: Any, min_overlap: f
         rmodel = "affine" if model == "deformable" else model
 
         def reverse() -> tuple[LinearTransform, float]:
-            _, answer, rlevels, _ = _linear_stage(m_pyr, f_pyr, rmodel, ropts)
+            _, answer, rlevels = _linear_stage(m_pyr, f_pyr, rmodel, ropts)
             return answer, _evaluate(rlevels[-1], answer)[0]
 
     from concurrent.futures import ThreadPoolExecutor
+    from contextlib import nullcontext
 
     # the reverse runs on its own thread beside the forward registration (and the deformable stage): the two
     # share the workers
     split = reverse is not None and workers > 1
-    with ThreadPoolExecutor(1 if split else None, thread_name_prefix="neuros-register-reverse") as pool:
+    with ThreadPoolExecutor(1, thread_name_prefix="neuros-register-reverse") if split else nullcontext() as pool:
         opts["workers"] = max(1, workers // 2) if split else workers
         if reverse is not None:
             ropts["workers"] = opts["workers"]
         if split:
             pending = pool.submit(reverse)
-        coarse, lin, levels, _ = _linear_stage(f_pyr, m_pyr, model, opts)
+        coarse, lin, levels = _linear_stage(f_pyr, m_pyr, model, opts)
         folding = 0.0
         v = None
         if model == "deformable" and d == 2:
@@ -1150,7 +1148,7 @@ def _register(fixed: Any, moving: Any, model: str, backbone: Any, min_overlap: f
                 # metric prefers it to what its own search found (a zoomed-out ssTEM pair whose padding edge
                 # fooled the reverse search had a right answer flagged with consistency 556 px)
                 ropts2 = dict(ropts, candidates=[np.linalg.inv(lin.matrix)])
-                _, rev2, rlevels2, _ = _linear_stage(m_pyr, f_pyr, rmodel, ropts2)
+                _, rev2, rlevels2 = _linear_stage(m_pyr, f_pyr, rmodel, ropts2)
                 if _evaluate(rlevels2[-1], rev2)[0] > rev_similarity:
                     consistency = _mean_point_error(lin, rev2, f_img.shape, m_img.shape)
     transform: Transform = lin
