@@ -59,8 +59,8 @@ def mutual_information(fixed_window: tuple[Any, Any], moving: Any, mask: Any, bi
     mi_, mw = bspline_window(moving, bins)
     # Each point adds a 4 × 4 block of weights at (first fixed bin, first moving bin). Accumulate the blocks
     # as 16-wide rows at one index per point, then fold the 16 columns into place: one index_add of
-    # contiguous rows (and a row gather backwards) instead of 16 scattered entries per point — 4× faster
-    # on 2¹⁷ points, same histogram.
+    # contiguous rows (and a row gather backwards) instead of 16 scattered entries per point — the same
+    # histogram; forward + backward on 2¹⁷ points 63 → 46 ms.
     base = fi[:, 0] * bins + mi_[:, 0]
     w = ((fw * mask[:, None])[:, :, None] * mw[:, None, :]).reshape(-1, 16)
     blocks = torch.zeros((bins * bins, 16), dtype=w.dtype).index_add(0, base, w)
@@ -87,21 +87,17 @@ def sample_with_gradient(image: Any, grad: Any, coords: Any) -> Any:
     d = coords.shape[-1]
     size = torch.tensor([max(s - 1, 1) for s in image.shape[2:]], dtype=coords.dtype)
     g = (2.0 * coords.detach() / size - 1.0).flip(-1).view(1, *([1] * (d - 1)), -1, d)
-    if grad is None:
-        both = F.grid_sample(image, g, mode="bilinear", padding_mode="border", align_corners=True)
-        both = both.reshape(1 + d, -1)
-        val, slope = both[0], both[1:].T
-    else:
-        val = F.grid_sample(image, g, mode="bilinear", padding_mode="border", align_corners=True).reshape(-1)
-        slope = F.grid_sample(grad, g, mode="bilinear", padding_mode="border", align_corners=True)
-        slope = slope.reshape(d, -1).T
+    both = image if grad is None else torch.cat([image, grad], 1)
+    both = F.grid_sample(both, g, mode="bilinear", padding_mode="border", align_corners=True).reshape(1 + d, -1)
+    val, slope = both[0], both[1:].T
     return val + ((coords - coords.detach()) * slope).sum(-1)
 
 
 def stack_with_gradient(image: Any, grad: Any) -> Any:
     """(1, 1 + d, *S): ``image`` (1, 1, *S) and its gradient (1, d, *S) as one tensor, channels last in
     memory, for :func:`sample_with_gradient` with ``grad=None`` — one interpolation pass reads all channels
-    of a voxel at once (2¹⁷ points of a 98 × 116 × 94 volume: about half the time of two passes)."""
+    of a voxel at once (2¹⁷ points of a 98 × 116 × 94 volume: 26 ms against 29 for two passes; half the time
+    when the points are in random order)."""
     import torch
 
     both = torch.cat([image, grad], 1)
