@@ -410,7 +410,14 @@ def _coarse_candidates(fixed: np.ndarray | _Pyramid, moving: np.ndarray | _Pyram
                        matrices: list[np.ndarray], min_overlap: float, batch: int | None = None,
                        workers: int = 1) -> list[tuple[float, LinearTransform]]:
     """Every candidate matrix with its best translation at level ``f``: (score, full-res transform), best first;
-    candidates with no translation that keeps ``min_overlap`` are left out.
+    candidates with no translation that keeps ``min_overlap`` are left out (:func:`_coarse_ranked`)."""
+    return [(v, t) for v, _, t in _coarse_ranked(fixed, moving, f, matrices, min_overlap, batch, workers)]
+
+
+def _coarse_ranked(fixed: np.ndarray | _Pyramid, moving: np.ndarray | _Pyramid, f: int,
+                   matrices: list[np.ndarray], min_overlap: float, batch: int | None = None,
+                   workers: int = 1) -> list[tuple[float, int, LinearTransform]]:
+    """:func:`_coarse_candidates` with each candidate's index in ``matrices``: (score, index, transform).
 
     Each candidate's moving image is resampled on a box just large enough to hold it (the bounding box of the
     moving image under the candidate's inverse), and candidates are batched by box size, so a near-identity
@@ -492,8 +499,8 @@ def _coarse_candidates(fixed: np.ndarray | _Pyramid, moving: np.ndarray | _Pyram
     found = [hit for part in _map_threads(run, batches, shapes, fft_shapes, workers=workers) for hit in part]
     found.sort(key=lambda t: (-t[0], t[1]))
     o = (f - 1) / 2.0
-    return [(v, LinearTransform(m, -m @ np.full(d, o) + f * (m @ dvec + cm_) + o, "affine"))
-            for v, _, m, dvec in found]
+    return [(v, i, LinearTransform(m, -m @ np.full(d, o) + f * (m @ dvec + cm_) + o, "affine"))
+            for v, i, m, dvec in found]
 
 
 # --- the fine step ----------------------------------------------------------------------------------------------
@@ -840,12 +847,10 @@ def _refine_hypotheses(fixed: _Pyramid, moving: _Pyramid, fc: int, ranked: list[
         if all(np.linalg.norm(t.matrix - h) >= HYPOTHESIS_DISTANCE for h in hyps):
             hyps.append(t.matrix)
     cands = [h @ q for h in hyps for q in local]
-    scored = _coarse_candidates(fixed, moving, fc, cands, min_overlap, workers=workers)
-    winners: list[LinearTransform] = []
-    for h in hyps:  # the best refinement of each hypothesis (``scored`` is best first)
-        own = [t for _, t in scored if any(np.allclose(t.matrix, h @ q) for q in local)]
-        if own:
-            winners.append(own[0])
+    best_of: dict[int, LinearTransform] = {}
+    for _, i, t in _coarse_ranked(fixed, moving, fc, cands, min_overlap, workers=workers):
+        best_of.setdefault(i // len(local), t)  # best first: the first seen of a hypothesis is its best
+    winners = [best_of[k] for k in sorted(best_of)]
     if len(winners) <= 1:
         return winners[0] if winners else ranked[0][1]
     f2 = max(1, math.ceil(fc / 2))
