@@ -119,3 +119,28 @@ def test_a_right_answer_whose_reverse_search_is_fooled_gets_a_second_opinion(sst
     r = rm.register(pair.fixed, pair.moving, "affine")
     assert target_registration_error(pair.truth, r.transform, pair.fixed.shape) < 0.1
     assert r.consistency < 0.5 and r.reliable and r.score > 0.5
+
+
+def test_repeated_coarse_candidates_are_searched_once():
+    """The identity is a candidate of its own and usually the SO(3) search's best: it is correlated once; the
+    first of equal matrices is kept and the order is unchanged."""
+    from scipy.spatial.transform import Rotation
+
+    r = Rotation.from_rotvec([0.1, -0.2, 0.3]).as_matrix()
+    mats = [np.eye(3), r, 0.8 * np.eye(3), np.eye(3) + 1e-9, r.copy(), r.T]
+    out = rm._distinct(mats)
+    assert len(out) == 4
+    assert all(a is b for a, b in zip(out, [mats[0], mats[1], mats[2], mats[5]], strict=True))
+    assert rm._distinct([]) == [] and len(rm._distinct([r])) == 1
+
+
+def test_the_reverse_check_asks_for_the_forward_overlap_as_a_share_of_the_moving_image():
+    """A crop registered into a whole volume: the reverse registration cannot cover a quarter of the volume
+    with the crop; it asks for the crop's share, and if it still finds nothing the answer is unconfirmed
+    (infinite inconsistency, said in one line), not an error."""
+    assert rm._reverse_overlap(0.25, (48, 48, 48), (98, 116, 94)) == pytest.approx(0.25 * 48 ** 3 / (98 * 116 * 94))
+    assert rm._reverse_overlap(0.25, (64, 64), (64, 64)) == 0.25
+    assert rm._reverse_overlap(0.25, (128, 128), (64, 64)) == 0.25
+    reasons = rm._reasons(0.0, 0.9, float("inf"), 0.25, 1.0)
+    assert any("found no transform to confirm it" in r for r in reasons)
+    assert not any("inconsistency inf" in r for r in reasons)

@@ -869,6 +869,18 @@ def _refine_hypotheses(fixed: _Pyramid, moving: _Pyramid, fc: int, ranked: list[
     return final[0][1] if final else winners[0]
 
 
+class _NoOverlap(ValueError):
+    """No candidate transform keeps ``min_overlap`` (a one-line error for the call; for the consistency
+    check's reverse registration, an answer it cannot confirm)."""
+
+
+def _reverse_overlap(min_overlap: float, fixed_shape: tuple[int, ...], moving_shape: tuple[int, ...]) -> float:
+    """The reverse registration's ``min_overlap``: the forward's, as a fraction of the *moving* image. A 48³
+    crop of a 98 × 116 × 94 volume covers 10 % of it at best, so the reverse asked for 25 % found nothing and the
+    call failed with "no transform keeps min_overlap" — from a check the caller never asked about."""
+    return float(min_overlap) * min(1.0, float(np.prod(fixed_shape)) / float(np.prod(moving_shape)))
+
+
 def _linear_stage(fixed: _Pyramid, moving: _Pyramid, model: str, opts: dict[str, Any]
                   ) -> tuple[LinearTransform, LinearTransform, list[_Level]]:
     """Coarse search, structure levels and polish: (coarse answer, linear answer, levels).
@@ -893,7 +905,7 @@ def _linear_stage(fixed: _Pyramid, moving: _Pyramid, model: str, opts: dict[str,
     workers = opts.get("workers", 1)
     ranked = _coarse_candidates(fixed, moving, fc, mats, opts["min_overlap"], workers=workers)
     if not ranked:
-        raise ValueError(f"no transform keeps min_overlap={opts['min_overlap']:g} of the fixed image covered")
+        raise _NoOverlap(f"no transform keeps min_overlap={opts['min_overlap']:g} of the fixed image covered")
     coarse = ranked[0][1]
     if len(mats) > 1:
         if d == 3:  # local refinement: ± a third of the grid step
@@ -1123,7 +1135,8 @@ def _register(fixed: Any, moving: Any, model: str, backbone: Any, min_overlap: f
     if check_consistency:
         # the reverse registration only has to confirm the answer to well under a pixel: a coarser finest
         # level and an eighth of the polish points
-        ropts = dict(opts, fine_size=max(32, fine_size // 2), polish_points=POLISH["points"][d] // 8)
+        ropts = dict(opts, fine_size=max(32, fine_size // 2), polish_points=POLISH["points"][d] // 8,
+                     min_overlap=_reverse_overlap(min_overlap, f_img.shape, m_img.shape))
         if d == 2:  # the check searches everything, whatever the call restricted (cheap in 2-D)
             ropts.update(angle_range=180.0, scales=tuple(sorted({*scales, *REVERSE_SCALES})))
         elif opts.get("shortlist_3d"):  # 3-D: the forward SO(3) shortlist re-ranked in reverse
@@ -1132,8 +1145,11 @@ def _register(fixed: Any, moving: Any, model: str, backbone: Any, min_overlap: f
             ropts["feats"] = feats[::-1]
         rmodel = "affine" if model == "deformable" else model
 
-        def reverse() -> tuple[LinearTransform, float]:
-            _, answer, rlevels = _linear_stage(m_pyr, f_pyr, rmodel, ropts)
+        def reverse() -> tuple[LinearTransform, float] | None:
+            try:
+                _, answer, rlevels = _linear_stage(m_pyr, f_pyr, rmodel, ropts)
+            except _NoOverlap:  # nothing to confirm the answer with: inconsistent (infinite), not an error
+                return None
             return answer, _evaluate(rlevels[-1], answer)[0]
 
     from concurrent.futures import ThreadPoolExecutor
@@ -1164,8 +1180,8 @@ def _register(fixed: Any, moving: Any, model: str, backbone: Any, min_overlap: f
         consistency = float("nan")
         limit = _inconsistency_limit(f_img.shape, model)
         if reverse is not None:
-            rev, rev_similarity = pending.result() if split else reverse()
-            consistency = _mean_point_error(lin, rev, f_img.shape, m_img.shape)
+            got = pending.result() if split else reverse()
+            consistency = float("inf") if got is None else _mean_point_error(lin, got[0], f_img.shape, m_img.shape)
             if not consistency <= limit:
                 # a second opinion before calling the answer inconsistent: the reverse registration again, from
                 # the inverse of the forward answer's matrix; its own similarity decides which of its two
@@ -1173,8 +1189,11 @@ def _register(fixed: Any, moving: Any, model: str, backbone: Any, min_overlap: f
                 # metric prefers it to what its own search found (a zoomed-out ssTEM pair whose padding edge
                 # fooled the reverse search had a right answer flagged with consistency 556 px)
                 ropts2 = dict(ropts, candidates=[np.linalg.inv(lin.matrix)])
-                _, rev2, rlevels2 = _linear_stage(m_pyr, f_pyr, rmodel, ropts2)
-                if _evaluate(rlevels2[-1], rev2)[0] > rev_similarity:
+                try:
+                    _, rev2, rlevels2 = _linear_stage(m_pyr, f_pyr, rmodel, ropts2)
+                except _NoOverlap:
+                    rev2 = None
+                if rev2 is not None and (got is None or _evaluate(rlevels2[-1], rev2)[0] > got[1]):
                     consistency = _mean_point_error(lin, rev2, f_img.shape, m_img.shape)
     transform: Transform = lin
     if v is not None:
@@ -1259,7 +1278,9 @@ def _reasons(score: float, overlap: float, consistency: float, min_overlap: floa
         out.append(f"overlap {overlap:.2f} < min_overlap {min_overlap:g}")
     if score < RELIABLE["min_score"]:
         out.append(f"score {score:.2f} < {RELIABLE['min_score']:g}")
-    if not np.isnan(consistency) and not consistency <= limit:
+    if np.isposinf(consistency):
+        out.append("the reverse registration (the consistency check) found no transform to confirm it")
+    elif not np.isnan(consistency) and not consistency <= limit:
         out.append(f"forward/backward inconsistency {consistency:.2f} px > {limit:.2f} px")
     return out
 
