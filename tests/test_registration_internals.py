@@ -144,3 +144,24 @@ def test_the_reverse_check_asks_for_the_forward_overlap_as_a_share_of_the_moving
     reasons = rm._reasons(0.0, 0.9, float("inf"), 0.25, 1.0)
     assert any("found no transform to confirm it" in r for r in reasons)
     assert not any("inconsistency inf" in r for r in reasons)
+
+
+@pytest.mark.parametrize("d", [2, 3])
+def test_the_returned_field_is_the_fitted_one(d):
+    """The field is fitted on a grid downsampled by f, read at the sample points by linear interpolation; the
+    returned full-resolution field is that same field at every pixel. (Integrating it again at full resolution,
+    as before session 9, put the control grid's corners elsewhere: up to ~4 px apart on this random field,
+    and 3-D label Dice 0.933 instead of 0.949.)"""
+    import torch
+
+    torch.manual_seed(0)
+    shape, f = ((61, 70), 4) if d == 2 else ((33, 40, 29), 4)
+    v = torch.randn(1, d, *(6,) * d) * 3
+    full = rm._full_field(v, shape, f=f)
+    lshape = tuple(s // f for s in shape)
+    rng = np.random.default_rng(0)
+    pts = np.stack([rng.integers(0, s, 300) for s in shape], 1)
+    interp = rm._PointInterpolation((pts - (f - 1) / 2.0) / f, lshape)
+    with torch.no_grad():
+        fitted = interp(rm._svf(v, lshape, f, 6)).numpy() * f
+    np.testing.assert_allclose(full[(slice(None), *pts.T)].T, fitted, atol=1e-4)
