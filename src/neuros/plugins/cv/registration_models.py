@@ -393,11 +393,13 @@ def _rotation_grid_3d(step: float, max_angle: float = 180.0) -> list[np.ndarray]
 
 
 def _local_rotations_3d(step: float) -> list[np.ndarray]:
-    """The identity and ± ``step`` degrees about each axis and each pair of axes (19 rotations)."""
+    """The identity and ± ``step`` degrees about each axis (7 rotations). Also about each pair of axes (19) was
+    the choice with a 30° SO(3) grid; with the 40° grid the 7 found the same answers (10 random affine MNI152
+    pairs, the benchmark pairs, the oblique crop) in ~11 % less time (session 9)."""
     from scipy.spatial.transform import Rotation
 
     h = np.deg2rad(float(step))
-    vecs = [v for v in itertools.product((-1, 0, 1), repeat=3) if sum(map(abs, v)) <= 2]
+    vecs = [v for v in itertools.product((-1, 0, 1), repeat=3) if sum(map(abs, v)) <= 1]
     return [Rotation.from_rotvec(h * np.asarray(v, float) / max(np.linalg.norm(v), 1.0)).as_matrix()
             for v in vecs]
 
