@@ -213,3 +213,15 @@ def test_nifti_volumes_keep_their_scanner_space(tmp_path):
         back = load_transform(path, fixed=tmp_path / "vol.nii.gz", moving=tmp_path / "vol.nii.gz",
                               shape=vol.shape)
         np.testing.assert_allclose(back.map_points(pts[:50]), tr.map_points(pts[:50]), atol=1e-3)
+
+
+@pytest.mark.parametrize("shape", [(20, 24), (12, 14, 10)])
+def test_jacobian_determinant_of_a_linear_field_is_the_matrix_determinant(shape):
+    """u(x) = (A − I) x: det(I + ∇u) = det(A) at every grid point (the written-out 2 × 2 / 3 × 3 formula)."""
+    d = len(shape)
+    a = np.random.default_rng(d).normal(size=(d, d)) * 0.4 + np.eye(d)
+    x = np.stack(np.meshgrid(*[np.arange(s, dtype=np.float64) for s in shape], indexing="ij"))
+    u = np.einsum("ij,j...->i...", a - np.eye(d), x)
+    jd = DisplacementField(u).jacobian_determinant()
+    np.testing.assert_allclose(jd, np.linalg.det(a), rtol=1e-4, atol=1e-4)
+    assert DisplacementField(u).folding_fraction() == float(np.linalg.det(a) <= 0)

@@ -295,9 +295,14 @@ class DisplacementField(Transform):
 
     def jacobian_determinant(self) -> np.ndarray:
         """det(I + ∇u) on the grid (finite differences): ≤ 0 where the field folds."""
-        grads = np.stack([np.stack(np.gradient(c), axis=0) for c in self.field])  # grads[i, j] = ∂u_i/∂x_j
-        jac = grads + np.eye(self.ndim).reshape(self.ndim, self.ndim, *([1] * self.ndim))
-        return np.linalg.det(np.moveaxis(jac, (0, 1), (-2, -1)))
+        j = [[g + (1.0 if a == b else 0.0) for b, g in enumerate(np.gradient(c))]  # j[a][b] = δ_ab + ∂u_a/∂x_b
+             for a, c in enumerate(self.field)]
+        # the determinant written out for 2 × 2 and 3 × 3 on whole arrays: np.linalg.det loops LAPACK over a
+        # volume's million small matrices (0.36 s → ~0.1 s for the 98 × 116 × 94 benchmark field)
+        if self.ndim == 2:
+            return j[0][0] * j[1][1] - j[0][1] * j[1][0]
+        return (j[0][0] * (j[1][1] * j[2][2] - j[1][2] * j[2][1]) - j[0][1] * (j[1][0] * j[2][2] - j[1][2] * j[2][0])
+                + j[0][2] * (j[1][0] * j[2][1] - j[1][1] * j[2][0]))
 
     def folding_fraction(self) -> float:
         """Fraction of grid points where the Jacobian determinant is ≤ 0."""
