@@ -965,7 +965,7 @@ POLISH: dict[str, Any] = {"points": {2: 1 << 15, 3: 1 << 16}, "bins": 48, "itera
 #: The 3-D velocity field (:func:`_polish_field`): sample points and default L-BFGS iterations. Measured on the
 #: MNI152 T1 / T2-like pairs of seeds 0–2 (docs/benchmarks.md, sixth round): 2¹⁶ points × 20 iterations fit
 #: in 2.2 s what 2¹⁷ × 40 did in 6.0 s, label Dice 0.931–0.938 instead of 0.934–0.940 (SyN 0.906 on seed 0);
-#: with the returned field interpolated from the fitted grid (:func:`_full_field`), 0.948–0.954, and 40
+#: with the returned field interpolated from the fitted grid (:func:`_full_field`), 0.948–0.953, and 40
 #: iterations (3.8 s) add nothing (0.949 / 0.951 on seeds 0 / 2). Squarings: 4 (the field is integrated on a
 #: grid a quarter of the volume's size, where the largest displacement, ~3 px, is < 1 grid pixel, so each of
 #: 2⁴ steps moves < 0.05 of one): Dice, TRE and folding as with 6, 10 % less time.
