@@ -257,7 +257,11 @@ def dask_client(
             host="127.0.0.1",
             dashboard_address=":0",  # a free port on the loopback host: never clashes with another cluster
             memory_limit=memory_limit,
-            silence_logs=logging.ERROR,
+            # CRITICAL, not ERROR: a worker whose heartbeat races the scheduler's shutdown (Ctrl-C, or the end
+            # of a run) logs "Failed to communicate with scheduler during heartbeat" with a 30-line traceback
+            # at ERROR from its own process, where quiet_distributed() cannot reach; failures that matter
+            # reach this process (task errors, the SchedulerWatch) and are reported in one line
+            silence_logs=logging.CRITICAL,
         )
     try:
         client = Client(cluster, set_as_default=False)
