@@ -165,3 +165,22 @@ def test_the_returned_field_is_the_fitted_one(d):
     with torch.no_grad():
         fitted = interp(rm._svf(v, lshape, f, 6)).numpy() * f
     np.testing.assert_allclose(full[(slice(None), *pts.T)].T, fitted, atol=1e-4)
+
+
+def test_a_reverse_that_finds_nothing_leaves_the_answer_unconfirmed(em, monkeypatch):
+    """When the consistency check's reverse registration (and its second opinion) find no transform keeping the
+    overlap, the call still returns the forward answer — flagged, with the reason in one line — not an error."""
+    fixed, moving = em[300:428, 300:428], em[292:436, 310:440]
+    real = rm._linear_stage
+
+    def reverse_fails(fixed_pyr, moving_pyr, model, opts):
+        if fixed_pyr.img.shape == moving.shape:  # the reverse direction (and its second opinion)
+            raise rm._NoOverlap("no transform keeps min_overlap")
+        return real(fixed_pyr, moving_pyr, model, opts)
+
+    monkeypatch.setattr(rm, "_linear_stage", reverse_fails)
+    r = rm.register(fixed, moving, "rigid", workers=1)
+    assert np.isposinf(r.consistency) and not r.reliable and r.score == 0.0
+    assert r.reasons == ["score 0.00 < 0.15",
+                         "the reverse registration (the consistency check) found no transform to confirm it"]
+    assert np.allclose(r.transform.matrix, np.eye(2), atol=0.01)  # the forward answer itself is kept
