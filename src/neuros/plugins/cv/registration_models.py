@@ -232,9 +232,10 @@ def _default_workers() -> int:
 MAX_WORKERS = 4
 
 #: Whether the 3-D consistency check's reverse registration refines its coarse hypotheses
-#: (:func:`_refine_hypotheses`). Off: ~2.5 s of CPU per call (57 local candidates on the MNI152 pair) that the
-#: check does not need — a reverse that picks a wrong coarse winner makes the directions disagree, and the
-#: second opinion (the reverse again from the inverse of the forward answer) settles it. Same answers, scores
+#: (:func:`_refine_hypotheses`). Off: ~2.5 s of CPU per call (57 local candidates on the MNI152 pair, with the
+#: 19-rotation refinement of the time) that the check does not need — a reverse that picks a wrong coarse
+#: winner makes the directions disagree, and the second opinion (the reverse again from the inverse of the
+#: forward answer) settles it. Same answers, scores
 #: and flags on 3 × 3 MNI152 pairs, 5 whole-volume rotations (45–160°) and 6 oblique crops; 3-D affine
 #: 6.7 → 6.2 s, deformable 12.2 → ~10 s (session 9).
 REVERSE_REFINE_3D = False
@@ -1164,8 +1165,8 @@ def _register(fixed: Any, moving: Any, model: str, backbone: Any, min_overlap: f
         method += f"+{feats[0].backbone}"
     reverse: Callable[[], tuple[LinearTransform, float]] | None = None
     if check_consistency:
-        # the reverse registration only has to confirm the answer to well under a pixel: a coarser finest
-        # level and an eighth of the polish points
+        # the reverse registration only has to confirm the answer to well under a pixel: in 2-D a coarser
+        # finest level (in 3-D the forward's is already 32), an eighth of the polish points
         ropts = dict(opts, fine_size=max(32, fine_size // 2), polish_points=POLISH["points"][d] // 8,
                      min_overlap=_reverse_overlap(min_overlap, f_img.shape, m_img.shape))
         if d == 2:  # the check searches everything, whatever the call restricted (cheap in 2-D)
