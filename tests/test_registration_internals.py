@@ -184,3 +184,113 @@ def test_a_reverse_that_finds_nothing_leaves_the_answer_unconfirmed(em, monkeypa
     assert r.reasons == ["score 0.00 < 0.15",
                          "the reverse registration (the consistency check) found no transform to confirm it"]
     assert np.allclose(r.transform.matrix, np.eye(2), atol=0.01)  # the forward answer itself is kept
+
+
+def _smooth_volume(shape, seed):
+    from scipy import ndimage as ndi
+
+    v = ndi.gaussian_filter(np.random.default_rng(seed).random(shape), 2.0)
+    return ((v - v.min()) / (v.max() - v.min())).astype(np.float32)
+
+
+def test_the_polish_split_between_threads_equals_the_whole_mutual_information():
+    """The polish's points in parts whose joint histograms add up (one part per thread): the same mutual
+    information and the same gradient as one histogram of all the points, whatever the number of threads."""
+    import torch
+
+    fixed, moving = _smooth_volume((30, 34, 28), 0), _smooth_volume((30, 34, 28), 1)
+    moving = 0.5 * moving + 0.5 * fixed
+    want = None
+    for workers in (1, 2):
+        lev = rm._PolishLevel(fixed, moving, 4000, 32, workers)
+        assert len(lev.parts) == rm.POLISH_PARTS == 2
+        y = (lev.points * 0.97 + 0.6).requires_grad_(True)
+        mi, overlap = lev.similarity(y)
+        mi.backward()
+        if want is None:  # the plain computation: one histogram of every point, one autograd graph
+            from neuros.plugins.cv.mutual_information import bspline_window, stack_with_gradient
+
+            yy = y.detach().clone().requires_grad_(True)
+            vals = torch.from_numpy(fixed[tuple(lev.points.numpy().astype(np.int64).T)])
+            mov = torch.from_numpy(moving)[None, None]
+            inside = rm._inside(yy.detach(), moving.shape, 0.0)
+            whole = mutual_information(bspline_window(vals, 32),
+                                       sample_with_gradient(stack_with_gradient(mov, rm._gradients(mov)), None, yy),
+                                       inside, 32)
+            whole.backward()
+            want = (float(whole), yy.grad.clone())
+            assert float(overlap) == pytest.approx(float(inside.mean()))
+        assert float(mi) == pytest.approx(want[0], rel=1e-5)
+        assert torch.allclose(y.grad, want[1], rtol=1e-4, atol=1e-7 * float(want[1].abs().max()))
+
+
+def test_a_registration_holds_blas_to_one_thread_and_gives_it_back(monkeypatch):
+    """SciPy's L-BFGS-B calls BLAS, whose threads otherwise spin on the core the reverse registration needs:
+    one BLAS thread while a registration runs, the caller's setting after; two registrations at once on
+    threads: limited until the last one ends, then given back."""
+    from concurrent.futures import ThreadPoolExecutor
+    from threading import Barrier
+
+    from threadpoolctl import threadpool_limits
+
+    def blas_threads() -> set[int]:
+        return {m["num_threads"] for m in rm._blas_controller().select(user_api="blas").info()}
+
+    seen: list[tuple[set[int], int]] = []
+    both = Barrier(2, timeout=10)
+
+    def inside(*args):
+        seen.append((blas_threads(), rm._BLAS_STATE["depth"]))
+        return "done"
+
+    monkeypatch.setattr(rm, "_register", inside)
+    a = np.zeros((16, 16), np.float32)
+    with threadpool_limits(limits=2, user_api="blas"):
+        assert rm.register(a, a) == "done"
+        assert seen == [({1}, 1)] and blas_threads() == {2}
+
+    def together(*args):
+        both.wait()  # both registrations are running
+        seen.append((set(), rm._BLAS_STATE["depth"]))
+        both.wait()
+        return "done"
+
+    monkeypatch.setattr(rm, "_register", together)
+    before = blas_threads()
+    with ThreadPoolExecutor(2) as pool:
+        assert list(pool.map(lambda _: rm.register(a, a), range(2))) == ["done", "done"]
+    assert [depth for _, depth in seen[1:]] == [2, 2]
+    assert rm._BLAS_STATE == {"depth": 0, "limiter": None} and blas_threads() == before
+
+
+def test_3d_scales_are_searched_for_the_best_rotations_only(mni_volumes):
+    """The 3-D coarse search ranks every rotation at the scale nearest 1, then tries the other scales for the
+    best few rotations only: on an MNI152 volume turned 90° and zoomed by 0.8 it finds the same best candidate
+    as the whole product of scales and rotations, from fewer candidates."""
+    from scipy.spatial.transform import Rotation
+
+    from neuros.plugins.cv.transforms import LinearTransform
+
+    t1, _ = mni_volumes
+    rots = [np.eye(3)] + [Rotation.from_rotvec(np.deg2rad(a) * np.asarray(ax, float)).as_matrix()
+                          for a in (90, 180) for ax in ((1, 0, 0), (0, 1, 0), (0, 0, 1))]
+    truth_m = 0.8 * rots[3]  # 90° about the first axis
+    c = (np.asarray(t1.shape) - 1) / 2
+    fixed = LinearTransform(truth_m, c - truth_m @ c + np.array([2.0, -3.0, 1.0])).apply(t1, t1.shape)
+    fp, mp = rm._Pyramid(fixed), rm._Pyramid(t1)
+    fc = rm._factors(t1.shape, 24)
+    counted: list[int] = []
+    real = rm._coarse_ranked
+
+    def count(fixed_, moving_, f, matrices, *a, **k):
+        counted.append(len(matrices))
+        return real(fixed_, moving_, f, matrices, *a, **k)
+
+    scales = (0.8, 1.0, 1.25)
+    full = rm._coarse_candidates(fp, mp, fc, [s * r for s in scales for r in rots], 0.25)
+    with pytest.MonkeyPatch.context() as mpatch:
+        mpatch.setattr(rm, "_coarse_ranked", count)
+        two = rm._scaled_candidates_3d(fp, mp, fc, rots, scales, 0.25, 1)
+    assert np.allclose(two[0][1].matrix, truth_m) and np.allclose(full[0][1].matrix, truth_m)
+    assert two[0][0] == pytest.approx(full[0][0])
+    assert counted == [len(rots), 2 * rm.SCALED_ROTATIONS_3D] and sum(counted) < len(full)

@@ -14,7 +14,8 @@ from __future__ import annotations
 
 from typing import Any
 
-__all__ = ["bspline_window", "mutual_information", "sample_with_gradient", "stack_with_gradient"]
+__all__ = ["bspline_window", "joint_histogram", "mutual_information", "mutual_information_of", "sample_with_gradient",
+           "stack_with_gradient"]
 
 
 def bspline_window(values: Any, bins: int) -> tuple[Any, Any]:
@@ -32,6 +33,37 @@ def bspline_window(values: Any, bins: int) -> tuple[Any, Any]:
     inner = 2.0 / 3.0 - t * t + 0.5 * t ** 3
     outer = (2.0 - t).clamp_min(0.0) ** 3 / 6.0
     return idx, torch.where(t < 1.0, inner, outer)
+
+
+def joint_histogram(fixed_window: tuple[Any, Any], moving: Any, mask: Any, bins: int = 32) -> Any:
+    """The unnormalised (bins, bins) joint histogram of fixed and moving intensities at the points where ``mask``
+    is 1 (arguments as :func:`mutual_information`). Histograms of disjoint sets of points add up: the polish
+    splits its points between threads (``registration_models._PolishLevel``)."""
+    import torch
+    import torch.nn.functional as F
+
+    fi, fw = fixed_window
+    mi_, mw = bspline_window(moving, bins)
+    # Each point adds a 4 × 4 block of weights at (first fixed bin, first moving bin). Accumulate the blocks
+    # as 16-wide rows at one index per point, then fold the 16 columns into place: one index_add of
+    # contiguous rows (and a row gather backwards) instead of 16 scattered entries per point — the same
+    # histogram; forward + backward on 2¹⁷ points 63 → 46 ms.
+    base = fi[:, 0] * bins + mi_[:, 0]
+    w = ((fw * mask[:, None])[:, :, None] * mw[:, None, :]).reshape(-1, 16)
+    blocks = torch.zeros((bins * bins, 16), dtype=w.dtype).index_add(0, base, w)
+    size = bins * bins + 3 * bins + 3
+    return sum(F.pad(blocks[:, 4 * a + b], (a * bins + b, size - bins * bins - a * bins - b))
+               for a in range(4) for b in range(4))[: bins * bins].view(bins, bins)
+
+
+def mutual_information_of(joint: Any) -> Any:
+    """Mutual information (nats) of a joint histogram (any scale: it is normalised here)."""
+    import torch
+
+    joint = joint / joint.sum().clamp_min(1e-12)
+    pf, pm = joint.sum(1, keepdim=True), joint.sum(0, keepdim=True)
+    ratio = joint / (pf * pm).clamp_min(1e-12)
+    return (joint * torch.log(ratio.clamp_min(1e-12))).sum()
 
 
 def mutual_information(fixed_window: tuple[Any, Any], moving: Any, mask: Any, bins: int = 32) -> Any:
@@ -52,25 +84,7 @@ def mutual_information(fixed_window: tuple[Any, Any], moving: Any, mask: Any, bi
     torch.Tensor
         A scalar, ≥ 0; larger = more mutually predictable.
     """
-    import torch
-    import torch.nn.functional as F
-
-    fi, fw = fixed_window
-    mi_, mw = bspline_window(moving, bins)
-    # Each point adds a 4 × 4 block of weights at (first fixed bin, first moving bin). Accumulate the blocks
-    # as 16-wide rows at one index per point, then fold the 16 columns into place: one index_add of
-    # contiguous rows (and a row gather backwards) instead of 16 scattered entries per point — the same
-    # histogram; forward + backward on 2¹⁷ points 63 → 46 ms.
-    base = fi[:, 0] * bins + mi_[:, 0]
-    w = ((fw * mask[:, None])[:, :, None] * mw[:, None, :]).reshape(-1, 16)
-    blocks = torch.zeros((bins * bins, 16), dtype=w.dtype).index_add(0, base, w)
-    size = bins * bins + 3 * bins + 3
-    joint = sum(F.pad(blocks[:, 4 * a + b], (a * bins + b, size - bins * bins - a * bins - b))
-                for a in range(4) for b in range(4))[: bins * bins].view(bins, bins)
-    joint = joint / joint.sum().clamp_min(1e-12)
-    pf, pm = joint.sum(1, keepdim=True), joint.sum(0, keepdim=True)
-    ratio = joint / (pf * pm).clamp_min(1e-12)
-    return (joint * torch.log(ratio.clamp_min(1e-12))).sum()
+    return mutual_information_of(joint_histogram(fixed_window, moving, mask, bins))
 
 
 def sample_with_gradient(image: Any, grad: Any, coords: Any) -> Any:

@@ -44,8 +44,10 @@ from __future__ import annotations
 
 import itertools
 import math
+import threading
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from functools import lru_cache, partial
 from typing import Any
@@ -226,6 +228,43 @@ def _default_workers() -> int:
     except AttributeError:  # not on Linux
         cpus = os.cpu_count() or 1
     return max(1, min(MAX_WORKERS, cpus))
+
+
+@lru_cache(maxsize=1)
+def _blas_controller() -> Any:
+    """threadpoolctl's view of the loaded BLAS libraries, once (it reads every loaded library: ~12 ms), after
+    SciPy's optimiser — and so its BLAS — is loaded."""
+    import scipy.optimize  # noqa: F401
+    from threadpoolctl import ThreadpoolController
+
+    return ThreadpoolController()
+
+
+_BLAS_LOCK = threading.Lock()
+_BLAS_STATE: dict[str, Any] = {"depth": 0, "limiter": None}
+
+
+@contextmanager
+def _one_blas_thread() -> Iterator[None]:
+    """BLAS limited to one thread while registrations run (restored when the last one ends: registrations
+    may run on several threads at once). SciPy's L-BFGS-B calls BLAS on the 8 k parameters of a 3-D velocity
+    field, and OpenBLAS's threads then spin on the second core that the consistency check's reverse
+    registration needs: the 3-D deformable registration took 7.0 s and 12.8 s of CPU, with one BLAS thread
+    5.9 s and 9.5 s (same answers). (OpenBLAS 0.3.28–0.3.30 ignores the limit when it is set from another thread
+    than the main one after the main thread set its own count; calls from the main thread — the CLI, scripts,
+    notebooks — always get it.)"""
+    with _BLAS_LOCK:
+        if _BLAS_STATE["depth"] == 0:
+            _BLAS_STATE["limiter"] = _blas_controller().limit(limits=1, user_api="blas")
+        _BLAS_STATE["depth"] += 1
+    try:
+        yield
+    finally:
+        with _BLAS_LOCK:
+            _BLAS_STATE["depth"] -= 1
+            if _BLAS_STATE["depth"] == 0:
+                _BLAS_STATE["limiter"].restore_original_limits()
+                _BLAS_STATE["limiter"] = None
 
 
 #: Most threads one registration uses by default (the forward/reverse pair and the coarse search's batches).
@@ -717,7 +756,7 @@ def _optimise_field(levels: list[_Level], lin: LinearTransform, shape: tuple[int
 
 
 def _polish_field(fixed: np.ndarray, moving: np.ndarray, v0: Any, lin: LinearTransform, spacing: float,
-                  f: int, iters: int, smooth: float, steps: int = 6) -> Any:
+                  f: int, iters: int, smooth: float, steps: int = 6, workers: int = 1) -> Any:
     """The 3-D velocity field, from ``v0``, on the mutual information of the raw intensities at the polish's
     full-resolution sample points (:class:`_PolishLevel`), plus ``smooth`` × the diffusion regulariser; the
     field is integrated (scaling and squaring) on the grid downsampled by ``f`` and interpolated at the
@@ -726,7 +765,7 @@ def _polish_field(fixed: np.ndarray, moving: np.ndarray, v0: Any, lin: LinearTra
     torch = _torch()
 
     d = lin.ndim
-    pl = _PolishLevel(fixed, moving, int(FIELD_3D["points"]), int(POLISH["bins"]))
+    pl = _PolishLevel(fixed, moving, int(FIELD_3D["points"]), int(POLISH["bins"]), workers)
     lshape = tuple(s // f for s in fixed.shape)
     at_points = _PointInterpolation(((pl.points.numpy() - (f - 1) / 2.0) / f).astype(np.float64), lshape)
     v = v0.clone().requires_grad_(True)
@@ -897,6 +936,34 @@ def _refine_hypotheses(fixed: _Pyramid, moving: _Pyramid, fc: int, ranked: list[
     return final[0][1] if final else winners[0]
 
 
+#: 3-D coarse search with several scales: every rotation at the scale nearest 1, the others only for this many
+#: of the best rotations.
+SCALED_ROTATIONS_3D = 3
+
+
+def _scaled_candidates_3d(fixed: _Pyramid, moving: _Pyramid, fc: int, rots: list[np.ndarray],
+                          scales: Sequence[float], min_overlap: float, workers: int
+                          ) -> list[tuple[float, LinearTransform]]:
+    """:func:`_coarse_candidates` of ``scale × rotation`` in two rounds: every rotation at the scale nearest 1,
+    then the other scales for the :data:`SCALED_ROTATIONS_3D` best rotations; both rounds ranked together.
+    The SO(3) search ranks rotations at scale 1 alone, and a blurred coarse volume at a scale off by 20 %
+    still ranks its rotations as at the right one, so the full product (33 candidates on the MNI152 pair,
+    six structure-tensor channels of ~50³ FFTs each) spent half its time on scales of wrong rotations."""
+    s0 = min(scales, key=lambda s: abs(math.log(s)))
+    first = _coarse_ranked(fixed, moving, fc, [s0 * r for r in rots], min_overlap, workers=workers)
+    best: list[int] = []
+    for _, i, _t in first:
+        if i not in best:
+            best.append(i)
+        if len(best) == SCALED_ROTATIONS_3D:
+            break
+    others = [s * rots[i] for i in best for s in scales if s != s0]
+    second = _coarse_ranked(fixed, moving, fc, others, min_overlap, workers=workers) if others else []
+    both = sorted([(v, 0, i, t) for v, i, t in first] + [(v, 1, i, t) for v, i, t in second],
+                  key=lambda h: (-h[0], h[1], h[2]))
+    return [(v, t) for v, _, _, t in both]
+
+
 class _NoOverlap(ValueError):
     """No candidate transform keeps ``min_overlap`` (a one-line error for the call; for the consistency
     check's reverse registration, an answer it cannot confirm)."""
@@ -931,7 +998,10 @@ def _linear_stage(fixed: _Pyramid, moving: _Pyramid, model: str, opts: dict[str,
             rots += list(opts.get("shortlist_3d") or ())
         mats = _distinct([s * r for s in scales for r in rots])
     workers = opts.get("workers", 1)
-    ranked = _coarse_candidates(fixed, moving, fc, mats, opts["min_overlap"], workers=workers)
+    if d == 3 and len(scales) > 1 and opts.get("candidates") is None:
+        ranked = _scaled_candidates_3d(fixed, moving, fc, _distinct(rots), scales, opts["min_overlap"], workers)
+    else:
+        ranked = _coarse_candidates(fixed, moving, fc, mats, opts["min_overlap"], workers=workers)
     if not ranked:
         raise _NoOverlap(f"no transform keeps min_overlap={opts['min_overlap']:g} of the fixed image covered")
     coarse = ranked[0][1]
@@ -952,7 +1022,7 @@ def _linear_stage(fixed: _Pyramid, moving: _Pyramid, model: str, opts: dict[str,
     lin = _optimise_linear(levels, coarse, lin_model, iters, opts["min_overlap"])
     if opts.get("polish") and lin_model != "translation":
         lin = _polish_linear(fixed, moving, lin, lin_model, opts["min_overlap"], levels[-1].f,
-                             opts.get("polish_points"))
+                             opts.get("polish_points"), opts.get("polish_workers", 1))
     return coarse, lin, levels
 
 
@@ -967,48 +1037,104 @@ POLISH: dict[str, Any] = {"points": {2: 1 << 15, 3: 1 << 16}, "bins": 48, "itera
 #: MNI152 T1 / T2-like pairs of seeds 0–2 (docs/benchmarks.md, sixth round): 2¹⁶ points × 20 iterations fit
 #: in 2.2 s what 2¹⁷ × 40 did in 6.0 s, label Dice 0.931–0.938 instead of 0.934–0.940 (SyN 0.906 on seed 0);
 #: with the returned field interpolated from the fitted grid (:func:`_full_field`), 0.948–0.953, and 40
-#: iterations (3.8 s) add nothing (0.949 / 0.951 on seeds 0 / 2). Squarings: 4 (the field is integrated on a
-#: grid a quarter of the volume's size, where the largest displacement, ~3 px, is < 1 grid pixel, so each of
-#: 2⁴ steps moves < 0.05 of one): Dice, TRE and folding as with 6, 10 % less time.
+#: iterations (3.8 s) add nothing (0.949 / 0.951 on seeds 0 / 2). Integrated on a grid every ``grid_spacing``
+#: voxels (8: as fine as the control grid; it was a quarter of the volume's size, ~4 voxels): 0.3–0.5 s less,
+#: and Dice 0.949 / 0.953 / 0.952 → 0.956 / 0.959 / 0.960, TRE lower on all three (session 10). Squarings: 4
+#: (the largest displacement, ~3 voxels, is under half a grid pixel, so each of 2⁴ steps moves < 0.03 of one).
 FIELD_3D: dict[str, int] = {"points": 1 << 16, "iterations": 20, "squarings": 4}
 
 
 class _PolishLevel:
     """Full-resolution mutual information of the raw intensities at a fixed random set of fixed-grid points
-    (the :func:`_linear_level` interface: ``f``, ``fshape``, ``points``, ``similarity``)."""
+    (the :func:`_linear_level` interface: ``f``, ``fshape``, ``points``, ``similarity``).
 
-    def __init__(self, fixed: np.ndarray, moving: np.ndarray, n_points: int, bins: int) -> None:
+    The points are split into :data:`POLISH_PARTS` parts, whose joint histograms add up to the whole one; with
+    ``workers`` > 1 the parts are sampled, binned and differentiated on threads (:func:`_split_mi_function`).
+    The split is the same whatever ``workers`` is, so the answer does not depend on it."""
+
+    def __init__(self, fixed: np.ndarray, moving: np.ndarray, n_points: int, bins: int, workers: int = 1) -> None:
         torch = _torch()
         from .mutual_information import bspline_window, stack_with_gradient
 
         self.f, self.fshape, self.mshape, self.bins = 1, fixed.shape, moving.shape, bins
+        self.workers = max(1, int(workers))
         inner = tuple(slice(1, s - 1) for s in fixed.shape)
         idx = np.moveaxis(np.indices(fixed.shape, dtype=np.float32), 0, -1)[inner].reshape(-1, fixed.ndim)
         if len(idx) > n_points:
             idx = idx[np.sort(np.random.default_rng(0).choice(len(idx), n_points, replace=False))]
         self.points = torch.from_numpy(idx)
         vals = torch.from_numpy(fixed[tuple(idx.astype(np.int64).T)].astype(np.float32))
-        self.wf = bspline_window(vals, bins)
+        cuts = np.linspace(0, len(idx), POLISH_PARTS + 1).astype(int)
+        self.parts = [slice(int(i), int(j)) for i, j in itertools.pairwise(cuts)]
+        self.windows = [bspline_window(vals[p], bins) for p in self.parts]
         mov = torch.from_numpy(moving)[None, None]
         self.mov = stack_with_gradient(mov, _gradients(mov))
 
-    def similarity(self, y: Any) -> tuple[Any, Any]:
-        from .mutual_information import mutual_information, sample_with_gradient
+    def joint(self, k: int, y: Any) -> Any:
+        """Joint histogram of part ``k`` of the points, at their moving-image coordinates ``y`` (part's rows)."""
+        from .mutual_information import joint_histogram, sample_with_gradient
 
         inside = _inside(y.detach(), self.mshape, 0.0)
-        mi = mutual_information(self.wf, sample_with_gradient(self.mov, None, y), inside, self.bins)
-        return mi, inside.mean()
+        return joint_histogram(self.windows[k], sample_with_gradient(self.mov, None, y), inside, self.bins)
+
+    def similarity(self, y: Any) -> tuple[Any, Any]:
+        mi = _split_mi_function().apply(y, self)
+        return mi, _inside(y.detach(), self.mshape, 0.0).mean()
+
+
+#: Parts of the polish's sample points (:class:`_PolishLevel`): one per thread of a two-core machine.
+POLISH_PARTS = 2
+
+
+@lru_cache(maxsize=1)
+def _split_mi_function() -> Any:
+    """The autograd function of :meth:`_PolishLevel.similarity`: mutual information of the summed joint
+    histograms of the level's parts, each part's histogram (forward) and its gradient (backward) on its own
+    thread. Written here because one autograd graph runs its backward on one thread: after the consistency
+    check's reverse registration is done, the full-resolution polish — the costliest part of a 3-D
+    registration — would keep one core of two busy."""
+    torch = _torch()
+
+    class SplitMI(torch.autograd.Function):
+        @staticmethod
+        def forward(ctx: Any, y: Any, lev: _PolishLevel) -> Any:
+            from .mutual_information import mutual_information_of
+
+            def part(k: int) -> tuple[Any, Any]:
+                with torch.enable_grad():
+                    yk = y[lev.parts[k]].detach().requires_grad_(True)
+                    return yk, lev.joint(k, yk)
+
+            graphs = _map_threads(part, range(len(lev.parts)), workers=lev.workers)
+            with torch.enable_grad():
+                joint = sum(j for _, j in graphs).detach().requires_grad_(True)
+                mi = mutual_information_of(joint)
+                (grad,) = torch.autograd.grad(mi, joint)  # the same for every part: their histograms add up
+            ctx.graphs, ctx.grad, ctx.workers = graphs, grad, lev.workers
+            return mi.detach()
+
+        @staticmethod
+        def backward(ctx: Any, g: Any) -> Any:
+            def part(k: int) -> Any:
+                yk, jk = ctx.graphs[k]
+                return torch.autograd.grad(jk, yk, ctx.grad * g)[0]
+
+            gy = torch.cat(_map_threads(part, range(len(ctx.graphs)), workers=ctx.workers))
+            ctx.graphs = None
+            return gy, None
+
+    return SplitMI
 
 
 def _polish_linear(fixed: _Pyramid, moving: _Pyramid, lin: LinearTransform, model: str, min_overlap: float,
-                   finest: int = 1, points: int | None = None) -> LinearTransform:
+                   finest: int = 1, points: int | None = None, workers: int = 1) -> LinearTransform:
     """The linear answer refined at full resolution on the mutual information of the raw intensities (Mattes
     et al., IEEE TMI 2003: the similarity ANTs and elastix optimise) — the structure channels find the
     answer from far away and across contrasts, the intensities pin it down to a few hundredths of a pixel.
     Kept only if it moves the fixed grid's points by at most ``POLISH["max_move"]`` pixels of the finest
     structure level (downsampled by ``finest``) on average: a refinement, never a different answer."""
     n = int(points) if points else int(POLISH["points"][fixed.ndim])
-    lev = _PolishLevel(fixed.img, moving.img, n, int(POLISH["bins"]))
+    lev = _PolishLevel(fixed.img, moving.img, n, int(POLISH["bins"]), workers)
     centre = (np.asarray(fixed.shape, dtype=np.float64) - 1) / 2.0
     a, b = _linear_level(lev, lin.matrix, lin.offset, centre, model, int(POLISH["iterations"]), min_overlap)
     new = LinearTransform(a, b, lin.kind)
@@ -1081,7 +1207,7 @@ def register(
         lower the TRE on three MNI152 pairs).
         The deformable stage runs on two levels in 2-D, the finest at ``4 × fine_size`` (full resolution
         up to 512²); in 3-D on one, mutual information at full-resolution sample points with the field
-        integrated at ``fine_size``.
+        integrated on a grid every ``grid_spacing`` voxels (the control grid's resolution).
     iterations : int or sequence of int
         L-BFGS iterations per pyramid level (coarse to fine).
     grid_spacing : float
@@ -1121,10 +1247,11 @@ def register(
     threads = torch.get_num_threads()
     torch.set_num_threads(1)  # small tensors: one thread is faster, and it never spins against other work
     try:
-        return _register(fixed, moving, model, backbone, min_overlap, angle_range, angle_step, scales,
-                         coarse_size, fine_size, iterations, grid_spacing, smooth, deformable_iterations,
-                         check_consistency, channel_axis, weights, feature_weight, polish,
-                         _default_workers() if workers is None else max(1, int(workers)))
+        with _one_blas_thread():
+            return _register(fixed, moving, model, backbone, min_overlap, angle_range, angle_step, scales,
+                             coarse_size, fine_size, iterations, grid_spacing, smooth, deformable_iterations,
+                             check_consistency, channel_axis, weights, feature_weight, polish,
+                             _default_workers() if workers is None else max(1, int(workers)))
     finally:
         torch.set_num_threads(threads)
 
@@ -1194,8 +1321,11 @@ def _register(fixed: Any, moving: Any, model: str, backbone: Any, min_overlap: f
     split = reverse is not None and workers > 1
     with ThreadPoolExecutor(1, thread_name_prefix="neuros-register-reverse") if split else nullcontext() as pool:
         opts["workers"] = max(1, workers // 2) if split else workers
+        # the polish starts when the reverse (a coarser finest level, an eighth of the points) is nearly done:
+        # it takes every worker
+        opts["polish_workers"] = workers
         if reverse is not None:
-            ropts["workers"] = opts["workers"]
+            ropts["workers"], ropts["polish_workers"] = opts["workers"], 1
         if split:
             pending = pool.submit(reverse)
         coarse, lin, levels = _linear_stage(f_pyr, m_pyr, model, opts)
@@ -1210,9 +1340,10 @@ def _register(fixed: Any, moving: Any, model: str, backbone: Any, min_overlap: f
                                 _iterations(len(dlev), deformable_iterations), float(smooth))
         elif model == "deformable":  # 3-D: mutual information at full-resolution points (see _polish_field)
             v0 = _torch().zeros((1, d, *(math.ceil((s - 1) / float(grid_spacing)) + 1 for s in f_img.shape)))
-            field_f = _factors(f_img.shape, fine_size)
+            field_f = max(1, round(float(grid_spacing)))  # integrated on a grid as fine as the control grid's
             v = _polish_field(f_img, m_img, v0, lin, float(grid_spacing), field_f,
-                              _iterations(1, deformable_iterations)[-1], float(smooth), FIELD_3D["squarings"])
+                              _iterations(1, deformable_iterations)[-1], float(smooth), FIELD_3D["squarings"],
+                              workers)
         consistency = float("nan")
         limit = _inconsistency_limit(f_img.shape, model)
         if reverse is not None:
