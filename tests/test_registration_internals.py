@@ -7,6 +7,7 @@ import pytest
 
 from neuros.plugins.cv import registration_models as rm
 from neuros.plugins.cv.mutual_information import (
+    box_window,
     bspline_window,
     mutual_information,
     sample_with_gradient,
@@ -21,8 +22,10 @@ def em(sstem_dir):
     return tifffile.imread(sstem_dir / "raw" / "04.tif").astype(np.float32) / 255.0
 
 
-def test_mutual_information_histogram_equals_the_sixteen_entries_per_point():
-    """The block accumulation builds the same joint histogram as adding each point's 16 weighted entries."""
+@pytest.mark.parametrize("window", ["bspline", "box"])
+def test_mutual_information_histogram_equals_the_entries_of_each_point(window):
+    """The block accumulation builds the same joint histogram as adding each point's 16 (cubic fixed window) or
+    4 (box) weighted entries; the box puts each fixed value in the bin whose centre is nearest."""
     import torch
 
     rng = np.random.default_rng(0)
@@ -30,7 +33,10 @@ def test_mutual_information_histogram_equals_the_sixteen_entries_per_point():
     f = torch.from_numpy(rng.random(n, dtype=np.float32))
     m = torch.from_numpy(np.clip(0.6 * f.numpy() + 0.4 * rng.random(n, dtype=np.float32), 0, 1))
     mask = torch.from_numpy((rng.random(n) > 0.2).astype(np.float32))
-    (fi, fw), (mi, mw) = bspline_window(f, bins), bspline_window(m, bins)
+    (fi, fw), (mi, mw) = (bspline_window if window == "bspline" else box_window)(f, bins), bspline_window(m, bins)
+    if window == "box":
+        u = 2.0 + f.numpy() * (bins - 5)
+        assert fi.shape == (n, 1) and np.all(np.abs(fi.numpy()[:, 0] - u) <= 0.5) and np.all(fw.numpy() == 1)
     joint = np.zeros((bins, bins))
     w = (fw * mask[:, None]).numpy()[:, :, None] * mw.numpy()[:, None, :]
     rows = np.broadcast_to(fi.numpy()[:, :, None], w.shape)
@@ -193,7 +199,8 @@ def _smooth_volume(shape, seed):
     return ((v - v.min()) / (v.max() - v.min())).astype(np.float32)
 
 
-def test_the_polish_split_between_threads_equals_the_whole_mutual_information():
+@pytest.mark.parametrize("window", ["box", "bspline"])
+def test_the_polish_split_between_threads_equals_the_whole_mutual_information(window):
     """The polish's points in parts whose joint histograms add up (one part per thread): the same mutual
     information and the same gradient as one histogram of all the points, whatever the number of threads."""
     import torch
@@ -202,19 +209,19 @@ def test_the_polish_split_between_threads_equals_the_whole_mutual_information():
     moving = 0.5 * moving + 0.5 * fixed
     want = None
     for workers in (1, 2):
-        lev = rm._PolishLevel(fixed, moving, 4000, 32, workers)
+        lev = rm._PolishLevel(fixed, moving, 4000, 32, workers, window)
         assert len(lev.parts) == rm.POLISH_PARTS == 2
         y = (lev.points * 0.97 + 0.6).requires_grad_(True)
         mi, overlap = lev.similarity(y)
         mi.backward()
         if want is None:  # the plain computation: one histogram of every point, one autograd graph
-            from neuros.plugins.cv.mutual_information import bspline_window, stack_with_gradient
+            from neuros.plugins.cv.mutual_information import stack_with_gradient
 
             yy = y.detach().clone().requires_grad_(True)
             vals = torch.from_numpy(fixed[tuple(lev.points.numpy().astype(np.int64).T)])
             mov = torch.from_numpy(moving)[None, None]
             inside = rm._inside(yy.detach(), moving.shape, 0.0)
-            whole = mutual_information(bspline_window(vals, 32),
+            whole = mutual_information((box_window if window == "box" else bspline_window)(vals, 32),
                                        sample_with_gradient(stack_with_gradient(mov, rm._gradients(mov)), None, yy),
                                        inside, 32)
             whole.backward()

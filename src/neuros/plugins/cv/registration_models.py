@@ -765,7 +765,7 @@ def _polish_field(fixed: np.ndarray, moving: np.ndarray, v0: Any, lin: LinearTra
     torch = _torch()
 
     d = lin.ndim
-    pl = _PolishLevel(fixed, moving, int(FIELD_3D["points"]), int(POLISH["bins"]), workers)
+    pl = _PolishLevel(fixed, moving, int(FIELD_3D["points"]), int(POLISH["bins"]), workers, fixed_window="bspline")
     lshape = tuple(s // f for s in fixed.shape)
     at_points = _PointInterpolation(((pl.points.numpy() - (f - 1) / 2.0) / f).astype(np.float64), lshape)
     v = v0.clone().requires_grad_(True)
@@ -1050,11 +1050,18 @@ class _PolishLevel:
 
     The points are split into :data:`POLISH_PARTS` parts, whose joint histograms add up to the whole one; with
     ``workers`` > 1 the parts are sampled, binned and differentiated on threads (:func:`_split_mi_function`).
-    The split is the same whatever ``workers`` is, so the answer does not depend on it."""
+    The split is the same whatever ``workers`` is, so the answer does not depend on it.
 
-    def __init__(self, fixed: np.ndarray, moving: np.ndarray, n_points: int, bins: int, workers: int = 1) -> None:
+    ``fixed_window``: the fixed intensities' Parzen window, ``"box"`` (one bin, as ITK's Mattes metric; each
+    point a 1 × 4 histogram block) or ``"bspline"`` (cubic, 4 × 4). The linear polish uses the box — MI forward
+    and backward 13 → 9 ms on 25 k points, and on the three MNI152 T1 / T2-like affine pairs TRE 0.053 / 0.080 /
+    0.045 → 0.041 / 0.051 / 0.043 voxel; the 3-D field the cubic one (label Dice 0.001–0.002 higher for
+    0.2 s more; session 10)."""
+
+    def __init__(self, fixed: np.ndarray, moving: np.ndarray, n_points: int, bins: int, workers: int = 1,
+                 fixed_window: str = "box") -> None:
         torch = _torch()
-        from .mutual_information import bspline_window, stack_with_gradient
+        from .mutual_information import box_window, bspline_window, stack_with_gradient
 
         self.f, self.fshape, self.mshape, self.bins = 1, fixed.shape, moving.shape, bins
         self.workers = max(1, int(workers))
@@ -1066,7 +1073,8 @@ class _PolishLevel:
         vals = torch.from_numpy(fixed[tuple(idx.astype(np.int64).T)].astype(np.float32))
         cuts = np.linspace(0, len(idx), POLISH_PARTS + 1).astype(int)
         self.parts = [slice(int(i), int(j)) for i, j in itertools.pairwise(cuts)]
-        self.windows = [bspline_window(vals[p], bins) for p in self.parts]
+        window = box_window if fixed_window == "box" else bspline_window
+        self.windows = [window(vals[p], bins) for p in self.parts]
         mov = torch.from_numpy(moving)[None, None]
         self.mov = stack_with_gradient(mov, _gradients(mov))
 
