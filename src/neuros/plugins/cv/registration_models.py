@@ -734,24 +734,37 @@ def _svf(v: Any, shape: tuple[int, ...], f: int, steps: int) -> Any:
 
 
 def _optimise_field(levels: list[_Level], lin: LinearTransform, shape: tuple[int, ...], spacing: float,
-                    iterations: Sequence[int], smooth: float, steps: int = 6) -> Any:
-    """Velocity field on a control grid every ``spacing`` pixels (full-res px), level by level, by L-BFGS."""
+                    iterations: Sequence[int], smooth: float, steps: int = 6, grid_f: int | None = None) -> Any:
+    """Velocity field on a control grid every ``spacing`` pixels (full-res px), level by level, by L-BFGS.
+
+    ``grid_f``: the field is integrated (scaling and squaring) on the grid downsampled by ``grid_f`` and read
+    at each level's pixels by linear interpolation — as :func:`_full_field` reads it at every pixel — instead
+    of being integrated at each level's resolution."""
     torch = _torch()
     d = lin.ndim
     cg = tuple(math.ceil((s - 1) / spacing) + 1 for s in shape)
     v = torch.zeros((1, d, *cg), dtype=torch.float32, requires_grad=True)
     big_a = torch.from_numpy(lin.matrix.astype(np.float32))
     big_b = torch.from_numpy(lin.offset.astype(np.float32))
+    gshape = tuple(max(1, s // grid_f) for s in shape) if grid_f else None
 
-    def loss(lev: _Level) -> Any:
-        u = _svf(v, lev.fshape, lev.f, steps)  # level px
-        x = lev.points + torch.movedim(u[0], 0, -1) * lev.f
+    def loss(lev: _Level, at_points: _PointInterpolation | None) -> Any:
+        if at_points is None:
+            u = _svf(v, lev.fshape, lev.f, steps)  # level px
+            x = lev.points + torch.movedim(u[0], 0, -1) * lev.f
+        else:
+            u = _svf(v, gshape, grid_f, steps)  # px of the integration grid
+            x = lev.points + at_points(u).view(*lev.points.shape) * grid_f
         s, _ = lev.similarity(x @ big_a.T + big_b)
         reg = sum(((v.diff(dim=2 + ax) / spacing) ** 2).mean() for ax in range(d))
         return -s + smooth * reg
 
     for lev, iters in zip(levels, iterations, strict=True):
-        _lbfgs([v], partial(loss, lev), iters)
+        at_points = None
+        if grid_f:
+            pts = lev.points.numpy().reshape(-1, d).astype(np.float64)
+            at_points = _PointInterpolation((pts - (grid_f - 1) / 2.0) / grid_f, gshape)
+        _lbfgs([v], partial(loss, lev, at_points), iters)
     return v.detach()
 
 
@@ -766,7 +779,7 @@ def _polish_field(fixed: np.ndarray, moving: np.ndarray, v0: Any, lin: LinearTra
 
     d = lin.ndim
     pl = _PolishLevel(fixed, moving, int(FIELD_3D["points"]), int(POLISH["bins"]), workers, fixed_window="bspline")
-    lshape = tuple(s // f for s in fixed.shape)
+    lshape = tuple(max(1, s // f) for s in fixed.shape)
     at_points = _PointInterpolation(((pl.points.numpy() - (f - 1) / 2.0) / f).astype(np.float64), lshape)
     v = v0.clone().requires_grad_(True)
     big_a = torch.from_numpy(lin.matrix.astype(np.float32))
@@ -844,7 +857,7 @@ def _full_field(v: Any, shape: tuple[int, ...], steps: int = 6, f: int = 1) -> n
     with torch.no_grad():
         if f == 1:
             return _svf(v, shape, 1, steps)[0].numpy()
-        lshape = tuple(s // f for s in shape)
+        lshape = tuple(max(1, s // f) for s in shape)
         u = _svf(v, lshape, f, steps)  # level pixels
         axes = [torch.clamp((torch.arange(n, dtype=torch.float32) - (f - 1) / 2.0) / f, 0, m - 1)
                 / max(m - 1, 1) * 2 - 1 for n, m in zip(shape, lshape, strict=True)]
@@ -1341,14 +1354,15 @@ def _register(fixed: Any, moving: Any, model: str, backbone: Any, min_overlap: f
         v = None
         field_f = 1  # the field's finest grid: the full field is interpolated from it as the fit saw it
         if model == "deformable" and d == 2:
-            fd = field_f = _factors(f_img.shape, 4 * fine_size)
+            fd = _factors(f_img.shape, 4 * fine_size)
             dlev = [_Level(f_pyr, m_pyr, f, feats, float(feature_weight))
                     for f in sorted({max(2 * fd, 1), fd}, reverse=True)]
+            field_f = max(1, round(float(grid_spacing)))  # integrated on a grid as fine as the control grid's
             v = _optimise_field(dlev, lin, f_img.shape, float(grid_spacing),
-                                _iterations(len(dlev), deformable_iterations), float(smooth))
+                                _iterations(len(dlev), deformable_iterations), float(smooth), grid_f=field_f)
         elif model == "deformable":  # 3-D: mutual information at full-resolution points (see _polish_field)
             v0 = _torch().zeros((1, d, *(math.ceil((s - 1) / float(grid_spacing)) + 1 for s in f_img.shape)))
-            field_f = max(1, round(float(grid_spacing)))  # integrated on a grid as fine as the control grid's
+            field_f = max(1, round(float(grid_spacing)))  # as in 2-D
             v = _polish_field(f_img, m_img, v0, lin, float(grid_spacing), field_f,
                               _iterations(1, deformable_iterations)[-1], float(smooth), FIELD_3D["squarings"],
                               workers)
