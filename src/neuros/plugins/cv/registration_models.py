@@ -1248,7 +1248,8 @@ def register(
         Weight of the backbone-feature similarity (0–1) when ``backbone`` is given.
     polish : bool
         Refine the linear answer at full resolution on the mutual information of the intensities
-        (:func:`_polish_linear`; kept only if it moves the answer by at most ``POLISH["max_move"]`` px).
+        (:func:`_polish_linear`; kept only if it moves the answer by at most ``POLISH["max_move"]`` px). Not
+        before the 2-D deformable field, which absorbs the sub-pixel remainder itself.
     workers : int, optional
         Threads for the independent parts: the consistency check's reverse registration runs beside the
         forward one (and the deformable stage), the coarse search's candidates are split between threads.
@@ -1334,6 +1335,12 @@ def _register(fixed: Any, moving: Any, model: str, backbone: Any, min_overlap: f
                 return None
             return answer, _evaluate(rlevels[-1], answer)[0]
 
+    if model == "deformable" and d == 2:
+        # no linear polish before the 2-D field (the reverse check keeps its own): the field, fitted at full
+        # resolution, absorbs the sub-pixel remainder — on the 10 deformable benchmark pairs (five sources ×
+        # 2 seeds) median TRE 0.088 → 0.086 px, mean label Dice 0.9888 → 0.9887, 28.4 → 22.9 s (session 10;
+        # in 3-D the polish stays: without it TRE 1.80 → 2.37 voxels)
+        opts["polish"] = False
     from concurrent.futures import ThreadPoolExecutor
     from contextlib import nullcontext
 
