@@ -2,12 +2,12 @@
 
 The intensity similarity that ANTs, elastix and SimpleITK optimise across contrasts: Mattes et al.'s
 formulation (*IEEE TMI* 2003) — a joint histogram of the fixed and moving intensities at a fixed set of
-sample points, each intensity spread over the bins by a cubic B-spline window, so the histogram (and the
-mutual information) is a smooth function of the moving intensities. Each window touches four consecutive
-bins, so each point adds a 4 × 4 block to the histogram (``index_add`` of the blocks), not a dense
-(N × bins²) product.
+sample points, each moving intensity spread over the bins by a cubic B-spline window, so the histogram (and
+the mutual information) is a smooth function of the moving intensities; each fixed intensity by the same
+window or, as ITK does, in one bin (:func:`box_window`). Each point adds a 4 × 4 (or 1 × 4) block to the
+histogram (``index_add`` of the blocks), not a dense (N × bins²) product.
 ``registration_models`` uses it for its last, full-resolution refinement of a linear transform
-(``registration_models._polish_linear``).
+(``registration_models._polish_linear``) and for the 3-D velocity field (``_polish_field``).
 """
 
 from __future__ import annotations

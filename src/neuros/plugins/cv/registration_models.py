@@ -1252,7 +1252,8 @@ def register(
         before the 2-D deformable field, which absorbs the sub-pixel remainder itself.
     workers : int, optional
         Threads for the independent parts: the consistency check's reverse registration runs beside the
-        forward one (and the deformable stage), the coarse search's candidates are split between threads.
+        forward one (and the deformable stage), the coarse search's candidates and the polish's sample points
+        are split between threads.
         Default: the CPUs this process may use, at most :data:`MAX_WORKERS`. The answer does not depend on it.
 
     Returns
