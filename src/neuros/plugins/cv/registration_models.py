@@ -778,7 +778,7 @@ def _polish_field(fixed: np.ndarray, moving: np.ndarray, v0: Any, lin: LinearTra
     torch = _torch()
 
     d = lin.ndim
-    pl = _PolishLevel(fixed, moving, int(FIELD_3D["points"]), int(POLISH["bins"]), workers, fixed_window="bspline")
+    pl = _PolishLevel(fixed, moving, int(FIELD_3D["points"]), int(FIELD_3D["bins"]), workers, fixed_window="bspline")
     lshape = tuple(max(1, s // f) for s in fixed.shape)
     at_points = _PointInterpolation(((pl.points.numpy() - (f - 1) / 2.0) / f).astype(np.float64), lshape)
     v = v0.clone().requires_grad_(True)
@@ -1054,7 +1054,9 @@ POLISH: dict[str, Any] = {"points": {2: 1 << 15, 3: 1 << 16}, "bins": 48, "itera
 #: voxels (8: as fine as the control grid; it was a quarter of the volume's size, ~4 voxels): 0.3–0.5 s less,
 #: and Dice 0.949 / 0.953 / 0.952 → 0.956 / 0.959 / 0.960, TRE lower on all three (session 10). Squarings: 4
 #: (the largest displacement, ~3 voxels, is under half a grid pixel, so each of 2⁴ steps moves < 0.03 of one).
-FIELD_3D: dict[str, int] = {"points": 1 << 16, "iterations": 20, "squarings": 4}
+#: Histogram bins: 32 (ANTs' default; the linear polish keeps 48): TRE 1.926 / 2.202 / 1.111 → 1.876 / 2.190 /
+#: 1.077 voxels, Dice 0.9550 / 0.9584 / 0.9592 → 0.9560 / 0.9582 / 0.9626 (24 bins: between; session 10).
+FIELD_3D: dict[str, int] = {"points": 1 << 16, "iterations": 20, "squarings": 4, "bins": 32}
 
 
 class _PolishLevel:
