@@ -301,3 +301,32 @@ def test_3d_scales_are_searched_for_the_best_rotations_only(mni_volumes):
     assert np.allclose(two[0][1].matrix, truth_m) and np.allclose(full[0][1].matrix, truth_m)
     assert two[0][0] == pytest.approx(full[0][0])
     assert counted == [len(rots), 2 * rm.SCALED_ROTATIONS_3D] and sum(counted) < len(full)
+
+
+def test_the_2d_field_is_fitted_as_it_is_returned(em):
+    """The 2-D velocity field is integrated on a grid every ``grid_spacing`` pixels and read at each level's
+    pixels by linear interpolation: the displacement the fit applies at the full-resolution level's pixels is
+    the returned field there (the fit and the answer are one field, as in 3-D)."""
+    import torch
+
+    from neuros.plugins.cv.transforms import LinearTransform
+
+    img = em[200:261, 300:370].copy()
+    fp = mp = rm._Pyramid(img)
+    lev = rm._Level(fp, mp, 1)
+    seen: list = []
+    real = rm._Level.similarity
+
+    def record(self, y):
+        seen.append(y.detach().clone())
+        return real(self, y)
+
+    torch.manual_seed(0)
+    with pytest.MonkeyPatch.context() as mpatch:
+        mpatch.setattr(rm._Level, "similarity", record)
+        mpatch.setattr(rm, "_lbfgs", lambda params, closure, iters, **k: (params[0].data.normal_(0, 3), closure()))
+        v = rm._optimise_field([lev], LinearTransform(np.eye(2), np.zeros(2)), img.shape, 8.0, [1], 1.0, grid_f=8)
+    applied = (seen[-1] - lev.points).numpy()  # identity linear part: y = x + u(x)
+    returned = np.moveaxis(rm._full_field(v, img.shape, 6, 8), 0, -1)
+    assert np.abs(applied).max() > 1.0  # a real, random field
+    np.testing.assert_allclose(applied, returned, atol=1e-4)
