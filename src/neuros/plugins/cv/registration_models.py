@@ -734,36 +734,31 @@ def _svf(v: Any, shape: tuple[int, ...], f: int, steps: int) -> Any:
 
 
 def _optimise_field(levels: list[_Level], lin: LinearTransform, shape: tuple[int, ...], spacing: float,
-                    iterations: Sequence[int], smooth: float, steps: int = 6, grid_f: int | None = None) -> Any:
+                    iterations: Sequence[int], smooth: float, grid_f: int, steps: int = 6) -> Any:
     """Velocity field on a control grid every ``spacing`` pixels (full-res px), level by level, by L-BFGS.
 
-    ``grid_f``: the field is integrated (scaling and squaring) on the grid downsampled by ``grid_f`` and read
-    at each level's pixels by linear interpolation — as :func:`_full_field` reads it at every pixel — instead
-    of being integrated at each level's resolution."""
+    The field is integrated (scaling and squaring) on the grid downsampled by ``grid_f`` and read at each
+    level's pixels by linear interpolation — as :func:`_full_field` reads it at every pixel — so the fitted
+    field is the returned one. (Until session 10 it was integrated at each level's resolution: slower, and
+    label Dice 0.986 instead of 0.989 on the 10 deformable benchmark pairs.)"""
     torch = _torch()
     d = lin.ndim
     cg = tuple(math.ceil((s - 1) / spacing) + 1 for s in shape)
     v = torch.zeros((1, d, *cg), dtype=torch.float32, requires_grad=True)
     big_a = torch.from_numpy(lin.matrix.astype(np.float32))
     big_b = torch.from_numpy(lin.offset.astype(np.float32))
-    gshape = tuple(max(1, s // grid_f) for s in shape) if grid_f else None
+    gshape = tuple(max(1, s // grid_f) for s in shape)
 
-    def loss(lev: _Level, at_points: _PointInterpolation | None) -> Any:
-        if at_points is None:
-            u = _svf(v, lev.fshape, lev.f, steps)  # level px
-            x = lev.points + torch.movedim(u[0], 0, -1) * lev.f
-        else:
-            u = _svf(v, gshape, grid_f, steps)  # px of the integration grid
-            x = lev.points + at_points(u).view(*lev.points.shape) * grid_f
+    def loss(lev: _Level, at_points: _PointInterpolation) -> Any:
+        u = _svf(v, gshape, grid_f, steps)  # px of the integration grid
+        x = lev.points + at_points(u).view(*lev.points.shape) * grid_f
         s, _ = lev.similarity(x @ big_a.T + big_b)
         reg = sum(((v.diff(dim=2 + ax) / spacing) ** 2).mean() for ax in range(d))
         return -s + smooth * reg
 
     for lev, iters in zip(levels, iterations, strict=True):
-        at_points = None
-        if grid_f:
-            pts = lev.points.numpy().reshape(-1, d).astype(np.float64)
-            at_points = _PointInterpolation((pts - (grid_f - 1) / 2.0) / grid_f, gshape)
+        pts = lev.points.numpy().reshape(-1, d).astype(np.float64)
+        at_points = _PointInterpolation((pts - (grid_f - 1) / 2.0) / grid_f, gshape)
         _lbfgs([v], partial(loss, lev, at_points), iters)
     return v.detach()
 
@@ -1369,7 +1364,7 @@ def _register(fixed: Any, moving: Any, model: str, backbone: Any, min_overlap: f
                     for f in sorted({max(2 * fd, 1), fd}, reverse=True)]
             field_f = max(1, round(float(grid_spacing)))  # integrated on a grid as fine as the control grid's
             v = _optimise_field(dlev, lin, f_img.shape, float(grid_spacing),
-                                _iterations(len(dlev), deformable_iterations), float(smooth), grid_f=field_f)
+                                _iterations(len(dlev), deformable_iterations), float(smooth), field_f)
         elif model == "deformable":  # 3-D: mutual information at full-resolution points (see _polish_field)
             v0 = _torch().zeros((1, d, *(math.ceil((s - 1) / float(grid_spacing)) + 1 for s in f_img.shape)))
             field_f = max(1, round(float(grid_spacing)))  # as in 2-D
