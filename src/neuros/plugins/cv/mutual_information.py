@@ -15,7 +15,8 @@ from __future__ import annotations
 from functools import lru_cache
 from typing import Any
 
-__all__ = ["box_window", "bspline_window", "joint_histogram", "mutual_information", "mutual_information_of",
+__all__ = ["box_window", "bspline_window", "bspline_window_slope", "histogram_gradient", "joint_histogram",
+           "mutual_information", "mutual_information_of", "point_gradient", "sample_value_and_slope",
            "sample_with_gradient", "stack_with_gradient"]
 
 
@@ -34,6 +35,23 @@ def bspline_window(values: Any, bins: int) -> tuple[Any, Any]:
     inner = 2.0 / 3.0 - t * t + 0.5 * t ** 3
     outer = (2.0 - t).clamp_min(0.0) ** 3 / 6.0
     return idx, torch.where(t < 1.0, inner, outer)
+
+
+def bspline_window_slope(values: Any, bins: int) -> tuple[Any, Any, Any]:
+    """:func:`bspline_window` of plain (not differentiable) values and the derivative of each weight with respect
+    to its value: (N, 4) int64, (N, 4), (N, 4). The derivative is 0 where a value lies outside [0, 1], where the
+    window's clamp holds it (as autograd's derivative of the clamp)."""
+    import torch
+
+    u = 2.0 + values.clamp(0.0, 1.0) * (bins - 5)
+    idx = torch.floor(u).long()[:, None] + torch.arange(-1, 3)
+    r = u[:, None] - idx.to(u.dtype)  # signed distance to each bin, t = |r|
+    t = r.abs()
+    near = t < 1.0
+    weight = torch.where(near, 2.0 / 3.0 - t * t + 0.5 * t ** 3, (2.0 - t).clamp_min(0.0) ** 3 / 6.0)
+    dt = torch.where(near, t * (1.5 * t - 2.0), -0.5 * (2.0 - t).clamp_min(0.0) ** 2)
+    inside = ((values >= 0.0) & (values <= 1.0)).to(u.dtype)[:, None]
+    return idx, weight, dt * torch.sign(r) * (inside * (bins - 5))
 
 
 def box_window(values: Any, bins: int) -> tuple[Any, Any]:
@@ -59,12 +77,13 @@ def _fold_index(bins: int, rows: int) -> Any:
 
 def joint_histogram(fixed_window: tuple[Any, Any], moving: Any, mask: Any, bins: int = 32) -> Any:
     """The unnormalised (bins, bins) joint histogram of fixed and moving intensities at the points where ``mask``
-    is 1 (arguments as :func:`mutual_information`). Histograms of disjoint sets of points add up: the polish
-    splits its points between threads (``registration_models._PolishLevel``)."""
+    is 1 (arguments as :func:`mutual_information`; ``moving`` may also be the moving window, ``(idx, weights)``).
+    Histograms of disjoint sets of points add up: the polish splits its points between threads
+    (``registration_models._PolishLevel``)."""
     import torch
 
     fi, fw = fixed_window
-    mi_, mw = bspline_window(moving, bins)
+    mi_, mw = moving if isinstance(moving, tuple) else bspline_window(moving, bins)
     # Each point adds a k × 4 block of weights at (first fixed bin, first moving bin), k = the fixed window's
     # width (4: cubic, 1: box). Accumulate the blocks as 4k-wide rows at one index per point, then fold the
     # columns into place: one index_add of contiguous rows (and a row gather backwards) instead of 4k
@@ -86,6 +105,40 @@ def mutual_information_of(joint: Any) -> Any:
     pf, pm = joint.sum(1, keepdim=True), joint.sum(0, keepdim=True)
     ratio = joint / (pf * pm).clamp_min(1e-12)
     return (joint * torch.log(ratio.clamp_min(1e-12))).sum()
+
+
+def histogram_gradient(joint: Any) -> tuple[Any, Any]:
+    """:func:`mutual_information_of` a joint histogram and its derivative with respect to each entry, in closed
+    form: ``(log(p_ab / (p_a p_b)) − MI) / S`` for a histogram of total ``S`` (``p`` its normalised entries).
+    Written out because the polish evaluates it ~10–40 times per registration, and the autograd graph of
+    the few operations cost more than the operations (see :func:`point_gradient`)."""
+    import torch
+
+    total = joint.sum().clamp_min(1e-12)
+    p = joint / total
+    log_ratio = torch.log((p / (p.sum(1, keepdim=True) * p.sum(0, keepdim=True)).clamp_min(1e-12)).clamp_min(1e-12))
+    mi = (p * log_ratio).sum()
+    return mi, (log_ratio - mi) / total
+
+
+def point_gradient(gradient: Any, fixed_window: tuple[Any, Any], moving_window: tuple[Any, Any, Any],
+                   mask: Any) -> Any:
+    """Derivative of the mutual information with respect to each point's moving intensity (N,): the chain rule
+    through the point's histogram block, ``mask · Σ_ab fixed weight_a · ∂(moving weight_b)/∂value · G[a, b]``
+    for the histogram's derivative ``G`` (:func:`histogram_gradient`) and ``moving_window`` from
+    :func:`bspline_window_slope`. Equal to autograd's through :func:`joint_histogram` (tested); one gather of
+    the point's 4k entries of ``G`` instead of the backward of the whole histogram graph."""
+    import torch
+
+    fi, fw = fixed_window
+    mi_, _, mdw = moving_window
+    bins, k = gradient.shape[1], fw.shape[1]
+    # the transpose of joint_histogram's fold: row i of `blocks` holds the k × 4 entries of G a block at i reads,
+    # so each point gathers one contiguous row
+    flat = torch.cat([gradient.reshape(-1), gradient.new_zeros((k - 1) * bins + 4)])
+    blocks = flat[_fold_index(bins, k)].view(bins * bins, 4 * k)
+    rows = blocks[fi[:, 0] * bins + mi_[:, 0]]
+    return (rows * (fw[:, :, None] * mdw[:, None, :]).reshape(len(fi), 4 * k)).sum(1) * mask
 
 
 def mutual_information(fixed_window: tuple[Any, Any], moving: Any, mask: Any, bins: int = 32) -> Any:
@@ -118,15 +171,23 @@ def sample_with_gradient(image: Any, grad: Any, coords: Any) -> Any:
     :func:`stack_with_gradient`), and all are interpolated in one pass.
     """
     import torch
+
+    val, slope = sample_value_and_slope(image if grad is None else torch.cat([image, grad], 1), coords.detach())
+    return val + ((coords - coords.detach()) * slope).sum(-1)
+
+
+def sample_value_and_slope(image: Any, coords: Any) -> tuple[Any, Any]:
+    """Linear interpolation of an image and its gradient, ``image`` (1, 1 + d, *S) as from
+    :func:`stack_with_gradient`, at pixel coordinates ``coords`` (N, d): the values (N,) and the gradient
+    (N, d), not differentiable (the analytic path of the polish, see :func:`point_gradient`)."""
+    import torch
     import torch.nn.functional as F
 
     d = coords.shape[-1]
     size = torch.tensor([max(s - 1, 1) for s in image.shape[2:]], dtype=coords.dtype)
-    g = (2.0 * coords.detach() / size - 1.0).flip(-1).view(1, *([1] * (d - 1)), -1, d)
-    both = image if grad is None else torch.cat([image, grad], 1)
-    both = F.grid_sample(both, g, mode="bilinear", padding_mode="border", align_corners=True).reshape(1 + d, -1)
-    val, slope = both[0], both[1:].T
-    return val + ((coords - coords.detach()) * slope).sum(-1)
+    g = (2.0 * coords / size - 1.0).flip(-1).view(1, *([1] * (d - 1)), -1, d)
+    both = F.grid_sample(image, g, mode="bilinear", padding_mode="border", align_corners=True).reshape(1 + d, -1)
+    return both[0], both[1:].T
 
 
 def stack_with_gradient(image: Any, grad: Any) -> Any:
