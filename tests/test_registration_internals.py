@@ -86,6 +86,33 @@ def test_written_out_mutual_information_gradient_equals_autograd(window):
     assert torch.allclose(g[full], j.grad[full], rtol=1e-4, atol=1e-9)
 
 
+@pytest.mark.parametrize("d", [2, 3])
+def test_written_out_structure_similarity_equals_autograd(d):
+    """The structure levels' NumPy similarity and gradient (``structure_similarity``) equal the torch
+    operations' value and autograd's gradient, overlap ramp included, with part of the level outside the
+    moving image (zero padding, the border ramp) and a random affine map."""
+    import torch
+
+    rng = np.random.default_rng(d)
+    fixed = _smooth_volume((40, 46) if d == 2 else (22, 26, 20), 0)
+    moving = _smooth_volume((44, 38) if d == 2 else (24, 21, 23), 1)
+    for f in (1, 2):
+        lev = rm._Level(fixed, moving, f)
+        a = np.eye(d) + rng.normal(0, 0.1, (d, d))
+        y0 = (lev.points.numpy() @ a.T + rng.normal(0, 3, d) + 2.0).astype(np.float32)
+        got, want = [], []
+        for fn, out in ((lev.similarity, got), (lev.similarity_autograd, want)):
+            y = torch.from_numpy(y0.copy()).requires_grad_(True)
+            s, ov = fn(y)
+            (gs,) = torch.autograd.grad(s, y, retain_graph=True)
+            (go,) = torch.autograd.grad(ov, y)
+            out += [float(s), float(ov), gs, go]
+        assert 0.05 < got[1] < 0.98  # part of the level lies outside the moving image
+        assert got[0] == pytest.approx(want[0], abs=1e-5) and got[1] == pytest.approx(want[1], abs=1e-6)
+        for g, w in ((got[2], want[2]), (got[3], want[3])):
+            assert torch.allclose(g, w, rtol=1e-3, atol=1e-4 * float(w.abs().max()))
+
+
 def test_stacked_sampling_equals_two_passes(em):
     import torch
 
@@ -140,7 +167,8 @@ def test_coarse_scores_do_not_depend_on_how_candidates_are_batched(em):
 
 
 def test_threads_do_not_change_the_answer(em):
-    """The reverse registration on its own thread and the coarse batches on two: the same result as serial."""
+    """The reverse registration beside the forward one (2-D: in a forked child process) and the coarse batches
+    on two threads: the same result as serial."""
     fixed, moving = em[300:428, 300:428], em[292:436, 310:440]
     serial = rm.register(fixed, moving, "affine", workers=1)
     threaded = rm.register(fixed, moving, "affine", workers=2)

@@ -596,9 +596,22 @@ class _Level:
             ff, fm = feats
             self.feats = (_sample(_feature_tensor(ff), _feature_grid(self.points, ff))[0:1],
                           _feature_tensor(fm), fm, float(feature_weight))
+        from .structure_similarity import StructureLevel
+
+        self.structure = StructureLevel(self.cf[0].numpy(), self.mf[0, 0].numpy(), self.mov[0, 0].numpy(),
+                                        float(self.eps_m), f)
 
     def similarity(self, y: Any) -> tuple[Any, Any]:
-        """(similarity, overlap fraction) of the moving image sampled at full-res coordinates ``y`` (*S_l, d)."""
+        """(similarity, overlap fraction) of the moving image sampled at full-res coordinates ``y`` (*S_l, d).
+
+        Without backbone features: :class:`~neuros.plugins.cv.structure_similarity.StructureLevel`'s
+        written-out value and gradient (half the time of :meth:`similarity_autograd`, equal to it: tested)."""
+        if self.feats is None:
+            return _structure_function().apply(y, self.structure)
+        return self.similarity_autograd(y)
+
+    def similarity_autograd(self, y: Any) -> tuple[Any, Any]:
+        """:meth:`similarity` as torch operations (autograd's gradient), with the backbone features if any."""
         warped = _sample(self.mov, _to_grid(y, self.f, self.mshape)[None])
         yl = (y.detach() - (self.f - 1) / 2.0) / self.f
         inside = _inside(yl, self.mshape)[None, None]
@@ -614,6 +627,27 @@ class _Level:
         hi = torch.tensor([n - 1 for n in self.mshape], dtype=y.dtype)
         ramp = torch.clamp(torch.minimum(yl_ := (y - (self.f - 1) / 2.0) / self.f, hi - yl_) + 0.5, 0, 1)
         return s, ramp.prod(-1).mean()
+
+
+@lru_cache(maxsize=1)
+def _structure_function() -> Any:
+    """The autograd function of :meth:`_Level.similarity`: (similarity, overlap) of the moving coordinates, with
+    the gradient :class:`~neuros.plugins.cv.structure_similarity.StructureLevel` computes alongside."""
+    torch = _torch()
+
+    class StructureSimilarity(torch.autograd.Function):
+        @staticmethod
+        def forward(ctx: Any, y: Any, level: Any) -> tuple[Any, Any]:
+            s, ov, ds, dov = level.value_and_gradient(y.detach().numpy(), gradient=ctx.needs_input_grad[0])
+            ctx.grads = (ds, dov)
+            return torch.tensor(s, dtype=y.dtype), torch.tensor(ov, dtype=y.dtype)
+
+        @staticmethod
+        def backward(ctx: Any, gs: Any, gov: Any) -> tuple[Any, None]:
+            ds, dov = ctx.grads
+            return torch.from_numpy(np.ascontiguousarray(ds * float(gs) + dov * float(gov))), None
+
+    return StructureSimilarity
 
 
 def _feature_tensor(fm: Any) -> Any:
@@ -1143,7 +1177,6 @@ def _split_mi_function() -> Any:
             lev = ctx.lev
             gy = torch.cat(_map_threads(lambda k: lev.part_gradient(k, ctx.grad, ctx.saved[k]),
                                         range(len(ctx.saved)), workers=lev.workers))
-            ctx.saved = None
             return gy * g, None
 
     return SplitMI
@@ -1345,19 +1378,30 @@ def _register(fixed: Any, moving: Any, model: str, backbone: Any, min_overlap: f
         # in 3-D the polish stays: without it TRE 1.80 → 2.37 voxels)
         opts["polish"] = False
     from concurrent.futures import ThreadPoolExecutor
-    from contextlib import nullcontext
+    from contextlib import ExitStack
 
-    # the reverse runs on its own thread beside the forward registration (and the deformable stage): the two
-    # share the workers (a forked child process instead of the thread was tried: 3-D affine 7.0 s vs 6.8 s)
+    from .forked import ForkedCall, can_fork
+
+    # the reverse runs beside the forward registration (and the deformable stage); the two share the workers.
+    # 2-D: in a forked child process — on a thread the two directions' small operations hand the GIL to and
+    # fro (two threads were slower than one doing both); 3-D: on a thread — large torch kernels release the
+    # GIL, and a child process was measured no faster (3-D affine 7.0 s vs 6.8 s, session 6)
     split = reverse is not None and workers > 1
-    with ThreadPoolExecutor(1, thread_name_prefix="neuros-register-reverse") if split else nullcontext() as pool:
-        opts["workers"] = max(1, workers // 2) if split else workers
-        # the polish starts when the reverse (a coarser finest level, an eighth of the points) is nearly done:
-        # it takes every worker
-        opts["polish_workers"] = workers
-        if reverse is not None:
-            ropts["workers"], ropts["polish_workers"] = opts["workers"], 1
-        if split:
+    opts["workers"] = max(1, workers // 2) if split else workers
+    # the polish starts when the reverse (a coarser finest level, an eighth of the points) is nearly done:
+    # it takes every worker
+    opts["polish_workers"] = workers
+    if reverse is not None:
+        ropts["workers"], ropts["polish_workers"] = opts["workers"], 1
+    with ExitStack() as stack:
+        pending: Any = None
+        if split and d == 2 and can_fork():
+            pending = stack.enter_context(ForkedCall(reverse))
+            # and the forward polish on one thread: the child has the other core, and the 2-D polish's 2¹⁵
+            # points are too few to gain from a thread that contends for the GIL (12 pairs 5.35 → 5.0 s)
+            opts["polish_workers"] = 1
+        elif split:
+            pool = stack.enter_context(ThreadPoolExecutor(1, thread_name_prefix="neuros-register-reverse"))
             pending = pool.submit(reverse)
         coarse, lin, levels = _linear_stage(f_pyr, m_pyr, model, opts)
         folding = 0.0
@@ -1379,7 +1423,7 @@ def _register(fixed: Any, moving: Any, model: str, backbone: Any, min_overlap: f
         consistency = float("nan")
         limit = _inconsistency_limit(f_img.shape, model)
         if reverse is not None:
-            got = pending.result() if split else reverse()
+            got = pending.result() if pending is not None else reverse()
             consistency = float("inf") if got is None else _mean_point_error(lin, got[0], f_img.shape, m_img.shape)
             if not consistency <= limit:
                 # a second opinion before calling the answer inconsistent: the reverse registration again, from
