@@ -56,6 +56,18 @@ def test_a_child_that_dies_is_replaced_by_the_call_here():
 
 
 @needs_fork
+def test_a_child_that_does_not_answer_in_time_is_killed_and_replaced():
+    parent = os.getpid()
+    t0 = time.perf_counter()
+    with ForkedCall(lambda: time.sleep(60) if os.getpid() != parent else "computed by the caller") as call:
+        pid = call.pid
+        assert call.result(timeout=0.5) == "computed by the caller"
+    assert time.perf_counter() - t0 < 5 and call.pid is None
+    with pytest.raises(ChildProcessError):
+        os.waitpid(pid, os.WNOHANG)
+
+
+@needs_fork
 def test_leaving_without_the_result_kills_the_child():
     t0 = time.perf_counter()
     with ForkedCall(lambda: time.sleep(60)) as call:

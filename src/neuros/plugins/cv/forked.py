@@ -35,9 +35,9 @@ def can_fork() -> bool:
 class ForkedCall(Generic[T]):
     """``fn()`` started in a forked child process; :meth:`result` returns its value.
 
-    An exception raised by ``fn`` in the child, or a child that dies (killed, out of memory), is not
-    trusted: :meth:`result` then calls ``fn()`` in this process, so the caller gets the same value or the same
-    exception as without the child. Use as a context manager: leaving the block before :meth:`result` kills
+    An exception raised by ``fn`` in the child, a child that dies (killed, out of memory) or one that does not
+    answer in time is not trusted: :meth:`result` then calls ``fn()`` in this process, so the caller gets the
+    same value or the same exception as without the child. Use as a context manager: leaving the block before :meth:`result` kills
     and reaps the child.
     """
 
@@ -67,18 +67,27 @@ class ForkedCall(Generic[T]):
         os.close(w)
         self.pid, self.fd = pid, r
 
-    def result(self) -> T:
-        """The call's value (from the child if it succeeded, else computed here)."""
+    def result(self, timeout: float | None = None) -> T:
+        """The call's value: from the child if it succeeded, else computed here — also when ``timeout`` seconds
+        pass without an answer (the child is killed: one that waits for ever on a lock another thread of this
+        process held when it forked costs this much, never a hang)."""
         if self.pid is None:
             return self.fn()
+        import select
+
+        data = b""
         try:
-            with os.fdopen(self.fd, "rb") as src:
-                data = src.read()
+            if select.select([self.fd], [], [], timeout)[0]:
+                with os.fdopen(self.fd, "rb") as src:
+                    data = src.read()
+                self.fd = -1
         finally:
-            self.fd = -1
-            _, status = os.waitpid(self.pid, 0)
-            self.pid = None
-        if os.waitstatus_to_exitcode(status) == 0 and data:
+            if self.fd >= 0:  # timed out (or interrupted): the child goes
+                self.close()
+            else:
+                _, status = os.waitpid(self.pid, 0)
+                self.pid = None
+        if data and os.waitstatus_to_exitcode(status) == 0:
             return pickle.loads(data)
         return self.fn()
 

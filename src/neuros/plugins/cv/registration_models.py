@@ -1423,7 +1423,12 @@ def _register(fixed: Any, moving: Any, model: str, backbone: Any, min_overlap: f
         consistency = float("nan")
         limit = _inconsistency_limit(f_img.shape, model)
         if reverse is not None:
-            got = pending.result() if pending is not None else reverse()
+            if isinstance(pending, ForkedCall):  # the reverse takes less than the forward registration: a child
+                # still silent after twice the forward's time (+ 10 s) is stuck (a lock another thread held at
+                # the fork) and is replaced by the reverse run here
+                got = pending.result(timeout=2.0 * (time.perf_counter() - t0) + 10.0)
+            else:
+                got = pending.result() if pending is not None else reverse()
             consistency = float("inf") if got is None else _mean_point_error(lin, got[0], f_img.shape, m_img.shape)
             if not consistency <= limit:
                 # a second opinion before calling the answer inconsistent: the reverse registration again, from
