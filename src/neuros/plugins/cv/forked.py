@@ -37,8 +37,8 @@ class ForkedCall(Generic[T]):
 
     An exception raised by ``fn`` in the child, a child that dies (killed, out of memory) or one that does not
     answer in time is not trusted: :meth:`result` then calls ``fn()`` in this process, so the caller gets the
-    same value or the same exception as without the child. Use as a context manager: leaving the block before :meth:`result` kills
-    and reaps the child.
+    same value or the same exception as without the child. Use as a context manager: leaving the block before
+    :meth:`result` kills and reaps the child.
     """
 
     def __init__(self, fn: Callable[[], T]) -> None:
