@@ -113,6 +113,32 @@ def test_written_out_structure_similarity_equals_autograd(d):
             assert torch.allclose(g, w, rtol=1e-3, atol=1e-4 * float(w.abs().max()))
 
 
+def test_the_midpoint_of_two_answers_is_halfway_and_keeps_their_kind():
+    """The consistency check's midpoint m = a ∘ (a⁻¹ ∘ b)^½: of equal answers the answer itself; the half step
+    taken twice from a reaches b; of two rigid answers a rigid one at half the angle; the same from either
+    side."""
+    from neuros.plugins.cv.transforms import LinearTransform
+
+    def hom(t):
+        return np.vstack([np.c_[t.matrix, t.offset], [0, 0, 1]])
+
+    a = LinearTransform.rigid([0.17], [3.0, -2.0], center=[20.0, 30.0])
+    b = LinearTransform.rigid([0.21], [3.4, -2.2], center=[20.0, 30.0])
+    c = LinearTransform(np.array([[1.1, 0.05], [-0.02, 0.95]]), np.array([1.0, 2.0]), "affine")
+    same = rm._midpoint(a, a)
+    assert np.allclose(same.matrix, a.matrix) and np.allclose(same.offset, a.offset)
+    for x, y in ((a, b), (a, c)):
+        mid = rm._midpoint(x, y)
+        step = np.linalg.solve(hom(x), hom(mid))
+        assert np.allclose(hom(x) @ step @ step, hom(y)) and mid.kind == x.kind
+        back = rm._midpoint(y, x)
+        assert np.allclose(hom(back), hom(mid))
+    mid = rm._midpoint(a, b)
+    assert np.allclose(mid.matrix @ mid.matrix.T, np.eye(2))
+    assert np.isclose(np.arctan2(mid.matrix[1, 0], mid.matrix[0, 0]),
+                      np.mean([np.arctan2(t.matrix[1, 0], t.matrix[0, 0]) for t in (a, b)]))
+
+
 def test_stacked_sampling_equals_two_passes(em):
     import torch
 

@@ -909,6 +909,23 @@ def _pyramid(shape: tuple[int, ...], coarse_f: int, fine_size: int, full: bool =
     return [2 * fmin, fmin] if 2 * fmin < coarse_f else [fmin]
 
 
+def _midpoint(a: LinearTransform, b: LinearTransform) -> LinearTransform:
+    """The transform halfway between two of the same kind: ``a ∘ (a⁻¹ ∘ b)^½`` (the principal square root of
+    homogeneous matrices: half the rotation, scale and shear of the difference, so rigid stays rigid)."""
+    from scipy.linalg import sqrtm
+
+    d = a.ndim
+
+    def hom(t: LinearTransform) -> np.ndarray:
+        h = np.eye(d + 1)
+        h[:d, :d], h[:d, d] = t.matrix, t.offset
+        return h
+
+    ha = hom(a)
+    m = ha @ np.real(sqrtm(np.linalg.solve(ha, hom(b))))
+    return LinearTransform(m[:d, :d], m[:d, d], a.kind)
+
+
 def _mean_point_error(fwd: LinearTransform, rev: LinearTransform, shape: tuple[int, ...],
                       moving_shape: tuple[int, ...]) -> float:
     """Mean |T(x) − R⁻¹(x)| over a grid of fixed points that land inside the moving image."""
@@ -1274,7 +1291,10 @@ def register(
         L-BFGS iterations per level for the velocity field (3-D: the last value). Default 40 in 2-D,
         ``FIELD_3D["iterations"]`` (20) in 3-D.
     check_consistency : bool
-        Also register ``fixed`` to ``moving`` (the linear stage) and report the mean point distance.
+        Also register ``fixed`` to ``moving`` (the linear stage) and report the mean point distance. For
+        ``rigid`` / ``similarity`` / ``affine`` (with ``polish``) whose two directions agree within the
+        consistency limit, the answer is the midpoint of the two (:func:`_midpoint`): the directions' biases
+        cancel.
     channel_axis : int, optional
         Average this axis of both inputs first (colour images).
     weights : str, optional
@@ -1350,9 +1370,10 @@ def _register(fixed: Any, moving: Any, model: str, backbone: Any, min_overlap: f
         method += f"+{feats[0].backbone}"
     reverse: Callable[[], tuple[LinearTransform, float]] | None = None
     if check_consistency:
-        # the reverse registration only has to confirm the answer to well under a pixel: in 2-D a coarser
-        # finest level (in 3-D the forward's is already 32), an eighth of the polish points
-        ropts = dict(opts, fine_size=max(32, fine_size // 2), polish_points=POLISH["points"][d] // 8,
+        # the reverse registration confirms the answer and, for linear models, is the other half of the midpoint
+        # (below): in 2-D a coarser finest structure level (in 3-D the forward's is already 32), half of the
+        # polish points (an eighth until session 11: the midpoint then moved same-contrast answers by ~0.005 px)
+        ropts = dict(opts, fine_size=max(32, fine_size // 2), polish_points=POLISH["points"][d] // 2,
                      min_overlap=_reverse_overlap(min_overlap, f_img.shape, m_img.shape))
         if d == 2:  # the check searches everything, whatever the call restricted (cheap in 2-D)
             ropts.update(angle_range=180.0, scales=tuple(sorted({*scales, *REVERSE_SCALES})))
@@ -1388,7 +1409,7 @@ def _register(fixed: Any, moving: Any, model: str, backbone: Any, min_overlap: f
     # GIL, and a child process was measured no faster (3-D affine 7.0 s vs 6.8 s, session 6)
     split = reverse is not None and workers > 1
     opts["workers"] = max(1, workers // 2) if split else workers
-    # the polish starts when the reverse (a coarser finest level, an eighth of the points) is nearly done:
+    # the polish starts when the reverse (a coarser finest level, half of the points) is nearly done:
     # it takes every worker
     opts["polish_workers"] = workers
     if reverse is not None:
@@ -1422,6 +1443,7 @@ def _register(fixed: Any, moving: Any, model: str, backbone: Any, min_overlap: f
                               workers)
         consistency = float("nan")
         limit = _inconsistency_limit(f_img.shape, model)
+        rev_answer: LinearTransform | None = None
         if reverse is not None:
             if isinstance(pending, ForkedCall):  # the reverse takes less than the forward registration: a child
                 # still silent after twice the forward's time (+ 10 s) is stuck (a lock another thread held at
@@ -1430,6 +1452,7 @@ def _register(fixed: Any, moving: Any, model: str, backbone: Any, min_overlap: f
             else:
                 got = pending.result() if pending is not None else reverse()
             consistency = float("inf") if got is None else _mean_point_error(lin, got[0], f_img.shape, m_img.shape)
+            rev_answer = None if got is None else got[0]
             if not consistency <= limit:
                 # a second opinion before calling the answer inconsistent: the reverse registration again, from
                 # the inverse of the forward answer's matrix; its own similarity decides which of its two
@@ -1443,6 +1466,14 @@ def _register(fixed: Any, moving: Any, model: str, backbone: Any, min_overlap: f
                     rev2 = None
                 if rev2 is not None and (got is None or _evaluate(rlevels2[-1], rev2)[0] > got[1]):
                     consistency = _mean_point_error(lin, rev2, f_img.shape, m_img.shape)
+                    rev_answer = rev2
+        if rev_answer is not None and consistency <= limit and polish and model in ("rigid", "similarity", "affine"):
+            # the two directions agree: the answer is their midpoint. Each direction's mutual-information optimum
+            # is biased by sampling one image on its grid and interpolating the other (a few hundredths of a
+            # pixel, ~0.15 voxel in 3-D), in opposite senses; halfway, the biases cancel (session 11, pairs
+            # resampled with a cubic spline: 3-D affine TRE 0.155 / 0.172 / 0.038 → 0.041 / 0.050 / 0.060
+            # voxel, ANTs 0.058; 2-D MRI affine median 0.018 → 0.003 px, T1 vs T2-like 0.044 → 0.035)
+            lin = _midpoint(lin, rev_answer.inverse())
     transform: Transform = lin
     if v is not None:
         field_ = DisplacementField(_full_field(v, f_img.shape, 6 if d == 2 else FIELD_3D["squarings"], field_f))
