@@ -1372,8 +1372,10 @@ def _register(fixed: Any, moving: Any, model: str, backbone: Any, min_overlap: f
     if check_consistency:
         # the reverse registration confirms the answer and, for linear models, is the other half of the midpoint
         # (below): in 2-D a coarser finest structure level (in 3-D the forward's is already 32), half of the
-        # polish points (an eighth until session 11: the midpoint then moved same-contrast answers by ~0.005 px)
-        ropts = dict(opts, fine_size=max(32, fine_size // 2), polish_points=POLISH["points"][d] // 2,
+        # polish points (an eighth until session 11: the midpoint then moved same-contrast answers by ~0.005 px;
+        # still an eighth for deformable, whose reverse only confirms the affine part)
+        share = 2 if model in ("rigid", "similarity", "affine") else 8  # deformable: only a check
+        ropts = dict(opts, fine_size=max(32, fine_size // 2), polish_points=POLISH["points"][d] // share,
                      min_overlap=_reverse_overlap(min_overlap, f_img.shape, m_img.shape))
         if d == 2:  # the check searches everything, whatever the call restricted (cheap in 2-D)
             ropts.update(angle_range=180.0, scales=tuple(sorted({*scales, *REVERSE_SCALES})))
