@@ -97,14 +97,20 @@ def joint_histogram(fixed_window: tuple[Any, Any], moving: Any, mask: Any, bins:
     return flat[: bins * bins].view(bins, bins)
 
 
-def mutual_information_of(joint: Any) -> Any:
-    """Mutual information (nats) of a joint histogram (any scale: it is normalised here)."""
+def _log_ratio(joint: Any) -> tuple[Any, Any, Any]:
+    """(total S, normalised entries p, log(p_ab / (p_a p_b))) of a joint histogram, clamped where empty."""
     import torch
 
-    joint = joint / joint.sum().clamp_min(1e-12)
-    pf, pm = joint.sum(1, keepdim=True), joint.sum(0, keepdim=True)
-    ratio = joint / (pf * pm).clamp_min(1e-12)
-    return (joint * torch.log(ratio.clamp_min(1e-12))).sum()
+    total = joint.sum().clamp_min(1e-12)
+    p = joint / total
+    ratio = p / (p.sum(1, keepdim=True) * p.sum(0, keepdim=True)).clamp_min(1e-12)
+    return total, p, torch.log(ratio.clamp_min(1e-12))
+
+
+def mutual_information_of(joint: Any) -> Any:
+    """Mutual information (nats) of a joint histogram (any scale: it is normalised here)."""
+    _, p, log_ratio = _log_ratio(joint)
+    return (p * log_ratio).sum()
 
 
 def histogram_gradient(joint: Any) -> tuple[Any, Any]:
@@ -112,11 +118,7 @@ def histogram_gradient(joint: Any) -> tuple[Any, Any]:
     form: ``(log(p_ab / (p_a p_b)) − MI) / S`` for a histogram of total ``S`` (``p`` its normalised entries).
     Written out because the polish evaluates it ~10–40 times per registration, and the autograd graph of
     the few operations cost more than the operations (see :func:`point_gradient`)."""
-    import torch
-
-    total = joint.sum().clamp_min(1e-12)
-    p = joint / total
-    log_ratio = torch.log((p / (p.sum(1, keepdim=True) * p.sum(0, keepdim=True)).clamp_min(1e-12)).clamp_min(1e-12))
+    total, p, log_ratio = _log_ratio(joint)
     mi = (p * log_ratio).sum()
     return mi, (log_ratio - mi) / total
 
