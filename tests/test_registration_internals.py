@@ -192,6 +192,33 @@ def test_coarse_scores_do_not_depend_on_how_candidates_are_batched(em):
     assert one[0][0] > 0.9
 
 
+@pytest.mark.parametrize("model", ["rigid", "affine", "deformable"])
+def test_an_agreeing_reverse_makes_the_answer_the_midpoint(em, monkeypatch, model):
+    """Linear models: the returned transform is the midpoint of the forward answer and the inverse of the
+    reverse one (their agreement within the limit is what allows it); deformable keeps the forward affine, and
+    without the consistency check there is no midpoint."""
+    fixed, moving = em[300:428, 300:428], em[292:436, 310:440]
+    calls = []
+    real = rm._midpoint
+
+    def spy(a, b):
+        calls.append((a, b, real(a, b)))
+        return calls[-1][2]
+
+    monkeypatch.setattr(rm, "_midpoint", spy)
+    r = rm.register(fixed, moving, model, workers=1)
+    if model == "deformable":
+        assert calls == []
+        return
+    assert len(calls) == 1 and r.reliable
+    fwd, inv_rev, mid = calls[0]
+    assert r.transform is mid and not np.allclose(fwd.matrix, inv_rev.matrix, rtol=0, atol=1e-9)
+    assert r.transform.kind == model
+    calls.clear()
+    rm.register(fixed, moving, model, workers=1, check_consistency=False)
+    assert calls == []
+
+
 def test_threads_do_not_change_the_answer(em):
     """The reverse registration beside the forward one (2-D: in a forked child process) and the coarse batches
     on two threads: the same result as serial."""

@@ -909,6 +909,10 @@ def _pyramid(shape: tuple[int, ...], coarse_f: int, fine_size: int, full: bool =
     return [2 * fmin, fmin] if 2 * fmin < coarse_f else [fmin]
 
 
+#: Models whose answer is the midpoint of the two directions when they agree (:func:`_midpoint`, ``_register``).
+MIDPOINT_MODELS = ("rigid", "similarity", "affine")
+
+
 def _midpoint(a: LinearTransform, b: LinearTransform) -> LinearTransform:
     """The transform halfway between two of the same kind: ``a ∘ (a⁻¹ ∘ b)^½`` (the principal square root of
     homogeneous matrices: half the rotation, scale and shear of the difference, so rigid stays rigid)."""
@@ -1374,7 +1378,7 @@ def _register(fixed: Any, moving: Any, model: str, backbone: Any, min_overlap: f
         # (below): in 2-D a coarser finest structure level (in 3-D the forward's is already 32), half of the
         # polish points (an eighth until session 11: the midpoint then moved same-contrast answers by ~0.005 px;
         # still an eighth for deformable, whose reverse only confirms the affine part)
-        share = 2 if model in ("rigid", "similarity", "affine") else 8  # deformable: only a check
+        share = 2 if model in MIDPOINT_MODELS else 8  # deformable: only a check
         ropts = dict(opts, fine_size=max(32, fine_size // 2), polish_points=POLISH["points"][d] // share,
                      min_overlap=_reverse_overlap(min_overlap, f_img.shape, m_img.shape))
         if d == 2:  # the check searches everything, whatever the call restricted (cheap in 2-D)
@@ -1469,7 +1473,7 @@ def _register(fixed: Any, moving: Any, model: str, backbone: Any, min_overlap: f
                 if rev2 is not None and (got is None or _evaluate(rlevels2[-1], rev2)[0] > got[1]):
                     consistency = _mean_point_error(lin, rev2, f_img.shape, m_img.shape)
                     rev_answer = rev2
-        if rev_answer is not None and consistency <= limit and polish and model in ("rigid", "similarity", "affine"):
+        if rev_answer is not None and consistency <= limit and polish and model in MIDPOINT_MODELS:
             # the two directions agree: the answer is their midpoint. Each direction's mutual-information optimum
             # is biased by sampling one image on its grid and interpolating the other (a few hundredths of a
             # pixel, ~0.15 voxel in 3-D), in opposite senses; halfway, the biases cancel (session 11, pairs
