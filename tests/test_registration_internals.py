@@ -86,6 +86,54 @@ def test_written_out_mutual_information_gradient_equals_autograd(window):
     assert torch.allclose(g[full], j.grad[full], rtol=1e-4, atol=1e-9)
 
 
+def test_window_weights_are_the_cubic_bspline_kernel_at_each_bins_distance():
+    """The windows' per-point polynomial pieces equal the cubic B-spline kernel evaluated at each of the four bins'
+    distances (its textbook piecewise form), and their slopes its derivative (times the bin width)."""
+    import torch
+
+    bins = 32
+    v = np.concatenate([np.linspace(0, 1, 257), np.random.default_rng(1).random(500)]).astype(np.float32)
+    idx, w, dw = bspline_window_slope(torch.from_numpy(v), bins)
+    u = 2.0 + v.astype(np.float64) * (bins - 5)
+    r = u[:, None] - idx.numpy()  # signed distance to each bin
+    t = np.abs(r)
+    kernel = np.where(t < 1, 2 / 3 - t ** 2 + t ** 3 / 2, np.where(t < 2, (2 - t) ** 3 / 6, 0.0))
+    slope = np.where(t < 1, -2 * t + 1.5 * t ** 2, np.where(t < 2, -0.5 * (2 - t) ** 2, 0.0)) * np.sign(r)
+    assert np.all(t < 2.0 + 1e-6) and idx.min() >= 0 and idx.max() < bins
+    np.testing.assert_allclose(w.numpy(), kernel, atol=2e-6)
+    np.testing.assert_allclose(dw.numpy(), slope * (bins - 5), atol=1e-4)
+    np.testing.assert_allclose(bspline_window(torch.from_numpy(v), bins)[1].numpy(), kernel, atol=2e-6)
+
+
+def test_lbfgs_with_patience_stops_on_a_noisy_floor_and_keeps_the_lowest_loss():
+    """On a loss whose noise (as float32 rounding) stalls the line searches near the optimum, ``patience`` ends
+    the minimisation early; the parameters are left at the lowest loss evaluated, not the last one."""
+    import torch
+
+    scale = torch.tensor([1.0, 30.0, 0.3, 5.0, 100.0, 2.0])
+    target = torch.tensor([0.3, -0.2, 0.1, 0.5, -0.4, 0.25])
+
+    def run(patience):
+        x = torch.zeros(6, requires_grad=True)
+        seen = []
+        rng = np.random.default_rng(0)
+
+        def closure():
+            loss = (scale * (x - target) ** 2).sum() + torch.tensor(float(rng.normal(0, 1e-4)))
+            seen.append((float(loss.detach()), x.detach().clone()))
+            return loss
+
+        rm._lbfgs([x], closure, 60, ftol=1e-12, maxls=6, patience=patience, xtol=1e-4)
+        return x.detach(), seen
+
+    full, seen_full = run(None)
+    short, seen = run(3)
+    assert len(seen) < len(seen_full) - 5
+    for x, evaluated in ((full, seen_full), (short, seen)):
+        assert torch.equal(x, min(evaluated, key=lambda e: e[0])[1])
+        assert float((x - target).abs().max()) < 0.05
+
+
 @pytest.mark.parametrize("d", [2, 3])
 def test_written_out_structure_similarity_equals_autograd(d):
     """The structure levels' NumPy similarity and gradient (``structure_similarity``) equal the torch
