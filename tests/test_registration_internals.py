@@ -113,7 +113,7 @@ def test_lbfgs_with_patience_stops_on_a_noisy_floor_and_keeps_the_lowest_loss():
     scale = torch.tensor([1.0, 30.0, 0.3, 5.0, 100.0, 2.0])
     target = torch.tensor([0.3, -0.2, 0.1, 0.5, -0.4, 0.25])
 
-    def run(patience):
+    def run(patience, xtol=1e-4):
         x = torch.zeros(6, requires_grad=True)
         seen = []
         rng = np.random.default_rng(0)
@@ -123,15 +123,19 @@ def test_lbfgs_with_patience_stops_on_a_noisy_floor_and_keeps_the_lowest_loss():
             seen.append((float(loss.detach()), x.detach().clone()))
             return loss
 
-        rm._lbfgs([x], closure, 60, ftol=1e-12, maxls=6, patience=patience, xtol=1e-4)
+        rm._lbfgs([x], closure, 60, ftol=1e-12, maxls=6, patience=patience, xtol=xtol)
         return x.detach(), seen
 
     full, seen_full = run(None)
     short, seen = run(3)
     assert len(seen) < len(seen_full) - 5
-    for x, evaluated in ((full, seen_full), (short, seen)):
+    # a new lowest loss closer than xtol to the last one is no progress either: with a huge xtol the first
+    # evaluation and `patience` more are all there is
+    tiny, seen_tiny = run(3, xtol=10.0)
+    assert len(seen_tiny) == 4
+    for x, evaluated in ((full, seen_full), (short, seen), (tiny, seen_tiny)):
         assert torch.equal(x, min(evaluated, key=lambda e: e[0])[1])
-        assert float((x - target).abs().max()) < 0.05
+    assert float((full - target).abs().max()) < 0.05 and float((short - target).abs().max()) < 0.05
 
 
 @pytest.mark.parametrize("d", [2, 3])

@@ -24,7 +24,7 @@ def _cubic_weights(s: Any) -> Any:
     """Cubic B-spline weights (N, 4) of the four bins from ``floor(u) − 1`` to ``floor(u) + 2`` for the fractional
     parts ``s = u − floor(u)`` (N,) of bin coordinates ``u``. Written per point as the spline's four polynomial
     pieces rather than the kernel at each of the four distances: a quarter of the elements per operation and no
-    branch (the polish's window 1.8 → 0.4 ms on 25 k points)."""
+    branch (the polish's window and slopes on 25 k points 1.84 → 1.03 ms; session 12)."""
     import torch
 
     s2 = s * s

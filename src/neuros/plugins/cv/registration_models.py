@@ -47,7 +47,7 @@ import math
 import threading
 import time
 from collections.abc import Callable, Iterator, Sequence
-from contextlib import contextmanager
+from contextlib import contextmanager, suppress
 from dataclasses import dataclass, field
 from functools import lru_cache, partial
 from typing import Any
@@ -722,11 +722,9 @@ def _lbfgs(params: list[Any], closure: Callable[[], Any], iters: int, ftol: floa
 
     x0 = np.concatenate([p.detach().numpy().ravel().astype(np.float64) for p in params])
     opts = {"maxiter": int(iters), "maxfun": 2 * int(iters), "ftol": float(ftol), "maxls": int(maxls)}
-    try:
-        x = minimize(fun, x0, jac=True, method="L-BFGS-B", options=opts).x
-    except _Stalled:
-        x = best[1]
-    _set_params(params, x if best[1] is None else best[1])
+    with suppress(_Stalled):
+        minimize(fun, x0, jac=True, method="L-BFGS-B", options=opts)
+    _set_params(params, x0 if best[1] is None else best[1])  # None: every step was a refused runaway
 
 
 def _linear_level(lev: Any, a0: np.ndarray, b0: np.ndarray, centre: np.ndarray, model: str, iters: int,
