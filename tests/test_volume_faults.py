@@ -81,8 +81,9 @@ def _env() -> dict[str, str]:
 
 
 def _markers(out: Path) -> int:
+    """Finished blocks: marker chunks, not the ``.partial`` temporary a writer killed mid-write leaves behind."""
     root = out / "blocks_done" / "features" / "c"
-    return sum(len(files) for _, _, files in os.walk(root)) if root.exists() else 0
+    return sum(not f.endswith(".partial") for _, _, files in os.walk(root) for f in files) if root.exists() else 0
 
 
 def _error_lines(stderr: str) -> list[str]:
@@ -289,3 +290,32 @@ def test_interrupt_message_tells_the_truth(tmp_path):
     assert "1 finished block kept in" in _interrupted("features", str(out))
     (tmp_path / "foreign").mkdir()
     assert "kept" not in _interrupted("features", str(tmp_path / "foreign"))
+
+
+def test_a_write_killed_midway_is_not_a_finished_block_and_its_temporary_goes_on_resume(tmp_path):
+    """zarr writes each chunk to ``<chunk>.<uuid>.partial`` then renames it: SIGKILL in between leaves the temporary.
+
+    It once made this file's marker count one block ahead of the resume's (``skipped 3 >= done 4``).
+    """
+    import uuid
+
+    from neuros.plugins.cv.scale.resume import done_indices, mark_done, open_output
+
+    out = tmp_path / "o.zarr"
+    arrays = {"features": dict(shape=(1, 4, 4), chunks=(1, 2, 2), dtype="float32", fill_value=0.0)}
+    open_output(out, {"x": 1}, arrays, {"features": (1, 2, 2)})
+    mark_done(out, "features", (0, 0, 0))
+    marker = out / "blocks_done" / "features" / "c" / "0" / "1" / "1"
+    marker.parent.mkdir(parents=True, exist_ok=True)
+    left = [marker.with_suffix(f".{uuid.uuid4().hex}.partial"),  # the marker, killed between write and rename
+            out / "features" / "c" / "0" / "1" / f"1.{uuid.uuid4().hex}.partial"]  # a block's results, likewise
+    for f in left:
+        f.parent.mkdir(parents=True, exist_ok=True)
+        f.write_bytes(b"\x01")
+    users = [out / "features" / "notes.partial", tmp_path / f"x.{uuid.uuid4().hex}.partial"]
+    for f in users:
+        f.write_text("not ours")
+    assert done_indices(out, "features") == {(0, 0, 0)} and _markers(out) == 1
+    _, resumed = open_output(out, {"x": 1}, arrays, {"features": (1, 2, 2)})
+    assert resumed and not any(f.exists() for f in left) and all(f.exists() for f in users)
+    assert done_indices(out, "features") == {(0, 0, 0)}

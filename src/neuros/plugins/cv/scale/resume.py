@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import shutil
 import time
 from collections.abc import Callable, Sequence
@@ -91,6 +92,28 @@ def _remove_volume_output(path: Path) -> None:
             item.unlink()
 
 
+# zarr's LocalStore writes a chunk to ``<chunk>.<uuid4 hex>.partial`` and renames it; a process killed mid-write
+# leaves that temporary behind (zarr never reads it). Only files of exactly this form are ours to remove.
+_PARTIAL = re.compile(r"\.[0-9a-f]{32}\.partial$")
+
+
+def _remove_interrupted_writes(path: Path) -> int:
+    """Delete the temporary chunk files an interrupted run left inside the group's own members; return how many."""
+    import zarr
+
+    removed = 0
+    for name in zarr.open_group(str(path), mode="r").keys():  # the arrays and the ledger group
+        member = path / name
+        if not member.is_dir() or member.is_symlink():
+            continue
+        for root, _, files in os.walk(member):
+            for f in files:
+                if _PARTIAL.search(f):
+                    Path(root, f).unlink()
+                    removed += 1
+    return removed
+
+
 def check_volume_output(
     out: str | os.PathLike[str], inputs: Sequence[str | os.PathLike[str]] = ()
 ) -> tuple[Path, dict[str, Any]]:
@@ -151,6 +174,7 @@ def open_output(
                 f"out={path} holds a run with different settings ({', '.join(diff)}); "
                 "pass overwrite=True to start again or use another out="
             )
+        _remove_interrupted_writes(path)
         return zarr.open_group(str(path), mode="r+"), True
     if meta:  # overwrite our own earlier run: remove only what it wrote
         _remove_volume_output(path)
@@ -161,7 +185,8 @@ def open_output(
         group.create_array(name, **spec)
     done = group.create_group(LEDGER)
     for name, grid in ledgers.items():
-        # One chunk per block; uncompressed so a marker is one byte written in one go.
+        # One chunk per block, uncompressed: a marker is one byte, written (by zarr) to a temporary file renamed
+        # into place, so a killed writer leaves no marker, only a ``.partial`` file (removed when the run resumes).
         done.create_array(name, shape=grid, chunks=(1,) * len(grid), dtype="uint8", fill_value=0, compressors=None)
     group.attrs["neuros_cv"] = {"run": run, "complete": False}
     return group, False
