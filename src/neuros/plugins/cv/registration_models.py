@@ -992,12 +992,13 @@ def _search_rotations_3d(fixed: _Pyramid, moving: _Pyramid, fc: int, opts: dict[
 
 #: Coarse hypotheses refined locally before one is chosen: the best this many distinct ones (matrices at least
 #: ``HYPOTHESIS_DISTANCE`` apart, Frobenius norm: a 15° rotation or a 0.8 scale step is ~0.3), however far
-#: behind the best they score. Until session 13 only those within 0.9 of the best: a repetitive nuclei pair
-#: (rigid, −7.9°, halfway between two grid angles, 0° and −15° scoring 0.28 and 0.31 against 0.35 for a 165°
-#: rotation at 30 % overlap) had its right basin never refined (TRE 417 px; ANTs solved it). On 160 2-D
-#: rigid / affine pairs (five sources × 8 seeds × ±10° / ±30°): 159 → 160 solved, same median time; 3-D
-#: affine (seeds 0–2): same TRE, time within the run-to-run noise.
-HYPOTHESES, HYPOTHESIS_DISTANCE = 3, 0.25
+#: behind the best they score. Until session 13, at most 3 and only those within 0.9 of the best: a repetitive
+#: nuclei pair (rigid, −7.9°, halfway between two grid angles, 0° and −15° scoring 0.28 and 0.31 against 0.35
+#: for a 165° rotation at 30 % overlap) had its right basin never refined (TRE 417 px; ANTs solved it). With
+#: the finer scale grid (:data:`SCALES`) a zoomed-out ssTEM pair's right candidate ranked 5th among near-noise
+#: scores (0.17–0.19) and 3 lost it (TRE 422 px); 4, 5 and 6 all solve the four pairs that failed, 5 is kept
+#: for margin (0.05–0.1 s more per 2-D direction).
+HYPOTHESES, HYPOTHESIS_DISTANCE = 5, 0.25
 
 
 def _refine_hypotheses(fixed: _Pyramid, moving: _Pyramid, fc: int, ranked: list[tuple[float, LinearTransform]],
@@ -1115,8 +1116,14 @@ def _linear_stage(fixed: _Pyramid, moving: _Pyramid, model: str, opts: dict[str,
     return coarse, lin, levels
 
 
+#: Coarse scale candidates (``register(scales=)``): 0.8–1.25 in steps of √1.25 ≈ 1.118. Until session 13 the
+#: grid was 0.8 / 1.0 / 1.25, and a warped MRI pair whose true scales (0.85 / 0.92) sat halfway between two of
+#: them was solved by none of its candidates (2-D deformable seed 7, ±30°: TRE 111 px in T1 and T1 vs T2-like,
+#: flagged unreliable; ANTs SyN solved the T1 pair); with five, 2.9 px (the warp's part) and reliable.
+SCALES = (0.8, 0.894, 1.0, 1.118, 1.25)
+
 #: Scales the 2-D consistency check always searches (besides the call's).
-REVERSE_SCALES = (0.8, 1.0, 1.25)
+REVERSE_SCALES = SCALES
 
 #: Last linear refinement (:func:`_polish_linear`): sample points (at most, per dimension), histogram bins,
 #: L-BFGS iterations, and the largest mean point move (pixels) accepted from the structure-channel answer.
@@ -1271,7 +1278,7 @@ def register(
     min_overlap: float = 0.25,
     angle_range: float = 180.0,
     angle_step: float = 15.0,
-    scales: Sequence[float] = (0.8, 1.0, 1.25),
+    scales: Sequence[float] = SCALES,
     coarse_size: int | None = None,
     fine_size: int | None = None,
     iterations: int | Sequence[int] = 30,
@@ -1305,7 +1312,7 @@ def register(
     angle_range, angle_step : float
         Degrees: the 2-D coarse rotation search covers ``±angle_range`` in steps of ``angle_step``.
     scales : sequence of float
-        Coarse scale candidates for ``similarity``/``affine``/``deformable``.
+        Coarse scale candidates for ``similarity``/``affine``/``deformable`` (default :data:`SCALES`).
     coarse_size : int, optional
         Longer side (pixels) of the downsampled copy used by the global search. Default 48 in 2-D, 24 in 3-D.
     fine_size : int, optional
