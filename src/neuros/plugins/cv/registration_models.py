@@ -997,8 +997,9 @@ def _search_rotations_3d(fixed: _Pyramid, moving: _Pyramid, fc: int, opts: dict[
 #: for a 165° rotation at 30 % overlap) had its right basin never refined (TRE 417 px; ANTs solved it). With
 #: the finer scale grid (:data:`SCALES`) a zoomed-out ssTEM pair's right candidate ranked 5th among near-noise
 #: scores (0.17–0.19) and 3 lost it (TRE 422 px); 4, 5 and 6 all solve the four pairs that failed, 5 is kept
-#: for margin (0.05–0.1 s more per 2-D direction).
-HYPOTHESES, HYPOTHESIS_DISTANCE = 5, 0.25
+#: for margin. 3-D keeps 3 (each 3-D hypothesis ranks 19 rotations on ~24³ copies; with 5, and five scales,
+#: the 3-D affine took 2.4 → 4.3 s and no 3-D pair had needed more).
+HYPOTHESES, HYPOTHESIS_DISTANCE = {2: 5, 3: 3}, 0.25
 
 
 def _refine_hypotheses(fixed: _Pyramid, moving: _Pyramid, fc: int, ranked: list[tuple[float, LinearTransform]],
@@ -1010,7 +1011,7 @@ def _refine_hypotheses(fixed: _Pyramid, moving: _Pyramid, fc: int, ranked: list[
     0.49 after refinement, one level finer)."""
     hyps: list[np.ndarray] = []
     for _, t in ranked:
-        if len(hyps) == HYPOTHESES:
+        if len(hyps) == HYPOTHESES[fixed.ndim]:
             break
         if all(np.linalg.norm(t.matrix - h) >= HYPOTHESIS_DISTANCE for h in hyps):
             hyps.append(t.matrix)
@@ -1116,14 +1117,16 @@ def _linear_stage(fixed: _Pyramid, moving: _Pyramid, model: str, opts: dict[str,
     return coarse, lin, levels
 
 
-#: Coarse scale candidates (``register(scales=)``): 0.8–1.25 in steps of √1.25 ≈ 1.118. Until session 13 the
-#: grid was 0.8 / 1.0 / 1.25, and a warped MRI pair whose true scales (0.85 / 0.92) sat halfway between two of
-#: them was solved by none of its candidates (2-D deformable seed 7, ±30°: TRE 111 px in T1 and T1 vs T2-like,
-#: flagged unreliable; ANTs SyN solved the T1 pair); with five, 2.9 px (the warp's part) and reliable.
-SCALES = (0.8, 0.894, 1.0, 1.118, 1.25)
+#: Default coarse scale candidates (``register(scales=None)``) per dimension. 2-D: 0.8–1.25 in steps of
+#: √1.25 ≈ 1.118. Until session 13 the grid was 0.8 / 1.0 / 1.25, and a warped MRI pair whose true scales
+#: (0.85 / 0.92) sat halfway between two of them was solved by none of its candidates (2-D deformable seed 7,
+#: ±30°: TRE 111 px in T1 and T1 vs T2-like, flagged unreliable; ANTs SyN solved the T1 pair); with five,
+#: 2.9 px (the warp's part) and reliable — for ~0.02 s more per direction (120 candidates instead of 72).
+#: 3-D keeps three: there the other scales are tried for the 3 best rotations only (:func:`_scaled_candidates_3d`).
+SCALES = {2: (0.8, 0.894, 1.0, 1.118, 1.25), 3: (0.8, 1.0, 1.25)}
 
 #: Scales the 2-D consistency check always searches (besides the call's).
-REVERSE_SCALES = SCALES
+REVERSE_SCALES = SCALES[2]
 
 #: Last linear refinement (:func:`_polish_linear`): sample points (at most, per dimension), histogram bins,
 #: L-BFGS iterations, and the largest mean point move (pixels) accepted from the structure-channel answer.
@@ -1278,7 +1281,7 @@ def register(
     min_overlap: float = 0.25,
     angle_range: float = 180.0,
     angle_step: float = 15.0,
-    scales: Sequence[float] = SCALES,
+    scales: Sequence[float] | None = None,
     coarse_size: int | None = None,
     fine_size: int | None = None,
     iterations: int | Sequence[int] = 30,
@@ -1312,7 +1315,8 @@ def register(
     angle_range, angle_step : float
         Degrees: the 2-D coarse rotation search covers ``±angle_range`` in steps of ``angle_step``.
     scales : sequence of float
-        Coarse scale candidates for ``similarity``/``affine``/``deformable`` (default :data:`SCALES`).
+        Coarse scale candidates for ``similarity``/``affine``/``deformable`` (default: :data:`SCALES` of the
+        images' dimension).
     coarse_size : int, optional
         Longer side (pixels) of the downsampled copy used by the global search. Default 48 in 2-D, 24 in 3-D.
     fine_size : int, optional
@@ -1378,7 +1382,7 @@ def register(
 
 
 def _register(fixed: Any, moving: Any, model: str, backbone: Any, min_overlap: float, angle_range: float,
-              angle_step: float, scales: Sequence[float], coarse_size: int | None, fine_size: int | None,
+              angle_step: float, scales: Sequence[float] | None, coarse_size: int | None, fine_size: int | None,
               iterations: int | Sequence[int], grid_spacing: float, smooth: float,
               deformable_iterations: int | Sequence[int] | None, check_consistency: bool,
               channel_axis: int | None, weights: str | None, feature_weight: float, polish: bool,
@@ -1398,6 +1402,7 @@ def _register(fixed: Any, moving: Any, model: str, backbone: Any, min_overlap: f
     d = f_img.ndim
     coarse_size = int(coarse_size) if coarse_size is not None else (48 if d == 2 else 24)
     fine_size = int(fine_size) if fine_size is not None else (128 if d == 2 else 32)
+    scales = SCALES[d] if scales is None else tuple(float(s) for s in scales)
     if deformable_iterations is None:
         deformable_iterations = 40 if d == 2 else FIELD_3D["iterations"]
     opts = {"min_overlap": float(min_overlap), "angle_range": float(angle_range),
