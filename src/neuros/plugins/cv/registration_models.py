@@ -990,16 +990,18 @@ def _search_rotations_3d(fixed: _Pyramid, moving: _Pyramid, fc: int, opts: dict[
     return keep
 
 
-#: Coarse hypotheses refined locally before one is chosen: the best this many distinct ones (matrices at least
-#: ``HYPOTHESIS_DISTANCE`` apart, Frobenius norm: a 15° rotation or a 0.8 scale step is ~0.3), however far
-#: behind the best they score. Until session 13, at most 3 and only those within 0.9 of the best: a repetitive
-#: nuclei pair (rigid, −7.9°, halfway between two grid angles, 0° and −15° scoring 0.28 and 0.31 against 0.35
-#: for a 165° rotation at 30 % overlap) had its right basin never refined (TRE 417 px; ANTs solved it). With
-#: the finer scale grid (:data:`SCALES`) a zoomed-out ssTEM pair's right candidate ranked 5th among near-noise
-#: scores (0.17–0.19) and 3 lost it (TRE 422 px); 4, 5 and 6 all solve the four pairs that failed, 5 is kept
-#: for margin. 3-D keeps 3 (each 3-D hypothesis ranks 19 rotations on ~24³ copies; with 5, and five scales,
-#: the 3-D affine took 2.4 → 4.3 s and no 3-D pair had needed more).
-HYPOTHESES, HYPOTHESIS_DISTANCE = {2: 5, 3: 3}, 0.25
+#: Coarse hypotheses refined locally before one is chosen, per dimension: at most ``HYPOTHESES`` distinct ones
+#: (matrices at least ``HYPOTHESIS_DISTANCE`` apart, Frobenius norm: a 15° rotation or a 0.8 scale step is
+#: ~0.3), each scoring at least ``HYPOTHESIS_RATIO`` × the best. 2-D, since session 13: the best 5, however far
+#: behind the best they score. With at most 3 within 0.9 of the best, a repetitive nuclei pair (rigid, −7.9°,
+#: halfway between two grid angles, 0° and −15° scoring 0.28 and 0.31 against 0.35 for a 165° rotation at 30 %
+#: overlap) had its right basin never refined (TRE 417 px; ANTs solved it), and with the finer scale grid
+#: (:data:`SCALES`) a zoomed-out ssTEM pair's right candidate ranked 5th among near-noise scores (0.17–0.19;
+#: TRE 422 px); 4, 5 and 6 all solve the four pairs that failed, 5 is kept for margin. 3-D keeps 3 within 0.9:
+#: each 3-D hypothesis ranks 19 rotations on ~24³ copies (with 5 and five scales the 3-D affine took 2.4 →
+#: 4.3 s), no 3-D pair needed more, and refining all 3 moved the 3-D deformable answers' start (same
+#: rotations) and their TRE 1.83 / 2.13 / 1.12 → 2.02 / 2.20 / 1.12 voxels (seeds 0–2).
+HYPOTHESES, HYPOTHESIS_RATIO, HYPOTHESIS_DISTANCE = {2: 5, 3: 3}, {2: 0.0, 3: 0.9}, 0.25
 
 
 def _refine_hypotheses(fixed: _Pyramid, moving: _Pyramid, fc: int, ranked: list[tuple[float, LinearTransform]],
@@ -1009,9 +1011,10 @@ def _refine_hypotheses(fixed: _Pyramid, moving: _Pyramid, fc: int, ranked: list[
     level twice as fine. One grid winner by a small margin at a very coarse level is not trusted: a 48³ crop
     is ~10 voxels wide there, and a 176° candidate beat the right one (22°) by 0.011 (it scores 0.32 against
     0.49 after refinement, one level finer)."""
+    d = fixed.ndim
     hyps: list[np.ndarray] = []
-    for _, t in ranked:
-        if len(hyps) == HYPOTHESES[fixed.ndim]:
+    for v, t in ranked:
+        if v < HYPOTHESIS_RATIO[d] * ranked[0][0] or len(hyps) == HYPOTHESES[d]:
             break
         if all(np.linalg.norm(t.matrix - h) >= HYPOTHESIS_DISTANCE for h in hyps):
             hyps.append(t.matrix)
