@@ -1317,7 +1317,7 @@ def register(
         penalty, and a condition of ``reliable``).
     angle_range, angle_step : float
         Degrees: the 2-D coarse rotation search covers ``±angle_range`` in steps of ``angle_step``.
-    scales : sequence of float
+    scales : sequence of float, optional
         Coarse scale candidates for ``similarity``/``affine``/``deformable`` (default: :data:`SCALES` of the
         images' dimension).
     coarse_size : int, optional

@@ -97,21 +97,16 @@ def _remove_volume_output(path: Path) -> None:
 _PARTIAL = re.compile(r"\.[0-9a-f]{32}\.partial$")
 
 
-def _remove_interrupted_writes(path: Path) -> int:
-    """Delete the temporary chunk files an interrupted run left inside the group's own members; return how many."""
+def _remove_interrupted_writes(path: Path) -> None:
+    """Delete the temporary chunk files an interrupted run left inside the group's own members."""
     import zarr
 
-    removed = 0
     for name in zarr.open_group(str(path), mode="r").keys():  # the arrays and the ledger group
         member = path / name
-        if not member.is_dir() or member.is_symlink():
-            continue
-        for root, _, files in os.walk(member):
-            for f in files:
-                if _PARTIAL.search(f):
+        if member.is_dir() and not member.is_symlink():
+            for root, _, files in os.walk(member):
+                for f in filter(_PARTIAL.search, files):
                     Path(root, f).unlink()
-                    removed += 1
-    return removed
 
 
 def check_volume_output(
